@@ -1,0 +1,183 @@
+//! `walvault-fetch %f %p`: PostgreSQL's restore_command.
+//!
+//! The contract (PostgreSQL docs, "Recovering Using a Continuous Archive
+//! Backup" and restore_command): exit 0 only when `%p` holds the whole,
+//! correct file; a file not in the archive exits non-zero (we use 1,
+//! quietly: PostgreSQL asks for `.history` files that do not exist all the
+//! time). PostgreSQL reads every status from 1 to 125 as "not in the
+//! archive", and at the end of the archive it finishes recovery and
+//! promotes. So a repository that fails, or returns a corrupt object, must
+//! never look like "missing": we retry for a bounded time, then, outside
+//! standby mode, exit above 125, which makes PostgreSQL stop recovery
+//! instead of finishing it at the wrong point. A standby (standby.signal)
+//! just asks again later, so there an ordinary failure status is right.
+//!
+//! `%p` is written atomically: the object is streamed into a temporary file
+//! in the same directory, checked (size and checksum from the trailer), and
+//! only then renamed to `%p`. A failed fetch never leaves a partial `%p`.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::repo::object::read_object;
+use crate::repo::{layout, ObjectError, ObjectInfo, Repository};
+use crate::storage::StorageError;
+
+#[derive(Debug, Clone, Copy)]
+pub struct FetchOptions {
+    /// How long to keep retrying a failing repository.
+    pub retry_for: Duration,
+    /// Standby mode: PostgreSQL asks again, so failures need not stop recovery.
+    pub standby: bool,
+}
+
+#[derive(Debug)]
+pub enum FetchOutcome {
+    Restored(ObjectInfo),
+    NotFound,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    #[error("\"{name}\" is not a WAL file name: {reason}")]
+    BadName { name: String, reason: String },
+    #[error("fetch \"{name}\" from {repo} failed after {attempts} attempt(s) in {elapsed_secs:.1}s: {source}")]
+    Repository {
+        name: String,
+        repo: String,
+        attempts: u32,
+        elapsed_secs: f64,
+        #[source]
+        source: ObjectError,
+    },
+    #[error("write \"{path}\": {source}")]
+    Destination {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl FetchError {
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, FetchError::Repository { source, .. } if source.is_corruption())
+    }
+}
+
+/// Whether the data directory is in standby mode.
+pub fn is_standby(data_dir: &Path) -> bool {
+    data_dir.join("standby.signal").exists()
+}
+
+/// Fetches WAL file `name` into `dest`.
+pub async fn fetch(
+    repo: &Repository,
+    name: &str,
+    dest: &Path,
+    opts: FetchOptions,
+) -> Result<FetchOutcome, FetchError> {
+    let parsed = layout::parse_any_size(name).map_err(|e| FetchError::BadName {
+        name: name.to_string(),
+        reason: e.to_string(),
+    })?;
+    let key = layout::wal_key(&parsed);
+    let started = Instant::now();
+    let mut attempts = 0u32;
+    let mut corrupt_reads = 0u32;
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        attempts += 1;
+        let error = match fetch_once(repo, &key, dest).await {
+            Ok(info) => return Ok(FetchOutcome::Restored(info)),
+            Err(Attempt::Destination(path, source)) => {
+                return Err(FetchError::Destination { path, source })
+            }
+            Err(Attempt::Object(ObjectError::Storage(StorageError::NotFound { .. }))) => {
+                return Ok(FetchOutcome::NotFound)
+            }
+            Err(Attempt::Object(e)) => e,
+        };
+        // A corrupt read may be damage in transit: read once more. Twice
+        // corrupt is corrupt at rest, and waiting will not mend it.
+        let retry = if error.is_corruption() {
+            corrupt_reads += 1;
+            corrupt_reads < 2
+        } else {
+            match &error {
+                ObjectError::Storage(e) => e.is_transient(),
+                _ => false,
+            }
+        };
+        let elapsed = started.elapsed();
+        if !retry || elapsed + backoff > opts.retry_for {
+            return Err(FetchError::Repository {
+                name: name.to_string(),
+                repo: repo.describe(),
+                attempts,
+                elapsed_secs: elapsed.as_secs_f64(),
+                source: error,
+            });
+        }
+        tracing::warn!(wal = name, attempt = attempts, error = %error, "fetch failed; retrying in {:?}", backoff);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+enum Attempt {
+    Object(ObjectError),
+    Destination(PathBuf, io::Error),
+}
+
+async fn fetch_once(
+    repo: &Repository,
+    key: &crate::storage::Key,
+    dest: &Path,
+) -> Result<ObjectInfo, Attempt> {
+    let tmp = temp_path(dest);
+    let mut file = create_temp(&tmp).map_err(|e| Attempt::Destination(tmp.clone(), e))?;
+    let guard = RemoveOnDrop(Some(tmp.clone()));
+    let mut sink = |piece: &[u8]| file.write_all(piece);
+    let info = match read_object(repo.store(), key, &mut sink).await {
+        Ok(info) => info,
+        Err(ObjectError::Sink(e)) => return Err(Attempt::Destination(tmp.clone(), e)),
+        Err(e) => return Err(Attempt::Object(e)),
+    };
+    drop(file);
+    std::fs::rename(&tmp, dest).map_err(|e| Attempt::Destination(dest.to_path_buf(), e))?;
+    guard.disarm();
+    Ok(info)
+}
+
+fn temp_path(dest: &Path) -> PathBuf {
+    let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
+    dest.with_file_name(format!(".{name}.walvault-{}.tmp", std::process::id()))
+}
+
+fn create_temp(path: &Path) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+}
+
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}

@@ -1,0 +1,280 @@
+//! `walvault-push %p`: PostgreSQL's archive_command.
+//!
+//! The contract (PostgreSQL docs, "Setting Up WAL Archiving"): exit 0 only
+//! once the file is safely stored; any failure exits non-zero and PostgreSQL
+//! tries again later; an archived file must never be overwritten, but the
+//! same file archived again (after a crash between storing and PostgreSQL
+//! noting it) succeeds. So: validate, stream into a create-only put, and on
+//! "already exists" compare checksums: identical is success with a warning,
+//! different is an error that leaves the stored object untouched.
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncReadExt;
+
+use crate::pg::control::identity_from_data_dir;
+use crate::repo::object::{read_info, write_object};
+use crate::repo::{
+    layout, ClusterIdentity, ObjectError, ObjectInfo, RepoError, RepoHeader, Repository,
+};
+use crate::storage::{PutMode, StorageError};
+use crate::stream::{Checksum, Hasher};
+use crate::wal::{
+    parse_backup_history, pg_major_for_wal_magic, LongPageHeader, TimelineHistory, WalFileName,
+    WalSegmentSize, LONG_HEADER_LEN,
+};
+
+/// History and backup-history files are a few lines of text.
+const MAX_TEXT_FILE_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PushError {
+    #[error("WAL file \"{path}\": {reason}{hint}")]
+    BadInput {
+        path: PathBuf,
+        reason: String,
+        hint: String,
+    },
+    #[error("WAL file \"{name}\" is already archived with different contents (stored checksum {stored}, size {stored_size}; this file {local}, size {local_size}); the archived copy was left untouched\nHINT: two clusters may be archiving into one repository, or this file is damaged; check archive_command and the repository")]
+    Conflict {
+        name: String,
+        stored: Checksum,
+        stored_size: u64,
+        local: Checksum,
+        local_size: u64,
+    },
+    #[error("archive \"{name}\": {source}")]
+    Repo {
+        name: String,
+        #[source]
+        source: RepoError,
+    },
+}
+
+/// What a successful push did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PushOutcome {
+    Stored(ObjectInfo),
+    /// The repository already held this exact file.
+    AlreadyArchived,
+}
+
+fn bad(path: &Path, reason: impl Into<String>) -> PushError {
+    PushError::BadInput {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+        hint: String::new(),
+    }
+}
+
+/// Archives the file at `path` (relative paths are relative to the current
+/// directory, the data directory when PostgreSQL runs the command).
+/// `data_dir` is only read when the repository has no header yet and the
+/// file is not a segment (so the cluster identity must come from there).
+pub async fn push(
+    repo: &Repository,
+    path: &Path,
+    data_dir: &Path,
+) -> Result<PushOutcome, PushError> {
+    let file_name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .ok_or_else(|| bad(path, "the path names no file"))?;
+    let shape = layout::parse_any_size(file_name).map_err(|e| PushError::BadInput {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+        hint: "\nHINT: archive_command must pass %p, the path of a finished WAL file".to_string(),
+    })?;
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        io::ErrorKind::NotFound => bad(path, "does not exist"),
+        _ => bad(path, format!("cannot be read: {e}")),
+    })?;
+    if !meta.is_file() {
+        return Err(bad(path, "is not a regular file"));
+    }
+    let repo_err = |source: RepoError| PushError::Repo {
+        name: file_name.to_string(),
+        source,
+    };
+    let what = format!("WAL file \"{file_name}\"");
+
+    let name = if shape.is_segment_sized() {
+        let identity = check_segment(path, file_name, meta.len())?;
+        repo.bind(&identity, &what).await.map_err(repo_err)?;
+        WalFileName::parse(file_name, identity.wal_segment_size)
+            .map_err(|e| bad(path, e.to_string()))?
+    } else {
+        let header = header_for_text_file(repo, data_dir, &what)
+            .await
+            .map_err(repo_err)?;
+        let size = WalSegmentSize::new(header.wal_segment_size).unwrap_or(WalSegmentSize::DEFAULT);
+        let name = WalFileName::parse(file_name, size).map_err(|e| bad(path, e.to_string()))?;
+        check_text_file(path, &name, meta.len())?;
+        name
+    };
+
+    let key = layout::wal_key(&name);
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
+    match write_object(
+        repo.store(),
+        &key,
+        PutMode::Create,
+        &mut file,
+        repo.compress(),
+    )
+    .await
+    {
+        Ok(info) => Ok(PushOutcome::Stored(info)),
+        Err(ObjectError::Storage(StorageError::AlreadyExists { .. })) => {
+            compare_with_stored(repo, path, file_name, &key).await
+        }
+        Err(ObjectError::Source(e)) => Err(bad(path, format!("read failed: {e}"))),
+        Err(e) => Err(repo_err(e.into())),
+    }
+}
+
+/// Validates a segment or `.partial` file: size, long page header, name.
+fn check_segment(path: &Path, file_name: &str, len: u64) -> Result<ClusterIdentity, PushError> {
+    let mut head = [0u8; LONG_HEADER_LEN];
+    {
+        use std::io::Read;
+        let mut f =
+            std::fs::File::open(path).map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
+        f.read_exact(&mut head).map_err(|_| {
+            bad(
+                path,
+                format!("is {len} bytes, too short to be a WAL segment (truncated?)"),
+            )
+        })?;
+    }
+    let header = LongPageHeader::parse(&head).map_err(|e| PushError::BadInput {
+        path: path.to_path_buf(),
+        reason: format!("is not a WAL segment: {e}"),
+        hint: "\nHINT: only files from pg_wal can be archived".to_string(),
+    })?;
+    let size = WalSegmentSize::new(header.segment_size as u64).map_err(|e| {
+        bad(
+            path,
+            format!("is not a WAL segment: its header gives an invalid segment size: {e}"),
+        )
+    })?;
+    let name = WalFileName::parse(file_name, size).map_err(|e| bad(path, e.to_string()))?;
+    if len != size.bytes() {
+        return Err(bad(
+            path,
+            format!("is {len} bytes but a WAL segment of this cluster is {} bytes (truncated or damaged)", size.bytes()),
+        ));
+    }
+    let segment = name
+        .segment()
+        .ok_or_else(|| bad(path, "is not a segment"))?;
+    header
+        .check_segment(name.timeline(), segment, size)
+        .map_err(|e| bad(path, format!("does not match its name: {e}")))?;
+    let pg_major = pg_major_for_wal_magic(header.magic).ok_or_else(|| {
+        bad(
+            path,
+            format!("unknown WAL page magic {:#06X}", header.magic),
+        )
+    })?;
+    Ok(ClusterIdentity {
+        system_identifier: header.system_identifier,
+        wal_segment_size: size,
+        pg_major,
+    })
+}
+
+/// `.history` and `.backup` files carry no system identifier: they go into
+/// a repository that is already bound, or one bound from the data directory.
+async fn header_for_text_file(
+    repo: &Repository,
+    data_dir: &Path,
+    what: &str,
+) -> Result<RepoHeader, RepoError> {
+    if let Some(header) = repo.read_header().await? {
+        if let Ok(identity) = identity_from_data_dir(data_dir) {
+            repo.check_identity(&header, &identity, what)?;
+        }
+        return Ok(header);
+    }
+    match identity_from_data_dir(data_dir) {
+        Ok(identity) => repo.bind(&identity, what).await,
+        Err(e) => Err(RepoError::NotInitialized {
+            repo: repo.describe(),
+            hint: format!(
+                "the cluster's identity comes from the first WAL segment pushed, or from the data directory ({e}); run walvault-push from the data directory, as archive_command does"
+            ),
+        }),
+    }
+}
+
+fn check_text_file(path: &Path, name: &WalFileName, len: u64) -> Result<(), PushError> {
+    if len > MAX_TEXT_FILE_BYTES {
+        return Err(bad(
+            path,
+            format!("is {len} bytes, too large for a {} file", name.kind()),
+        ));
+    }
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| bad(path, format!("is not a readable text file: {e}")))?;
+    match name {
+        WalFileName::History { timeline } => {
+            TimelineHistory::parse(*timeline, &text)
+                .map_err(|e| bad(path, format!("is not a timeline history file: {e}")))?;
+        }
+        WalFileName::Backup { .. } => {
+            parse_backup_history(&text)
+                .map_err(|e| bad(path, format!("is not a backup history file: {e}")))?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+async fn compare_with_stored(
+    repo: &Repository,
+    path: &Path,
+    file_name: &str,
+    key: &crate::storage::Key,
+) -> Result<PushOutcome, PushError> {
+    let stored = read_info(repo.store(), key)
+        .await
+        .map_err(|e| PushError::Repo {
+            name: file_name.to_string(),
+            source: e.into(),
+        })?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
+    let mut hasher = Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(|e| bad(path, format!("read failed: {e}")))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    let local = hasher.finish();
+    if local == stored.checksum && hasher.len() == stored.raw_size {
+        tracing::warn!(
+            wal = file_name,
+            "already archived with identical contents; nothing to do"
+        );
+        Ok(PushOutcome::AlreadyArchived)
+    } else {
+        Err(PushError::Conflict {
+            name: file_name.to_string(),
+            stored: stored.checksum,
+            stored_size: stored.raw_size,
+            local,
+            local_size: hasher.len(),
+        })
+    }
+}

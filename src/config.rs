@@ -1,0 +1,320 @@
+//! Resolved settings: command-line flags, then `WALVAULT_*` environment
+//! variables, then the TOML config file (`--config`, `WALVAULT_CONFIG`, or
+//! `/etc/walvault.toml` when it exists), then built-in defaults.
+//!
+//! clap reads flags and their environment variables ([`GlobalArgs`]); this
+//! module fills what is still unset from the file and validates the result.
+//! It opens the repository the settings name, building an S3 client only
+//! for an S3 repository, so local pushes start in milliseconds.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::builder::BoolishValueParser;
+use serde::Deserialize;
+
+use crate::repo::{CompressSettings, Repository};
+use crate::storage::local::LocalStore;
+use crate::storage::s3::{S3Settings, S3Store};
+use crate::storage::ObjectStore;
+
+/// The config file read when neither `--config` nor `WALVAULT_CONFIG` names
+/// one, if it exists.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/walvault.toml";
+
+/// Options every walvault program takes.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct GlobalArgs {
+    /// Config file (TOML)
+    #[arg(long, env = "WALVAULT_CONFIG", global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// Repository: a local directory (/path or file:///path) or s3://bucket/prefix
+    #[arg(long, env = "WALVAULT_REPO", global = true, value_name = "REPO")]
+    pub repo: Option<String>,
+
+    /// S3 endpoint URL (default: AWS, or AWS_ENDPOINT_URL)
+    #[arg(long, env = "WALVAULT_S3_ENDPOINT", global = true, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
+
+    /// S3 region (default: AWS_REGION, AWS_DEFAULT_REGION, or us-east-1)
+    #[arg(long, env = "WALVAULT_S3_REGION", global = true, value_name = "REGION")]
+    pub s3_region: Option<String>,
+
+    /// Path-style S3 URLs (http://host/bucket/key), for S3-compatible servers
+    #[arg(long, env = "WALVAULT_S3_PATH_STYLE", global = true, num_args = 0..=1,
+          default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub s3_path_style: Option<bool>,
+
+    /// zstd compression level (1-19, negative for faster; 0 stores uncompressed) [default: 3]
+    #[arg(
+        long,
+        env = "WALVAULT_COMPRESS_LEVEL",
+        global = true,
+        allow_negative_numbers = true,
+        value_name = "N"
+    )]
+    pub compress_level: Option<i32>,
+
+    /// Extra zstd threads per file [default: 0]
+    #[arg(
+        long,
+        env = "WALVAULT_COMPRESS_THREADS",
+        global = true,
+        value_name = "N"
+    )]
+    pub compress_threads: Option<u32>,
+
+    /// How long walvault-fetch retries a failing repository before giving up [default: 60]
+    #[arg(
+        long,
+        env = "WALVAULT_FETCH_RETRY_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub fetch_retry_secs: Option<u64>,
+
+    /// More output: -v for progress lines, -vv for debugging
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+}
+
+/// The config file's keys; every one is optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub repo: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_part_size_mib: Option<usize>,
+    pub compress_level: Option<i32>,
+    pub compress_threads: Option<u32>,
+    pub fetch_retry_secs: Option<u64>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("read config file \"{path}\": {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file \"{path}\": {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("no repository configured\nHINT: pass --repo, set WALVAULT_REPO, or set repo = \"...\" in {DEFAULT_CONFIG_PATH}")]
+    NoRepo,
+    #[error("invalid setting {name} = {value}: {reason}")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        reason: String,
+    },
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
+}
+
+/// Where the repository is.
+#[derive(Debug, Clone)]
+pub enum RepoLocation {
+    Local(PathBuf),
+    S3(S3Settings),
+}
+
+/// Everything resolved.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub repo: RepoLocation,
+    pub compress: CompressSettings,
+    pub fetch_retry: Duration,
+    pub verbose: u8,
+}
+
+fn load_file(args: &GlobalArgs) -> Result<FileConfig, ConfigError> {
+    let (path, required) = match &args.config {
+        Some(path) => (path.clone(), true),
+        None => (PathBuf::from(DEFAULT_CONFIG_PATH), false),
+    };
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(FileConfig::default())
+        }
+        Err(source) => return Err(ConfigError::Read { path, source }),
+    };
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path,
+        message: e.message().to_string(),
+    })
+}
+
+/// Parses a repository string: `s3://…`, `file:///…` or an absolute path.
+pub fn parse_repo(repo: &str) -> Result<RepoLocation, ConfigError> {
+    let invalid = |reason: &str| ConfigError::Invalid {
+        name: "repo",
+        value: repo.to_string(),
+        reason: reason.to_string(),
+    };
+    if repo.starts_with("s3://") {
+        return Ok(RepoLocation::S3(S3Settings::from_url(repo)?));
+    }
+    let path = match repo.strip_prefix("file://") {
+        Some(rest) => rest,
+        None if repo.contains("://") => {
+            return Err(invalid(
+                "unknown scheme\nHINT: use a local path, file:///path or s3://bucket/prefix",
+            ))
+        }
+        None => repo,
+    };
+    let path = Path::new(path);
+    if !path.is_absolute() {
+        return Err(invalid("a local repository needs an absolute path\nHINT: PostgreSQL runs archive_command in the data directory, so a relative path would land there"));
+    }
+    Ok(RepoLocation::Local(path.to_path_buf()))
+}
+
+impl Settings {
+    /// Flags and environment (already in `args`), then the file, then defaults.
+    pub fn resolve(args: &GlobalArgs) -> Result<Settings, ConfigError> {
+        let file = load_file(args)?;
+        let repo_text = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
+        let mut repo = parse_repo(&repo_text)?;
+        if let RepoLocation::S3(s3) = &mut repo {
+            s3.endpoint = args
+                .s3_endpoint
+                .clone()
+                .or(file.s3_endpoint)
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+                .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+                .filter(|e| !e.is_empty());
+            s3.region = args.s3_region.clone().or(file.s3_region);
+            s3.path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(false);
+            if let Some(mib) = file.s3_part_size_mib {
+                s3.part_size_bytes = mib << 20;
+            }
+        }
+        let level = args.compress_level.or(file.compress_level).unwrap_or(3);
+        if !(-7..=19).contains(&level) {
+            return Err(ConfigError::Invalid {
+                name: "compress_level",
+                value: level.to_string(),
+                reason: "must be between -7 and 19 (0 stores uncompressed)".to_string(),
+            });
+        }
+        let workers = args.compress_threads.or(file.compress_threads).unwrap_or(0);
+        let fetch_retry_secs = args
+            .fetch_retry_secs
+            .or(file.fetch_retry_secs)
+            .unwrap_or(60);
+        Ok(Settings {
+            repo,
+            compress: CompressSettings { level, workers },
+            fetch_retry: Duration::from_secs(fetch_retry_secs),
+            verbose: args.verbose,
+        })
+    }
+
+    /// Opens the object store the settings name. No network traffic.
+    pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+        Ok(match &self.repo {
+            RepoLocation::Local(path) => Arc::new(LocalStore::new(path.clone())?),
+            RepoLocation::S3(s3) => Arc::new(S3Store::new(s3.clone())?),
+        })
+    }
+
+    pub fn open_repository(&self) -> Result<Repository, ConfigError> {
+        Ok(Repository::new(self.open_store()?, self.compress))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args() -> GlobalArgs {
+        GlobalArgs::default()
+    }
+
+    #[test]
+    fn repo_strings() {
+        assert!(
+            matches!(parse_repo("/var/lib/walvault"), Ok(RepoLocation::Local(p)) if p == Path::new("/var/lib/walvault"))
+        );
+        assert!(
+            matches!(parse_repo("file:///srv/r"), Ok(RepoLocation::Local(p)) if p == Path::new("/srv/r"))
+        );
+        match parse_repo("s3://bucket/some/prefix/") {
+            Ok(RepoLocation::S3(s)) => {
+                assert_eq!(s.bucket, "bucket");
+                assert_eq!(s.prefix, "some/prefix");
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(parse_repo("relative/dir")
+            .unwrap_err()
+            .to_string()
+            .contains("absolute path"));
+        assert!(parse_repo("gs://x")
+            .unwrap_err()
+            .to_string()
+            .contains("unknown scheme"));
+        assert!(parse_repo("s3://").is_err());
+    }
+
+    #[test]
+    fn flags_beat_file_and_file_beats_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(
+            &path,
+            "repo = \"s3://b/p\"\ns3_endpoint = \"http://127.0.0.1:1\"\ns3_path_style = true\ncompress_level = 9\nfetch_retry_secs = 5\n",
+        )
+        .unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let s = Settings::resolve(&a).unwrap();
+        match &s.repo {
+            RepoLocation::S3(s3) => {
+                assert_eq!(s3.endpoint.as_deref(), Some("http://127.0.0.1:1"));
+                assert!(s3.path_style);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(s.compress.level, 9);
+        assert_eq!(s.fetch_retry, Duration::from_secs(5));
+        a.repo = Some("/tmp/x".into());
+        a.compress_level = Some(1);
+        let s = Settings::resolve(&a).unwrap();
+        assert!(matches!(s.repo, RepoLocation::Local(_)));
+        assert_eq!(s.compress.level, 1);
+    }
+
+    #[test]
+    fn bad_files_and_values_are_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        std::fs::write(&path, "repo = \"/r\"\nrepository = \"typo\"\n").unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let err = Settings::resolve(&a).unwrap_err().to_string();
+        assert!(
+            err.contains("w.toml") && err.contains("repository"),
+            "{err}"
+        );
+        a.config = Some(dir.path().join("missing.toml"));
+        assert!(Settings::resolve(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("missing.toml"));
+        let mut a = args();
+        a.repo = Some("/r".into());
+        a.compress_level = Some(42);
+        assert!(Settings::resolve(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("compress_level"));
+    }
+}

@@ -1,0 +1,53 @@
+//! Every exit code walvault uses, in one table.
+//!
+//! PostgreSQL reads an archive or restore command's exit status: 0 is
+//! success; 1 to 125 is an ordinary failure (archive_command is retried;
+//! for restore_command it means "not in the archive"); above 125, like death
+//! by a signal, makes the archiver or the startup process stop with a FATAL
+//! error. Only walvault-fetch ever uses a code above 125, and only on
+//! purpose: see [`Exit::RecoveryMustStop`].
+
+/// walvault's exit codes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Exit {
+    Ok = 0,
+    /// walvault-fetch: the file is not in the repository (quiet; PostgreSQL
+    /// probes for files that do not exist all the time). For `status`:
+    /// WARNING.
+    NotFound = 1,
+    /// Bad command line or configuration (clap uses 2 as well). For
+    /// `status`: CRITICAL.
+    Usage = 2,
+    /// The input file is not what it claims to be (not WAL, truncated,
+    /// unreadable, wrong name).
+    BadInput = 3,
+    /// A different file of the same name is already archived; nothing was
+    /// overwritten.
+    Conflict = 4,
+    /// The repository could not be reached or failed.
+    Storage = 5,
+    /// A stored object failed its integrity check.
+    Corrupt = 6,
+    /// The file belongs to another cluster or repository format.
+    WrongRepository = 7,
+    /// Any other failure.
+    Failed = 8,
+    /// walvault-fetch outside standby mode, when the repository failed or
+    /// returned a corrupt object: "missing" (1..125) would let PostgreSQL end
+    /// recovery early at the wrong point, so this stops recovery instead
+    /// (PostgreSQL treats a status above 125 as fatal).
+    RecoveryMustStop = 128,
+}
+
+impl Exit {
+    pub fn code(self) -> u8 {
+        self as u8
+    }
+}
+
+impl From<Exit> for std::process::ExitCode {
+    fn from(e: Exit) -> Self {
+        std::process::ExitCode::from(e.code())
+    }
+}

@@ -1,0 +1,239 @@
+//! The repository format: key layout, format version, cluster identity and
+//! the stored object envelope. Everything that decides what bytes sit under
+//! which key lives here; commands (archive, backup, ...) call this module and
+//! never build keys themselves.
+//!
+//! The format is a promise to users (docs/FORMAT.md): a change bumps
+//! [`FORMAT_VERSION`] and keeps a reader for every older version.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::storage::{ObjectStore, PutMode, StorageError};
+use crate::wal::WalSegmentSize;
+
+pub mod layout;
+pub mod object;
+
+pub use object::{CompressSettings, ObjectError, ObjectInfo};
+
+/// The repository format this walvault writes, and the newest it reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// The identity of the PostgreSQL cluster a repository belongs to, as read
+/// from a WAL segment's long page header or the control file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClusterIdentity {
+    pub system_identifier: u64,
+    pub wal_segment_size: WalSegmentSize,
+    pub pg_major: u32,
+}
+
+/// `repository.json`: written once, create-only, by the first push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RepoHeader {
+    /// Always "walvault".
+    pub format: String,
+    pub format_version: u32,
+    /// Decimal string: a u64 does not fit a JSON number everywhere.
+    pub system_identifier: String,
+    pub pg_major: u32,
+    pub wal_segment_size: u64,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+impl RepoHeader {
+    pub fn system_identifier(&self) -> Option<u64> {
+        self.system_identifier.parse().ok()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Object(#[from] ObjectError),
+    #[error("repository header \"{key}\" in {repo} is unreadable: {reason}\nHINT: this path holds something other than a walvault repository, or the header was damaged")]
+    HeaderCorrupt {
+        key: String,
+        repo: String,
+        reason: String,
+    },
+    #[error("repository {repo} has format version {found}, newer than this walvault reads ({FORMAT_VERSION})\nHINT: upgrade walvault")]
+    FormatTooNew { repo: String, found: u32 },
+    #[error("{what} belongs to PostgreSQL cluster {found}, but repository {repo} belongs to cluster {expected}\nHINT: point this cluster at its own repository (--repo); a repository holds the WAL of one cluster")]
+    ClusterMismatch {
+        what: String,
+        repo: String,
+        expected: u64,
+        found: u64,
+    },
+    #[error("{what} has WAL segment size {found}, but repository {repo} was created for {expected}\nHINT: point this cluster at its own repository (--repo)")]
+    SegmentSizeMismatch {
+        what: String,
+        repo: String,
+        expected: WalSegmentSize,
+        found: WalSegmentSize,
+    },
+    #[error("{what} is from PostgreSQL {found}, but repository {repo} holds PostgreSQL {expected}\nHINT: after a major upgrade, archive into a new repository")]
+    VersionMismatch {
+        what: String,
+        repo: String,
+        expected: u32,
+        found: u32,
+    },
+    #[error("repository {repo} is not initialized yet\nHINT: {hint}")]
+    NotInitialized { repo: String, hint: String },
+}
+
+/// A repository: an object store plus the format rules.
+#[derive(Debug, Clone)]
+pub struct Repository {
+    store: Arc<dyn ObjectStore>,
+    compress: CompressSettings,
+}
+
+impl Repository {
+    pub fn new(store: Arc<dyn ObjectStore>, compress: CompressSettings) -> Repository {
+        Repository { store, compress }
+    }
+
+    pub fn store(&self) -> &dyn ObjectStore {
+        self.store.as_ref()
+    }
+
+    pub fn compress(&self) -> CompressSettings {
+        self.compress
+    }
+
+    pub fn describe(&self) -> String {
+        self.store.describe()
+    }
+
+    /// The header, or `None` for a repository nothing was pushed to yet.
+    pub async fn read_header(&self) -> Result<Option<RepoHeader>, RepoError> {
+        let key = layout::header_key();
+        let bytes = match self.store.get_bytes(&key).await {
+            Ok(bytes) => bytes,
+            Err(StorageError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let corrupt = |reason: String| RepoError::HeaderCorrupt {
+            key: key.to_string(),
+            repo: self.describe(),
+            reason,
+        };
+        // Read the version first, so that a newer header with new fields
+        // gets "upgrade walvault", not a parse error.
+        let probe: serde_json::Value =
+            serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+        let version = probe.get("format_version").and_then(|v| v.as_u64());
+        match version {
+            Some(v) if v > FORMAT_VERSION as u64 => {
+                return Err(RepoError::FormatTooNew {
+                    repo: self.describe(),
+                    found: v as u32,
+                })
+            }
+            Some(_) => {}
+            None => return Err(corrupt("no format_version".to_string())),
+        }
+        let header: RepoHeader =
+            serde_json::from_value(probe).map_err(|e| corrupt(e.to_string()))?;
+        if header.format != "walvault" || header.system_identifier().is_none() {
+            return Err(corrupt("not a walvault header".to_string()));
+        }
+        Ok(Some(header))
+    }
+
+    /// Checks that `identity` (described by `what`, e.g. `WAL file "…"`)
+    /// belongs to this repository, binding the repository to it on first use.
+    /// Concurrent first pushes race on a create-only put: one wins, the others
+    /// read its header and compare.
+    pub async fn bind(
+        &self,
+        identity: &ClusterIdentity,
+        what: &str,
+    ) -> Result<RepoHeader, RepoError> {
+        let header = match self.read_header().await? {
+            Some(header) => header,
+            None => {
+                let header = RepoHeader {
+                    format: "walvault".to_string(),
+                    format_version: FORMAT_VERSION,
+                    system_identifier: identity.system_identifier.to_string(),
+                    pg_major: identity.pg_major,
+                    wal_segment_size: identity.wal_segment_size.bytes(),
+                    created_at: jiff::Timestamp::now()
+                        .round(jiff::Unit::Second)
+                        .unwrap_or(jiff::Timestamp::now())
+                        .to_string(),
+                    created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+                };
+                let mut json = serde_json::to_vec_pretty(&header).expect("header serializes");
+                json.push(b'\n');
+                match self
+                    .store
+                    .put_bytes(&layout::header_key(), Bytes::from(json), PutMode::Create)
+                    .await
+                {
+                    Ok(()) => {
+                        tracing::info!(repo = %self.describe(), system_identifier = identity.system_identifier, "repository initialized");
+                        header
+                    }
+                    Err(StorageError::AlreadyExists { .. }) => self
+                        .read_header()
+                        .await?
+                        .ok_or_else(|| RepoError::NotInitialized {
+                            repo: self.describe(),
+                            hint: "the header vanished while being created; try again".to_string(),
+                        })?,
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        };
+        self.check_identity(&header, identity, what)?;
+        Ok(header)
+    }
+
+    /// Compares an identity with a header, naming both sides on mismatch.
+    pub fn check_identity(
+        &self,
+        header: &RepoHeader,
+        identity: &ClusterIdentity,
+        what: &str,
+    ) -> Result<(), RepoError> {
+        let expected = header.system_identifier().unwrap_or_default();
+        if expected != identity.system_identifier {
+            return Err(RepoError::ClusterMismatch {
+                what: what.to_string(),
+                repo: self.describe(),
+                expected,
+                found: identity.system_identifier,
+            });
+        }
+        if header.wal_segment_size != identity.wal_segment_size.bytes() {
+            return Err(RepoError::SegmentSizeMismatch {
+                what: what.to_string(),
+                repo: self.describe(),
+                expected: WalSegmentSize::new(header.wal_segment_size)
+                    .unwrap_or(WalSegmentSize::DEFAULT),
+                found: identity.wal_segment_size,
+            });
+        }
+        if header.pg_major != identity.pg_major {
+            return Err(RepoError::VersionMismatch {
+                what: what.to_string(),
+                repo: self.describe(),
+                expected: header.pg_major,
+                found: identity.pg_major,
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,523 @@
+//! The stored object envelope (repository format v1, see docs/FORMAT.md):
+//!
+//! ```text
+//! header   16 bytes  "WVLT", envelope version (1), compression (0 none,
+//!                    1 zstd), encryption (0 none), flags (0), 8 reserved
+//! body     the raw bytes, compressed as the header says
+//! trailer  56 bytes  "WVTR", 4 reserved, raw size u64 LE, body size u64 LE,
+//!                    BLAKE3 of the raw bytes (32)
+//! ```
+//!
+//! Writing streams a source through checksum and compression into a storage
+//! writer; reading streams an object back through decompression and checks
+//! size and checksum against the trailer before reporting success. Because
+//! the trailer sits at a fixed distance from the end, the checksum of a
+//! stored object can be read with one ranged read, without the body.
+//!
+//! The encryption byte is the room left for authenticated encryption: a
+//! reader of this version refuses any value but 0 with a clear error, and a
+//! later version adds the encrypted body format behind a new value.
+
+use std::io;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::storage::{Key, ObjectStore, PutMode, StorageError};
+use crate::stream::{Checksum, Compressor, Decompressor, Hasher, StreamError};
+
+pub const HEADER_LEN: usize = 16;
+pub const TRAILER_LEN: usize = 56;
+const HEADER_MAGIC: &[u8; 4] = b"WVLT";
+const TRAILER_MAGIC: &[u8; 4] = b"WVTR";
+pub const ENVELOPE_VERSION: u8 = 1;
+const COMPRESSION_NONE: u8 = 0;
+const COMPRESSION_ZSTD: u8 = 1;
+const ENCRYPTION_NONE: u8 = 0;
+
+/// How bytes are read and written in one step: large enough to amortise
+/// per-call costs, small enough that memory stays bounded.
+pub const CHUNK_BYTES: usize = 1 << 20;
+
+/// Compression settings for writing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CompressSettings {
+    /// zstd level; 0 stores uncompressed.
+    pub level: i32,
+    /// Extra zstd threads for one object (0: compress on the caller's thread).
+    pub workers: u32,
+}
+
+impl Default for CompressSettings {
+    fn default() -> Self {
+        CompressSettings {
+            level: 3,
+            workers: 0,
+        }
+    }
+}
+
+/// What the trailer records of an object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub raw_size: u64,
+    pub checksum: Checksum,
+    /// Size of the stored object, envelope included.
+    pub stored_size: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ObjectError {
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error("read source: {0}")]
+    Source(#[source] io::Error),
+    #[error("object \"{key}\": {source}")]
+    Stream {
+        key: Key,
+        #[source]
+        source: StreamError,
+    },
+    #[error("object \"{key}\" is not a valid walvault object: {reason}")]
+    Format { key: Key, reason: String },
+    #[error("object \"{key}\" is corrupt: {reason}")]
+    Integrity { key: Key, reason: String },
+    #[error("write output: {0}")]
+    Sink(#[source] io::Error),
+}
+
+impl ObjectError {
+    /// A stored object that cannot be trusted (as opposed to one that could
+    /// not be reached).
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            ObjectError::Format { .. } | ObjectError::Integrity { .. } | ObjectError::Stream { .. }
+        )
+    }
+}
+
+fn header(compressed: bool) -> [u8; HEADER_LEN] {
+    let mut h = [0u8; HEADER_LEN];
+    h[..4].copy_from_slice(HEADER_MAGIC);
+    h[4] = ENVELOPE_VERSION;
+    h[5] = if compressed {
+        COMPRESSION_ZSTD
+    } else {
+        COMPRESSION_NONE
+    };
+    h[6] = ENCRYPTION_NONE;
+    h
+}
+
+/// Parses a header, returning whether the body is compressed.
+fn parse_header(key: &Key, h: &[u8]) -> Result<bool, ObjectError> {
+    let format = |reason: String| ObjectError::Format {
+        key: key.clone(),
+        reason,
+    };
+    if h.len() < HEADER_LEN || &h[..4] != HEADER_MAGIC {
+        return Err(format("no walvault header".to_string()));
+    }
+    if h[4] != ENVELOPE_VERSION {
+        return Err(format(format!(
+            "envelope version {} is newer than this walvault understands (1)\nHINT: upgrade walvault to read this repository",
+            h[4]
+        )));
+    }
+    if h[6] != ENCRYPTION_NONE {
+        return Err(format(format!(
+            "encryption method {} is not supported by this walvault\nHINT: upgrade walvault to read this repository",
+            h[6]
+        )));
+    }
+    match h[5] {
+        COMPRESSION_NONE => Ok(false),
+        COMPRESSION_ZSTD => Ok(true),
+        other => Err(format(format!("unknown compression method {other}"))),
+    }
+}
+
+fn trailer(raw_size: u64, body_size: u64, checksum: &Checksum) -> [u8; TRAILER_LEN] {
+    let mut t = [0u8; TRAILER_LEN];
+    t[..4].copy_from_slice(TRAILER_MAGIC);
+    t[8..16].copy_from_slice(&raw_size.to_le_bytes());
+    t[16..24].copy_from_slice(&body_size.to_le_bytes());
+    t[24..56].copy_from_slice(&checksum.0);
+    t
+}
+
+struct Trailer {
+    raw_size: u64,
+    body_size: u64,
+    checksum: Checksum,
+}
+
+fn parse_trailer(key: &Key, t: &[u8]) -> Result<Trailer, ObjectError> {
+    if t.len() != TRAILER_LEN || &t[..4] != TRAILER_MAGIC {
+        return Err(ObjectError::Integrity {
+            key: key.clone(),
+            reason: "the trailer is missing or damaged (truncated object?)".to_string(),
+        });
+    }
+    let u64_at = |i: usize| {
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&t[i..i + 8]);
+        u64::from_le_bytes(b)
+    };
+    let mut sum = [0u8; 32];
+    sum.copy_from_slice(&t[24..56]);
+    Ok(Trailer {
+        raw_size: u64_at(8),
+        body_size: u64_at(16),
+        checksum: Checksum(sum),
+    })
+}
+
+/// Reads from `src` until `buf` is full or the source ends; returns the
+/// number of bytes read.
+async fn fill<R: AsyncRead + Unpin + ?Sized>(src: &mut R, buf: &mut [u8]) -> io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let n = src.read(&mut buf[filled..]).await?;
+        if n == 0 {
+            break;
+        }
+        filled += n;
+    }
+    Ok(filled)
+}
+
+/// Streams `src` into a new object at `key`: checksum, compress, store.
+/// Memory stays at a few chunks whatever the size. The object is visible
+/// only if this returns `Ok`; with [`PutMode::Create`] an existing object
+/// gives [`StorageError::AlreadyExists`] (wrapped) and stays untouched.
+pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
+    store: &dyn ObjectStore,
+    key: &Key,
+    mode: PutMode,
+    src: &mut R,
+    compress: CompressSettings,
+) -> Result<ObjectInfo, ObjectError> {
+    let mut compressor = Compressor::new(compress.level, compress.workers).map_err(|source| {
+        ObjectError::Stream {
+            key: key.clone(),
+            source,
+        }
+    })?;
+    let mut writer = store.put(key, mode).await?;
+    let result = async {
+        let head = header(compressor.is_compressing());
+        writer.write(Bytes::copy_from_slice(&head)).await?;
+        let mut hasher = Hasher::new();
+        let mut body_size = 0u64;
+        let mut input = vec![0u8; CHUNK_BYTES];
+        let mut out = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8);
+        let stream_err = |source| ObjectError::Stream {
+            key: key.clone(),
+            source,
+        };
+        loop {
+            let n = fill(src, &mut input).await.map_err(ObjectError::Source)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&input[..n]);
+            compressor
+                .compress(&input[..n], &mut out)
+                .map_err(stream_err)?;
+            if out.len() >= CHUNK_BYTES {
+                body_size += out.len() as u64;
+                let chunk =
+                    std::mem::replace(&mut out, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8));
+                writer.write(Bytes::from(chunk)).await?;
+            }
+        }
+        compressor.finish(&mut out).map_err(stream_err)?;
+        body_size += out.len() as u64;
+        let checksum = hasher.finish();
+        let tail = trailer(hasher.len(), body_size, &checksum);
+        out.extend_from_slice(&tail);
+        writer.write(Bytes::from(out)).await?;
+        Ok::<_, ObjectError>(ObjectInfo {
+            raw_size: hasher.len(),
+            checksum,
+            stored_size: HEADER_LEN as u64 + body_size + TRAILER_LEN as u64,
+        })
+    }
+    .await;
+    match result {
+        Ok(info) => {
+            writer.commit().await?;
+            Ok(info)
+        }
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// Streams the object at `key` to `sink`, decompressed, and checks its size
+/// and checksum against the trailer. `sink` may have received bytes even
+/// when this fails: write to a temporary place and publish only on `Ok`.
+pub async fn read_object(
+    store: &dyn ObjectStore,
+    key: &Key,
+    sink: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
+) -> Result<ObjectInfo, ObjectError> {
+    let mut src = store.get(key).await?;
+    let read_err = |e: io::Error| {
+        ObjectError::Storage(StorageError::Io {
+            op: "read",
+            key: key.to_string(),
+            source: e,
+        })
+    };
+    let mut head = [0u8; HEADER_LEN];
+    let n = fill(&mut src, &mut head).await.map_err(read_err)?;
+    let compressed = parse_header(key, &head[..n])?;
+    let mut decompressor = Decompressor::new(compressed).map_err(|source| ObjectError::Stream {
+        key: key.clone(),
+        source,
+    })?;
+    let mut hasher = Hasher::new();
+    // The last TRAILER_LEN bytes seen are held back: they may be the trailer.
+    let mut buf = vec![0u8; TRAILER_LEN + CHUNK_BYTES];
+    let mut have = 0usize;
+    let mut body_size = 0u64;
+    loop {
+        let n = src.read(&mut buf[have..]).await.map_err(read_err)?;
+        if n == 0 {
+            break;
+        }
+        have += n;
+        if have > TRAILER_LEN {
+            let feed = have - TRAILER_LEN;
+            body_size += feed as u64;
+            decompressor
+                .decompress(&buf[..feed], |piece| {
+                    hasher.update(piece);
+                    sink(piece)
+                })
+                .map_err(|source| match source {
+                    StreamError::Sink(e) => ObjectError::Sink(e),
+                    source => ObjectError::Stream {
+                        key: key.clone(),
+                        source,
+                    },
+                })?;
+            buf.copy_within(feed..have, 0);
+            have = TRAILER_LEN;
+        }
+    }
+    let trailer = parse_trailer(key, &buf[..have])?;
+    let integrity = |reason: String| ObjectError::Integrity {
+        key: key.clone(),
+        reason,
+    };
+    if trailer.body_size != body_size {
+        return Err(integrity(format!(
+            "stored body is {body_size} bytes, the trailer says {}",
+            trailer.body_size
+        )));
+    }
+    decompressor
+        .finish()
+        .map_err(|source| ObjectError::Stream {
+            key: key.clone(),
+            source,
+        })?;
+    if hasher.len() != trailer.raw_size {
+        return Err(integrity(format!(
+            "content is {} bytes, the trailer says {}",
+            hasher.len(),
+            trailer.raw_size
+        )));
+    }
+    let actual = hasher.finish();
+    if actual != trailer.checksum {
+        return Err(integrity(format!(
+            "checksum mismatch: stored {}, computed {}",
+            trailer.checksum, actual
+        )));
+    }
+    Ok(ObjectInfo {
+        raw_size: trailer.raw_size,
+        checksum: trailer.checksum,
+        stored_size: HEADER_LEN as u64 + body_size + TRAILER_LEN as u64,
+    })
+}
+
+/// Reads what an object's trailer records, without reading its body (a
+/// `head` and one ranged read).
+pub async fn read_info(store: &dyn ObjectStore, key: &Key) -> Result<ObjectInfo, ObjectError> {
+    let meta = store.head(key).await?;
+    if meta.size_bytes < (HEADER_LEN + TRAILER_LEN) as u64 {
+        return Err(ObjectError::Integrity {
+            key: key.clone(),
+            reason: format!("object is only {} bytes", meta.size_bytes),
+        });
+    }
+    let head = store.get_range(key, 0, HEADER_LEN as u64).await?;
+    parse_header(key, &head)?;
+    let tail = store
+        .get_range(
+            key,
+            meta.size_bytes - TRAILER_LEN as u64,
+            TRAILER_LEN as u64,
+        )
+        .await?;
+    let trailer = parse_trailer(key, &tail)?;
+    if HEADER_LEN as u64 + trailer.body_size + TRAILER_LEN as u64 != meta.size_bytes {
+        return Err(ObjectError::Integrity {
+            key: key.clone(),
+            reason: format!(
+                "object is {} bytes, the trailer implies {}",
+                meta.size_bytes,
+                HEADER_LEN as u64 + trailer.body_size + TRAILER_LEN as u64
+            ),
+        });
+    }
+    Ok(ObjectInfo {
+        raw_size: trailer.raw_size,
+        checksum: trailer.checksum,
+        stored_size: meta.size_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+
+    async fn store_bytes(store: &MemoryStore, key: &Key, data: &[u8], level: i32) -> ObjectInfo {
+        let mut src = data;
+        write_object(
+            store,
+            key,
+            PutMode::Create,
+            &mut src,
+            CompressSettings { level, workers: 0 },
+        )
+        .await
+        .expect("write object")
+    }
+
+    async fn load(store: &MemoryStore, key: &Key) -> Result<(Vec<u8>, ObjectInfo), ObjectError> {
+        let mut out = Vec::new();
+        let info = read_object(store, key, &mut |piece: &[u8]| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })
+        .await?;
+        Ok((out, info))
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        (0..len).map(|i| ((i * 31) ^ (i >> 9)) as u8).collect()
+    }
+
+    #[tokio::test]
+    async fn round_trip_compressed_and_plain() {
+        let store = MemoryStore::new();
+        for (level, len) in [
+            (3, 3_500_000),
+            (0, 100_000),
+            (1, 0),
+            (3, CHUNK_BYTES),
+            (3, 17),
+        ] {
+            let key = Key::new(format!("obj/{level}-{len}")).unwrap();
+            let data = sample(len);
+            let info = store_bytes(&store, &key, &data, level).await;
+            assert_eq!(info.raw_size, len as u64);
+            assert_eq!(info.checksum, Checksum::of(&data));
+            assert_eq!(store.head(&key).await.unwrap().size_bytes, info.stored_size);
+            let (back, read) = load(&store, &key).await.unwrap();
+            assert!(back == data);
+            assert_eq!(read, info);
+            assert_eq!(read_info(&store, &key).await.unwrap(), info);
+        }
+    }
+
+    #[tokio::test]
+    async fn every_flipped_byte_is_detected() {
+        let store = MemoryStore::new();
+        let key = Key::new("obj/flip").unwrap();
+        let data = sample(300_000);
+        store_bytes(&store, &key, &data, 3).await;
+        let stored = store.get_bytes(&key).await.unwrap();
+        // Flip a byte in the header, the body, and the trailer.
+        for pos in [
+            2,
+            5,
+            6,
+            HEADER_LEN + 10,
+            stored.len() / 2,
+            stored.len() - 40,
+            stored.len() - 1,
+        ] {
+            let mut bad = stored.to_vec();
+            bad[pos] ^= 0x40;
+            store.overwrite_raw(&key, Bytes::from(bad));
+            let err = load(&store, &key)
+                .await
+                .expect_err("corruption must be detected");
+            assert!(err.is_corruption(), "flip at {pos} gave {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn truncation_is_detected() {
+        let store = MemoryStore::new();
+        let key = Key::new("obj/trunc").unwrap();
+        store_bytes(&store, &key, &sample(200_000), 3).await;
+        let stored = store.get_bytes(&key).await.unwrap();
+        for len in [0, 10, HEADER_LEN, stored.len() / 2, stored.len() - 1] {
+            store.overwrite_raw(&key, stored.slice(..len));
+            let err = load(&store, &key)
+                .await
+                .expect_err("truncation must be detected");
+            assert!(err.is_corruption(), "truncated to {len}: {err}");
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_encryption_is_refused_clearly() {
+        let store = MemoryStore::new();
+        let key = Key::new("obj/enc").unwrap();
+        store_bytes(&store, &key, b"secret", 3).await;
+        let mut bytes = store.get_bytes(&key).await.unwrap().to_vec();
+        bytes[6] = 1;
+        store.overwrite_raw(&key, Bytes::from(bytes));
+        let err = load(&store, &key).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("encryption method 1 is not supported"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn refused_create_keeps_the_original() {
+        let store = MemoryStore::new();
+        let key = Key::new("obj/dup").unwrap();
+        store_bytes(&store, &key, b"first", 3).await;
+        let mut src: &[u8] = b"second";
+        let err = write_object(
+            &store,
+            &key,
+            PutMode::Create,
+            &mut src,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap_err();
+        assert!(matches!(
+            err,
+            ObjectError::Storage(StorageError::AlreadyExists { .. })
+        ));
+        assert_eq!(load(&store, &key).await.unwrap().0, b"first");
+    }
+}

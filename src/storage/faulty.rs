@@ -1,0 +1,142 @@
+//! A failure-injecting wrapper around any store, for tests of what the
+//! commands do when storage misbehaves (retry, exit codes, nothing visible
+//! after a failed put). Never used for a real repository.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{
+    Key, ObjectMeta, ObjectReader, ObjectStore, ObjectWriter, PutMode, Result, StorageError,
+};
+
+/// The operations a fault can be injected into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    Get,
+    Head,
+    Put,
+    Commit,
+    List,
+    Delete,
+}
+
+#[derive(Debug, Clone)]
+pub struct FaultyStore<S> {
+    inner: S,
+    /// Remaining failures per operation: (count, transient).
+    faults: Arc<Mutex<HashMap<Op, (u32, bool)>>>,
+}
+
+impl<S: ObjectStore + Clone + 'static> FaultyStore<S> {
+    pub fn new(inner: S) -> Self {
+        FaultyStore {
+            inner,
+            faults: Arc::default(),
+        }
+    }
+
+    /// Makes the next `count` calls of `op` fail with a remote error that is
+    /// `transient` or not. `u32::MAX` fails forever.
+    pub fn fail_next(&self, op: Op, count: u32, transient: bool) {
+        self.lock().insert(op, (count, transient));
+    }
+
+    pub fn inner(&self) -> &S {
+        &self.inner
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Op, (u32, bool)>> {
+        self.faults.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn check(&self, op: Op, key: &str) -> Result<()> {
+        let mut faults = self.lock();
+        if let Some((count, transient)) = faults.get_mut(&op) {
+            if *count > 0 {
+                if *count != u32::MAX {
+                    *count -= 1;
+                }
+                return Err(StorageError::Remote {
+                    op: "injected fault",
+                    key: key.to_string(),
+                    message: format!("injected {op:?} failure"),
+                    transient: *transient,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
+    async fn get(&self, key: &Key) -> Result<ObjectReader> {
+        self.check(Op::Get, key.as_str())?;
+        self.inner.get(key).await
+    }
+
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
+        self.check(Op::Get, key.as_str())?;
+        self.inner.get_range(key, offset, len).await
+    }
+
+    async fn head(&self, key: &Key) -> Result<ObjectMeta> {
+        self.check(Op::Head, key.as_str())?;
+        self.inner.head(key).await
+    }
+
+    async fn put(&self, key: &Key, mode: PutMode) -> Result<Box<dyn ObjectWriter>> {
+        self.check(Op::Put, key.as_str())?;
+        let inner = self.inner.put(key, mode).await?;
+        Ok(Box::new(FaultyWriter {
+            store: FaultyStore {
+                inner: self.inner.clone(),
+                faults: self.faults.clone(),
+            },
+            key: key.clone(),
+            inner,
+        }))
+    }
+
+    async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        self.check(Op::List, prefix.unwrap_or(""))?;
+        self.inner.list(prefix).await
+    }
+
+    async fn delete(&self, key: &Key) -> Result<()> {
+        self.check(Op::Delete, key.as_str())?;
+        self.inner.delete(key).await
+    }
+
+    fn describe(&self) -> String {
+        format!("faulty {}", self.inner.describe())
+    }
+}
+
+struct FaultyWriter<S> {
+    store: FaultyStore<S>,
+    key: Key,
+    inner: Box<dyn ObjectWriter>,
+}
+
+#[async_trait]
+impl<S: ObjectStore + Clone + 'static> ObjectWriter for FaultyWriter<S> {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.inner.write(chunk).await
+    }
+
+    async fn commit(self: Box<Self>) -> Result<()> {
+        if let Err(e) = self.store.check(Op::Commit, self.key.as_str()) {
+            self.inner.abort().await;
+            return Err(e);
+        }
+        self.inner.commit().await
+    }
+
+    async fn abort(self: Box<Self>) {
+        self.inner.abort().await
+    }
+}

@@ -1,0 +1,232 @@
+//! The repository's object store: one small trait and its backends.
+//!
+//! This module owns moving opaque bytes to and from a place (a local
+//! directory, an S3 bucket, memory). It knows nothing of WAL, PostgreSQL,
+//! compression or the repository layout: `repo` builds the [`Key`]s and adds
+//! the stream layers, backends only store what they are given.
+//!
+//! Guarantees every backend gives, checked by [`conformance`]:
+//! - **Atomic put.** No reader ever sees a partial object: an object appears
+//!   under its key whole, at [`ObjectWriter::commit`], or not at all. A writer
+//!   that is dropped or aborted leaves nothing visible.
+//! - **Create-only put.** [`PutMode::Create`] fails with
+//!   [`StorageError::AlreadyExists`] when the key exists and leaves the
+//!   existing object untouched.
+//! - **Missing means [`StorageError::NotFound`]**, never a generic error, for
+//!   `get`, `get_range` and `head`.
+//! - **Listing** returns every object under a prefix, sorted by key.
+//! - **Delete** is idempotent: deleting a missing key succeeds.
+
+use std::fmt;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::io::AsyncRead;
+
+pub mod conformance;
+pub mod faulty;
+pub mod local;
+pub mod memory;
+pub mod s3;
+
+/// A key in the object store: `/`-separated segments of `[A-Za-z0-9._-]`,
+/// never empty, never starting with `.` (temporary files of the local
+/// backend start with `.`), never `..`.
+///
+/// Keys are built by `repo`, never from raw user strings, so an invalid key
+/// is a programming error reported as [`StorageError::InvalidKey`].
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Key(String);
+
+impl Key {
+    /// Validates and wraps a key.
+    pub fn new(key: impl Into<String>) -> Result<Key, StorageError> {
+        let key = key.into();
+        let valid = !key.is_empty()
+            && key.split('/').all(|part| {
+                !part.is_empty()
+                    && !part.starts_with('.')
+                    && part
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+            });
+        if valid {
+            Ok(Key(key))
+        } else {
+            Err(StorageError::InvalidKey { key })
+        }
+    }
+
+    /// Joins a further path segment (or several, `/`-separated).
+    pub fn join(&self, rest: &str) -> Result<Key, StorageError> {
+        Key::new(format!("{}/{}", self.0, rest))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The last path segment.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Key {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Key({:?})", self.0)
+    }
+}
+
+/// How a put treats an existing object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PutMode {
+    /// Replace any existing object atomically.
+    Overwrite,
+    /// Fail with [`StorageError::AlreadyExists`] if the key exists; the
+    /// existing object is never touched.
+    Create,
+}
+
+/// What `head` and `list` report of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub key: Key,
+    pub size_bytes: u64,
+    /// Last modification, seconds since the Unix epoch.
+    pub modified_unix_secs: i64,
+}
+
+/// A stream of an object's bytes.
+pub type ObjectReader = Pin<Box<dyn AsyncRead + Send>>;
+
+/// Errors of the object store. Variants carry the key and the backend's own
+/// words; `repo` and the commands add what was being done.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("object \"{key}\" not found")]
+    NotFound { key: Key },
+    #[error("object \"{key}\" already exists")]
+    AlreadyExists { key: Key },
+    #[error("invalid object key \"{key}\"")]
+    InvalidKey { key: String },
+    #[error("{op} \"{key}\": {source}")]
+    Io {
+        op: &'static str,
+        key: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A remote store failed; `transient` says whether trying again may help
+    /// (throttling, 5xx, timeouts, connection failures).
+    #[error("{op} \"{key}\": {message}")]
+    Remote {
+        op: &'static str,
+        key: String,
+        message: String,
+        transient: bool,
+    },
+    #[error("storage configuration: {0}")]
+    Config(String),
+}
+
+impl StorageError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StorageError::NotFound { .. })
+    }
+
+    /// Whether repeating the operation may succeed (used by fetch's bounded
+    /// retry loop; the S3 client already retries within one call).
+    pub fn is_transient(&self) -> bool {
+        match self {
+            StorageError::Remote { transient, .. } => *transient,
+            StorageError::Io { source, .. } => !matches!(
+                source.kind(),
+                std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::InvalidInput
+            ),
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+/// The object store. Implementations must give the guarantees listed in the
+/// module documentation; [`conformance::run_all`] checks them.
+#[async_trait]
+pub trait ObjectStore: Send + Sync + fmt::Debug {
+    /// Streams an object. Missing: [`StorageError::NotFound`].
+    async fn get(&self, key: &Key) -> Result<ObjectReader>;
+
+    /// Reads `len` bytes at `offset`; fewer only when the object ends first.
+    /// Missing: [`StorageError::NotFound`].
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes>;
+
+    /// Size and time of an object. Missing: [`StorageError::NotFound`].
+    async fn head(&self, key: &Key) -> Result<ObjectMeta>;
+
+    /// Starts an atomic, streaming put. Nothing is visible until
+    /// [`ObjectWriter::commit`] returns `Ok`.
+    async fn put(&self, key: &Key, mode: PutMode) -> Result<Box<dyn ObjectWriter>>;
+
+    /// Every object whose key starts with `prefix` (a key prefix, not only a
+    /// directory), sorted by key. `None` lists everything.
+    async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>>;
+
+    /// Removes an object; a missing key is not an error.
+    async fn delete(&self, key: &Key) -> Result<()>;
+
+    /// A short description for messages, e.g. `local "/var/lib/walvault"`.
+    fn describe(&self) -> String;
+
+    /// Reads a whole object into memory. Only for small objects (headers,
+    /// manifests).
+    async fn get_bytes(&self, key: &Key) -> Result<Bytes> {
+        use tokio::io::AsyncReadExt;
+        let mut reader = self.get(key).await?;
+        let mut buf = Vec::new();
+        reader
+            .read_to_end(&mut buf)
+            .await
+            .map_err(|source| StorageError::Io {
+                op: "read",
+                key: key.to_string(),
+                source,
+            })?;
+        Ok(Bytes::from(buf))
+    }
+
+    /// Stores a small object from memory.
+    async fn put_bytes(&self, key: &Key, data: Bytes, mode: PutMode) -> Result<()> {
+        let mut writer = self.put(key, mode).await?;
+        if let Err(e) = writer.write(data).await {
+            writer.abort().await;
+            return Err(e);
+        }
+        writer.commit().await
+    }
+}
+
+/// An object being written. Chunks are written in order; the object becomes
+/// visible, whole, at `commit`. Dropping a writer without committing leaves
+/// nothing visible (backends clean up what they can, `abort` does it now).
+#[async_trait]
+pub trait ObjectWriter: Send {
+    /// Appends a chunk. Backends may buffer up to their part size.
+    async fn write(&mut self, chunk: Bytes) -> Result<()>;
+
+    /// Makes the object durable and visible under its key. With
+    /// [`PutMode::Create`] and an existing key: [`StorageError::AlreadyExists`]
+    /// and the existing object is untouched.
+    async fn commit(self: Box<Self>) -> Result<()>;
+
+    /// Discards what was written.
+    async fn abort(self: Box<Self>);
+}

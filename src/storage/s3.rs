@@ -1,0 +1,640 @@
+//! The S3 backend, through aws-sdk-s3, for AWS and S3-compatible servers.
+//!
+//! - Streaming puts: chunks are buffered up to the part size; an object that
+//!   fits in one part is sent with one PutObject, a larger one as a multipart
+//!   upload with a bounded number of parts in flight, so memory stays at
+//!   about `(parts_in_flight + 1) * part_size` whatever the object's size.
+//!   An object becomes visible only when PutObject or
+//!   CompleteMultipartUpload succeeds: S3 never shows a partial object.
+//! - Create-only puts send `If-None-Match: *`. Where a server answers that it
+//!   does not implement conditional writes (501), the backend falls back to a
+//!   HEAD before the write, which is not atomic against a concurrent writer.
+//! - Throttling, 5xx, timeouts and connection failures are retried with
+//!   exponential backoff by the SDK's standard retry strategy.
+//! - Credentials: static `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` are used
+//!   directly; otherwise the profile files, web identity and container
+//!   providers, and the EC2 instance metadata service only on EC2 (or when
+//!   `AWS_EC2_METADATA_DISABLED=false` asks for it), so that a machine with
+//!   no credentials fails at once instead of stalling on metadata probes.
+//!   The region likewise never comes from instance metadata.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use aws_sdk_s3::config::retry::RetryConfig;
+use aws_sdk_s3::config::timeout::TimeoutConfig;
+use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
+use aws_sdk_s3::Client;
+use bytes::{Bytes, BytesMut};
+use tokio::task::JoinHandle;
+
+use super::{
+    Key, ObjectMeta, ObjectReader, ObjectStore, ObjectWriter, PutMode, Result, StorageError,
+};
+
+/// Settings for the S3 backend, resolved by `config`.
+#[derive(Debug, Clone)]
+pub struct S3Settings {
+    pub bucket: String,
+    /// Key prefix inside the bucket, without leading or trailing `/`.
+    pub prefix: String,
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub path_style: bool,
+    pub part_size_bytes: usize,
+    pub parts_in_flight: usize,
+    /// Attempts per request, including the first.
+    pub max_attempts: u32,
+    pub connect_timeout: Duration,
+}
+
+impl S3Settings {
+    pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+
+    /// Parses `s3://bucket/prefix`.
+    pub fn from_url(url: &str) -> Result<S3Settings> {
+        let rest = url
+            .strip_prefix("s3://")
+            .ok_or_else(|| StorageError::Config(format!("\"{url}\" is not an s3:// URL")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        if bucket.is_empty() {
+            return Err(StorageError::Config(format!(
+                "repository URL \"{url}\" names no bucket\nHINT: use s3://BUCKET/PREFIX"
+            )));
+        }
+        Ok(S3Settings {
+            bucket: bucket.to_string(),
+            prefix: prefix.trim_matches('/').to_string(),
+            endpoint: None,
+            region: None,
+            path_style: false,
+            part_size_bytes: Self::DEFAULT_PART_SIZE,
+            parts_in_flight: 4,
+            max_attempts: 4,
+            connect_timeout: Duration::from_secs(3),
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct S3Store {
+    client: Client,
+    settings: S3Settings,
+}
+
+impl S3Store {
+    /// Builds the client. No network traffic happens here.
+    pub fn new(settings: S3Settings) -> Result<S3Store> {
+        if settings.part_size_bytes < 5 << 20 {
+            return Err(StorageError::Config(format!(
+                "S3 part size {} is below the 5 MiB minimum of S3",
+                settings.part_size_bytes
+            )));
+        }
+        let region = settings
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .filter(|r| !r.is_empty())
+            .unwrap_or_else(|| "us-east-1".to_string());
+        let retry = RetryConfig::standard()
+            .with_max_attempts(settings.max_attempts.max(1))
+            .with_initial_backoff(Duration::from_millis(200))
+            .with_max_backoff(Duration::from_secs(5));
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(settings.connect_timeout)
+            .read_timeout(Duration::from_secs(60))
+            .build();
+        let mut builder = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(region))
+            .credentials_provider(credentials_provider())
+            .retry_config(retry)
+            .timeout_config(timeouts)
+            .force_path_style(settings.path_style)
+            // walvault checksums every object itself; S3-compatible servers
+            // differ in their support of the newer flexible checksums.
+            .request_checksum_calculation(
+                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
+            )
+            .response_checksum_validation(
+                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
+            );
+        if let Some(endpoint) = &settings.endpoint {
+            builder = builder.endpoint_url(endpoint);
+        }
+        Ok(S3Store {
+            client: Client::from_conf(builder.build()),
+            settings,
+        })
+    }
+
+    fn object_key(&self, key: &Key) -> String {
+        if self.settings.prefix.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}/{}", self.settings.prefix, key)
+        }
+    }
+}
+
+/// Whether this looks like an EC2 instance, where instance metadata can
+/// hold credentials. Reading two small sysfs files costs microseconds; a
+/// metadata probe elsewhere costs seconds.
+fn on_ec2() -> bool {
+    match std::env::var("AWS_EC2_METADATA_DISABLED").as_deref() {
+        Ok("true") | Ok("TRUE") | Ok("1") => return false,
+        Ok("false") | Ok("FALSE") | Ok("0") => return true,
+        _ => {}
+    }
+    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
+    read("/sys/class/dmi/id/sys_vendor").contains("Amazon")
+        || read("/sys/class/dmi/id/board_vendor").contains("Amazon")
+        || read("/sys/hypervisor/uuid").starts_with("ec2")
+}
+
+fn credentials_provider() -> SharedCredentialsProvider {
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
+        return SharedCredentialsProvider::new(Credentials::new(
+            id,
+            secret,
+            env("AWS_SESSION_TOKEN"),
+            None,
+            "environment",
+        ));
+    }
+    use aws_config::meta::credentials::CredentialsProviderChain;
+    let mut chain = CredentialsProviderChain::first_try(
+        "profile",
+        aws_config::profile::ProfileFileCredentialsProvider::builder().build(),
+    )
+    .or_else(
+        "web-identity",
+        aws_config::web_identity_token::WebIdentityTokenCredentialsProvider::builder().build(),
+    )
+    .or_else(
+        "container",
+        aws_config::ecs::EcsCredentialsProvider::builder().build(),
+    );
+    if on_ec2() {
+        let imds = aws_config::imds::Client::builder()
+            .connect_timeout(Duration::from_secs(1))
+            .read_timeout(Duration::from_secs(1))
+            .max_attempts(2)
+            .build();
+        chain = chain.or_else(
+            "instance-metadata",
+            aws_config::imds::credentials::ImdsCredentialsProvider::builder()
+                .imds_client(imds)
+                .build(),
+        );
+    }
+    SharedCredentialsProvider::new(chain)
+}
+
+/// Maps an SDK error to a storage error: 404 is NotFound, 412 is
+/// AlreadyExists (a failed `If-None-Match: *`), throttling, 5xx, timeouts
+/// and connection failures are transient.
+fn map_err<E>(op: &'static str, key: &Key, err: SdkError<E>) -> StorageError
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    match status {
+        Some(404) if op != "list" => return StorageError::NotFound { key: key.clone() },
+        Some(412) => return StorageError::AlreadyExists { key: key.clone() },
+        _ => {}
+    }
+    let code = err
+        .as_service_error()
+        .and_then(|e| e.code())
+        .map(str::to_string);
+    if matches!(code.as_deref(), Some("NoSuchKey") | Some("NotFound")) {
+        return StorageError::NotFound { key: key.clone() };
+    }
+    let transient = match &err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            true
+        }
+        _ => matches!(status, Some(s) if s == 429 || s == 409 || s >= 500),
+    };
+    let mut message = match (&code, status) {
+        (Some(code), Some(status)) => format!("{code} (HTTP {status})"),
+        _ => format!("{}", DisplayErrorContext(&err)),
+    };
+    if let Some(text) = err.as_service_error().and_then(|e| e.message()) {
+        message.push_str(": ");
+        message.push_str(text);
+    }
+    StorageError::Remote {
+        op,
+        key: key.to_string(),
+        message,
+        transient,
+    }
+}
+
+#[async_trait]
+impl ObjectStore for S3Store {
+    async fn get(&self, key: &Key) -> Result<ObjectReader> {
+        let out = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| map_err("get", key, e))?;
+        Ok(Box::pin(out.body.into_async_read()))
+    }
+
+    async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
+        if len == 0 {
+            return Ok(Bytes::new());
+        }
+        let res = self
+            .client
+            .get_object()
+            .bucket(&self.settings.bucket)
+            .key(self.object_key(key))
+            .range(format!("bytes={}-{}", offset, offset + len - 1))
+            .send()
+            .await;
+        let out = match res {
+            Ok(out) => out,
+            // The range starts past the end: nothing to read.
+            Err(e) if e.raw_response().map(|r| r.status().as_u16()) == Some(416) => {
+                return Ok(Bytes::new())
+            }
+            Err(e) => return Err(map_err("get", key, e)),
+        };
+        let data = out.body.collect().await.map_err(|e| StorageError::Remote {
+            op: "read",
+            key: key.to_string(),
+            message: e.to_string(),
+            transient: true,
+        })?;
+        let data = data.into_bytes();
+        // Servers that ignore Range send everything: cut it ourselves.
+        if data.len() as u64 > len {
+            let start = (offset as usize).min(data.len());
+            let end = (start + len as usize).min(data.len());
+            return Ok(data.slice(start..end));
+        }
+        Ok(data)
+    }
+
+    async fn head(&self, key: &Key) -> Result<ObjectMeta> {
+        let out = self
+            .client
+            .head_object()
+            .bucket(&self.settings.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+            .map_err(|e| map_err("head", key, e))?;
+        Ok(ObjectMeta {
+            key: key.clone(),
+            size_bytes: out.content_length().unwrap_or(0).max(0) as u64,
+            modified_unix_secs: out.last_modified().map(|t| t.secs()).unwrap_or(0),
+        })
+    }
+
+    async fn put(&self, key: &Key, mode: PutMode) -> Result<Box<dyn ObjectWriter>> {
+        Ok(Box::new(S3Writer {
+            store: self.clone(),
+            key: key.clone(),
+            object_key: self.object_key(key),
+            mode,
+            buf: BytesMut::new(),
+            upload_id: None,
+            in_flight: VecDeque::new(),
+            done_parts: Vec::new(),
+            next_part: 1,
+        }))
+    }
+
+    async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        let base = if self.settings.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.settings.prefix)
+        };
+        let full_prefix = format!("{base}{}", prefix.unwrap_or(""));
+        let list_key = Key(full_prefix.clone());
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.settings.bucket)
+                .prefix(&full_prefix)
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err("list", &list_key, e))?;
+            for object in page.contents() {
+                let Some(name) = object.key() else { continue };
+                let Some(rel) = name.strip_prefix(&base) else {
+                    continue;
+                };
+                // Objects that are not walvault keys (someone else's files
+                // under the prefix) are skipped, never misread.
+                let Ok(key) = Key::new(rel) else { continue };
+                out.push(ObjectMeta {
+                    key,
+                    size_bytes: object.size().unwrap_or(0).max(0) as u64,
+                    modified_unix_secs: object.last_modified().map(|t| t.secs()).unwrap_or(0),
+                });
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        out.sort_by(|a, b| a.key.cmp(&b.key));
+        Ok(out)
+    }
+
+    async fn delete(&self, key: &Key) -> Result<()> {
+        match self
+            .client
+            .delete_object()
+            .bucket(&self.settings.bucket)
+            .key(self.object_key(key))
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => match map_err("delete", key, e) {
+                StorageError::NotFound { .. } => Ok(()),
+                other => Err(other),
+            },
+        }
+    }
+
+    fn describe(&self) -> String {
+        let mut s = format!(
+            "s3 \"s3://{}/{}\"",
+            self.settings.bucket, self.settings.prefix
+        );
+        if let Some(endpoint) = &self.settings.endpoint {
+            s.push_str(&format!(" at {endpoint}"));
+        }
+        s
+    }
+}
+
+type PartTask = JoinHandle<Result<CompletedPart>>;
+
+struct S3Writer {
+    store: S3Store,
+    key: Key,
+    object_key: String,
+    mode: PutMode,
+    buf: BytesMut,
+    upload_id: Option<String>,
+    in_flight: VecDeque<PartTask>,
+    done_parts: Vec<CompletedPart>,
+    next_part: i32,
+}
+
+impl S3Writer {
+    fn client(&self) -> &Client {
+        &self.store.client
+    }
+
+    fn bucket(&self) -> &str {
+        &self.store.settings.bucket
+    }
+
+    async fn start_multipart(&mut self) -> Result<String> {
+        if let Some(id) = &self.upload_id {
+            return Ok(id.clone());
+        }
+        let out = self
+            .client()
+            .create_multipart_upload()
+            .bucket(self.bucket())
+            .key(&self.object_key)
+            .send()
+            .await
+            .map_err(|e| map_err("start multipart upload", &self.key, e))?;
+        let id = out
+            .upload_id()
+            .map(str::to_string)
+            .ok_or_else(|| StorageError::Remote {
+                op: "start multipart upload",
+                key: self.key.to_string(),
+                message: "the server returned no upload id".to_string(),
+                transient: false,
+            })?;
+        self.upload_id = Some(id.clone());
+        Ok(id)
+    }
+
+    async fn send_part(&mut self, data: Bytes) -> Result<()> {
+        let upload_id = self.start_multipart().await?;
+        while self.in_flight.len() >= self.store.settings.parts_in_flight.max(1) {
+            self.finish_oldest_part().await?;
+        }
+        let part_number = self.next_part;
+        self.next_part += 1;
+        let client = self.client().clone();
+        let bucket = self.bucket().to_string();
+        let object_key = self.object_key.clone();
+        let key = self.key.clone();
+        self.in_flight.push_back(tokio::spawn(async move {
+            let out = client
+                .upload_part()
+                .bucket(bucket)
+                .key(object_key)
+                .upload_id(upload_id)
+                .part_number(part_number)
+                .body(ByteStream::from(data))
+                .send()
+                .await
+                .map_err(|e| map_err("upload part", &key, e))?;
+            Ok(CompletedPart::builder()
+                .part_number(part_number)
+                .set_e_tag(out.e_tag().map(str::to_string))
+                .build())
+        }));
+        Ok(())
+    }
+
+    async fn finish_oldest_part(&mut self) -> Result<()> {
+        if let Some(task) = self.in_flight.pop_front() {
+            let part = task.await.map_err(|e| StorageError::Remote {
+                op: "upload part",
+                key: self.key.to_string(),
+                message: e.to_string(),
+                transient: false,
+            })??;
+            self.done_parts.push(part);
+        }
+        Ok(())
+    }
+
+    async fn abort_upload(&mut self) {
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+        if let Some(id) = self.upload_id.take() {
+            let _ = self
+                .client()
+                .abort_multipart_upload()
+                .bucket(self.bucket())
+                .key(&self.object_key)
+                .upload_id(id)
+                .send()
+                .await;
+        }
+    }
+
+    /// The fallback for servers without conditional writes: not atomic
+    /// against a concurrent writer, but never overwrites what it can see.
+    async fn exists(&self) -> Result<bool> {
+        match self.store.head(&self.key).await {
+            Ok(_) => Ok(true),
+            Err(StorageError::NotFound { .. }) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn put_single(&mut self, data: Bytes) -> Result<()> {
+        let create = self.mode == PutMode::Create;
+        let request = |conditional: bool| {
+            let mut req = self
+                .client()
+                .put_object()
+                .bucket(self.bucket())
+                .key(&self.object_key)
+                .body(ByteStream::from(data.clone()));
+            if conditional {
+                req = req.if_none_match("*");
+            }
+            req
+        };
+        match request(create).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if create && e.raw_response().map(|r| r.status().as_u16()) == Some(501) => {
+                if self.exists().await? {
+                    return Err(StorageError::AlreadyExists {
+                        key: self.key.clone(),
+                    });
+                }
+                request(false)
+                    .send()
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| map_err("put", &self.key, e))
+            }
+            Err(e) => Err(map_err("put", &self.key, e)),
+        }
+    }
+
+    async fn complete(&mut self) -> Result<()> {
+        if !self.buf.is_empty() {
+            let last = self.buf.split().freeze();
+            self.send_part(last).await?;
+        }
+        while !self.in_flight.is_empty() {
+            self.finish_oldest_part().await?;
+        }
+        let upload_id = self.start_multipart().await?;
+        let create = self.mode == PutMode::Create;
+        // Servers that ignore If-None-Match on completion would overwrite:
+        // refuse what we can see first.
+        if create && self.exists().await? {
+            return Err(StorageError::AlreadyExists {
+                key: self.key.clone(),
+            });
+        }
+        let mut parts = std::mem::take(&mut self.done_parts);
+        parts.sort_by_key(|p| p.part_number());
+        let mut req = self
+            .client()
+            .complete_multipart_upload()
+            .bucket(self.bucket())
+            .key(&self.object_key)
+            .upload_id(upload_id)
+            .multipart_upload(
+                CompletedMultipartUpload::builder()
+                    .set_parts(Some(parts))
+                    .build(),
+            );
+        if create {
+            req = req.if_none_match("*");
+        }
+        req.send()
+            .await
+            .map(|_| ())
+            .map_err(|e| map_err("complete multipart upload", &self.key, e))?;
+        self.upload_id = None;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl ObjectWriter for S3Writer {
+    async fn write(&mut self, chunk: Bytes) -> Result<()> {
+        self.buf.extend_from_slice(&chunk);
+        let part_size = self.store.settings.part_size_bytes;
+        while self.buf.len() >= part_size {
+            let part = self.buf.split_to(part_size).freeze();
+            if let Err(e) = self.send_part(part).await {
+                self.abort_upload().await;
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    async fn commit(mut self: Box<Self>) -> Result<()> {
+        let result = if self.upload_id.is_none() && self.in_flight.is_empty() {
+            let data = self.buf.split().freeze();
+            self.put_single(data).await
+        } else {
+            self.complete().await
+        };
+        if result.is_err() {
+            self.abort_upload().await;
+        }
+        result
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.abort_upload().await;
+    }
+}
+
+impl Drop for S3Writer {
+    fn drop(&mut self) {
+        // An upload dropped mid-way: abort it in the background so the parts
+        // do not linger (a bucket lifecycle rule catches what this misses).
+        for task in self.in_flight.drain(..) {
+            task.abort();
+        }
+        if let Some(id) = self.upload_id.take() {
+            if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                let req = self
+                    .client()
+                    .abort_multipart_upload()
+                    .bucket(self.bucket())
+                    .key(&self.object_key)
+                    .upload_id(id);
+                handle.spawn(async move {
+                    let _ = req.send().await;
+                });
+            }
+        }
+    }
+}
