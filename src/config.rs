@@ -44,7 +44,7 @@ pub struct GlobalArgs {
 
     /// Path-style S3 URLs (http://host/bucket/key), for S3-compatible servers
     #[arg(long, env = "WALVAULT_S3_PATH_STYLE", global = true, num_args = 0..=1,
-          default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+          require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
     pub s3_path_style: Option<bool>,
 
     /// zstd compression level (1-19, negative for faster; 0 stores uncompressed) [default: 3]
@@ -89,6 +89,8 @@ pub struct FileConfig {
     pub s3_region: Option<String>,
     pub s3_path_style: Option<bool>,
     pub s3_part_size_mib: Option<usize>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
     pub compress_level: Option<i32>,
     pub compress_threads: Option<u32>,
     pub fetch_retry_secs: Option<u64>,
@@ -192,6 +194,9 @@ impl Settings {
                 .filter(|e| !e.is_empty());
             s3.region = args.s3_region.clone().or(file.s3_region);
             s3.path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(false);
+            if let (Some(id), Some(secret)) = (file.s3_access_key_id, file.s3_secret_access_key) {
+                s3.static_credentials = Some((id, secret));
+            }
             if let Some(mib) = file.s3_part_size_mib {
                 s3.part_size_bytes = mib << 20;
             }

@@ -44,9 +44,10 @@ pub enum PushError {
         local: Checksum,
         local_size: u64,
     },
-    #[error("archive \"{name}\": {source}")]
+    #[error("archive \"{name}\" into {repo}: {source}")]
     Repo {
         name: String,
+        repo: String,
         #[source]
         source: RepoError,
     },
@@ -95,6 +96,7 @@ pub async fn push(
     }
     let repo_err = |source: RepoError| PushError::Repo {
         name: file_name.to_string(),
+        repo: repo.describe(),
         source,
     };
     let what = format!("WAL file \"{file_name}\"");
@@ -244,6 +246,7 @@ async fn compare_with_stored(
         .await
         .map_err(|e| PushError::Repo {
             name: file_name.to_string(),
+            repo: repo.describe(),
             source: e.into(),
         })?;
     let mut file = tokio::fs::File::open(path)

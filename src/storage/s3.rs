@@ -25,7 +25,7 @@ use async_trait::async_trait;
 use aws_sdk_s3::config::retry::RetryConfig;
 use aws_sdk_s3::config::timeout::TimeoutConfig;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region, SharedCredentialsProvider};
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
 use aws_sdk_s3::Client;
@@ -50,6 +50,9 @@ pub struct S3Settings {
     /// Attempts per request, including the first.
     pub max_attempts: u32,
     pub connect_timeout: Duration,
+    /// Access key id and secret from the config file; `None` uses the
+    /// standard AWS chain.
+    pub static_credentials: Option<(String, String)>,
 }
 
 impl S3Settings {
@@ -76,6 +79,7 @@ impl S3Settings {
             parts_in_flight: 4,
             max_attempts: 4,
             connect_timeout: Duration::from_secs(3),
+            static_credentials: None,
         })
     }
 }
@@ -113,7 +117,7 @@ impl S3Store {
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(region))
-            .credentials_provider(credentials_provider())
+            .credentials_provider(credentials_provider(settings.static_credentials.clone()))
             .retry_config(retry)
             .timeout_config(timeouts)
             .force_path_style(settings.path_style)
@@ -158,7 +162,16 @@ fn on_ec2() -> bool {
         || read("/sys/hypervisor/uuid").starts_with("ec2")
 }
 
-fn credentials_provider() -> SharedCredentialsProvider {
+fn credentials_provider(configured: Option<(String, String)>) -> SharedCredentialsProvider {
+    if let Some((id, secret)) = configured {
+        return SharedCredentialsProvider::new(Credentials::new(
+            id,
+            secret,
+            None,
+            None,
+            "walvault config",
+        ));
+    }
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
     if let (Some(id), Some(secret)) = (env("AWS_ACCESS_KEY_ID"), env("AWS_SECRET_ACCESS_KEY")) {
         return SharedCredentialsProvider::new(Credentials::new(
@@ -198,6 +211,21 @@ fn credentials_provider() -> SharedCredentialsProvider {
     SharedCredentialsProvider::new(chain)
 }
 
+/// An error and its sources on one line, each cause once: the SDK's own
+/// Display of a connection failure is spread over several levels.
+fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        let text = e.to_string().replace('\n', "; ");
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        current = e.source();
+    }
+    parts.join(": ")
+}
+
 /// Maps an SDK error to a storage error: 404 is NotFound, 412 is
 /// AlreadyExists (a failed `If-None-Match: *`), throttling, 5xx, timeouts
 /// and connection failures are transient.
@@ -218,6 +246,15 @@ where
     if matches!(code.as_deref(), Some("NoSuchKey") | Some("NotFound")) {
         return StorageError::NotFound { key: key.clone() };
     }
+    let chain = error_chain(&err);
+    if matches!(err, SdkError::DispatchFailure(_))
+        && chain.to_ascii_lowercase().contains("credential")
+    {
+        return StorageError::Config(format!(
+            "no S3 credentials found ({})\nHINT: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use an AWS profile, or set s3_access_key_id and s3_secret_access_key in the config file",
+            chain
+        ));
+    }
     let transient = match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             true
@@ -226,7 +263,8 @@ where
     };
     let mut message = match (&code, status) {
         (Some(code), Some(status)) => format!("{code} (HTTP {status})"),
-        _ => format!("{}", DisplayErrorContext(&err)),
+        (None, Some(status)) => format!("HTTP {status}"),
+        _ => chain,
     };
     if let Some(text) = err.as_service_error().and_then(|e| e.message()) {
         message.push_str(": ");

@@ -1,1 +1,12 @@
-fn main() {}
+//! walvault's integration tests, in one binary (each test binary links the
+//! whole library, and linking is the slow part of a build here).
+//!
+//! They run against real servers the harness starts: PostgreSQL 15 from
+//! /usr/lib/postgresql/15/bin (as the postgres user when run as root) and
+//! s3s-fs for S3. `scripts/test` installs both when missing.
+
+mod harness;
+
+mod archive_cluster;
+mod archive_errors;
+mod s3_storage;

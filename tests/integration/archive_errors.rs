@@ -1,0 +1,386 @@
+//! walvault-push and walvault-fetch on bad input and failing repositories:
+//! every case exits with its documented status, says what happened in a
+//! clear line, and leaves the repository and `%p` as they were.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use walvault::wal::WalSegmentSize;
+
+use crate::harness::wal::write_segment;
+use crate::harness::{run, walvault, Ran, TestDir};
+
+const SYSID_A: u64 = 7_311_111_111_111_111_111;
+const SYSID_B: u64 = 7_322_222_222_222_222_222;
+
+fn mib(n: u64) -> WalSegmentSize {
+    WalSegmentSize::new(n << 20).unwrap()
+}
+
+fn push(repo: &Path, cwd: &Path, path: &Path) -> Ran {
+    run(walvault("walvault-push")
+        .arg("--repo")
+        .arg(repo)
+        .arg(path)
+        .current_dir(cwd))
+}
+
+fn fetch(repo: &Path, cwd: &Path, name: &str, dest: &Path) -> Ran {
+    run(walvault("walvault-fetch")
+        .arg("--repo")
+        .arg(repo)
+        .arg(name)
+        .arg(dest)
+        .current_dir(cwd))
+}
+
+/// The stored object of a segment in a local repository.
+fn object_path(repo: &Path, name: &str) -> std::path::PathBuf {
+    repo.join("wal")
+        .join(&name[..8])
+        .join(&name[..16])
+        .join(name)
+}
+
+#[test]
+fn push_then_fetch_is_quiet_and_byte_identical() {
+    let dir = TestDir::new("roundtrip");
+    let repo = dir.path().join("repo");
+    let wal = dir.subdir("wal");
+    for (size, seg) in [(16, 1u64), (16, 0x1FF), (1, 5)] {
+        // One repository per segment size: a repository belongs to one cluster.
+        let repo = repo.join(format!("{size}"));
+        let seg_path = write_segment(&wal, SYSID_A, 1, seg, mib(size), 1);
+        let name = seg_path.file_name().unwrap().to_str().unwrap().to_string();
+        let out = push(&repo, dir.path(), &seg_path);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (0, "", ""),
+            "push is quiet on success"
+        );
+        let dest = dir.path().join(format!("restored-{name}"));
+        let out = fetch(&repo, dir.path(), &name, &dest);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (0, "", ""),
+            "fetch is quiet on success"
+        );
+        assert!(
+            std::fs::read(&dest).unwrap() == std::fs::read(&seg_path).unwrap(),
+            "fetched bytes are identical"
+        );
+        let stored = std::fs::metadata(object_path(&repo, &name)).unwrap().len();
+        assert!(
+            stored < mib(size).bytes() / 2,
+            "the object is compressed ({stored} bytes)"
+        );
+    }
+}
+
+#[test]
+fn history_and_backup_files_round_trip() {
+    let dir = TestDir::new("history");
+    let repo = dir.path().join("repo");
+    let wal = dir.subdir("wal");
+    let seg = write_segment(&wal, SYSID_A, 1, 3, mib(16), 1);
+    assert_eq!(push(&repo, dir.path(), &seg).code, 0);
+    let history = wal.join("00000002.history");
+    std::fs::write(&history, "1\t0/3000A28\tno recovery target specified\n").unwrap();
+    let backup = wal.join("000000010000000000000003.00000028.backup");
+    std::fs::write(
+        &backup,
+        "START WAL LOCATION: 0/3000028 (file 000000010000000000000003)\nSTOP WAL LOCATION: 0/3000100 (file 000000010000000000000003)\nLABEL: test\n",
+    )
+    .unwrap();
+    for path in [&history, &backup] {
+        let out = push(&repo, dir.path(), path);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let name = path.file_name().unwrap().to_str().unwrap();
+        let dest = dir.path().join("RECOVERYHISTORY");
+        assert_eq!(fetch(&repo, dir.path(), name, &dest).code, 0);
+        assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(path).unwrap());
+    }
+    // A history file that is not one is refused.
+    let bogus = wal.join("00000003.history");
+    std::fs::write(&bogus, "this is not a history file\n").unwrap();
+    let out = push(&repo, dir.path(), &bogus);
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("is not a timeline history file"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn bad_input_is_refused_with_a_clear_error() {
+    let dir = TestDir::new("badinput");
+    let repo = dir.path().join("repo");
+    let wal = dir.subdir("wal");
+
+    // A missing file.
+    let out = push(&repo, dir.path(), &wal.join("000000010000000000000001"));
+    assert_eq!(out.code, 3);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
+    assert_eq!(out.stderr.lines().count(), 1, "one line: {}", out.stderr);
+
+    // A name that is not a WAL file name.
+    let odd = wal.join("notes.txt");
+    std::fs::write(&odd, "hello").unwrap();
+    let out = push(&repo, dir.path(), &odd);
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr.contains("notes.txt") && out.stderr.contains("HINT"),
+        "{}",
+        out.stderr
+    );
+
+    // A file with a segment's name and size that is not WAL.
+    let zeros = wal.join("000000010000000000000002");
+    std::fs::write(&zeros, vec![0u8; 16 << 20]).unwrap();
+    let out = push(&repo, dir.path(), &zeros);
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr.contains("is not a WAL segment"),
+        "{}",
+        out.stderr
+    );
+
+    // A truncated segment.
+    let seg = write_segment(&wal, SYSID_A, 1, 4, mib(16), 1);
+    let data = std::fs::read(&seg).unwrap();
+    std::fs::write(&seg, &data[..3 << 20]).unwrap();
+    let out = push(&repo, dir.path(), &seg);
+    assert_eq!(out.code, 3);
+    assert!(out.stderr.contains("truncated"), "{}", out.stderr);
+
+    // A segment renamed to another segment's name.
+    let seg = write_segment(&wal, SYSID_A, 1, 5, mib(16), 1);
+    let renamed = wal.join("000000010000000000000009");
+    std::fs::rename(&seg, &renamed).unwrap();
+    let out = push(&repo, dir.path(), &renamed);
+    assert_eq!(out.code, 3);
+    assert!(
+        out.stderr.contains("does not match its name"),
+        "{}",
+        out.stderr
+    );
+
+    // Nothing of the above reached the repository.
+    assert!(!repo.join("wal").exists(), "no WAL object was stored");
+}
+
+#[test]
+fn wal_of_another_cluster_is_refused() {
+    let dir = TestDir::new("othercluster");
+    let repo = dir.path().join("repo");
+    let a = dir.subdir("a");
+    let b = dir.subdir("b");
+    let seg_a = write_segment(&a, SYSID_A, 1, 1, mib(16), 1);
+    assert_eq!(push(&repo, dir.path(), &seg_a).code, 0);
+    let seg_b = write_segment(&b, SYSID_B, 1, 2, mib(16), 2);
+    let out = push(&repo, dir.path(), &seg_b);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&SYSID_A.to_string()) && out.stderr.contains(&SYSID_B.to_string()),
+        "the error names both system identifiers: {}",
+        out.stderr
+    );
+    assert!(!object_path(&repo, "000000010000000000000002").exists());
+    // A different segment size is refused too.
+    let seg_c = write_segment(&b, SYSID_A, 1, 40, mib(1), 3);
+    let out = push(&repo, dir.path(), &seg_c);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert!(out.stderr.contains("segment size"), "{}", out.stderr);
+}
+
+#[test]
+fn duplicates_identical_succeed_and_different_fail_untouched() {
+    let dir = TestDir::new("duplicates");
+    let repo = dir.path().join("repo");
+    let wal = dir.subdir("wal");
+    let seg = write_segment(&wal, SYSID_A, 1, 7, mib(16), 1);
+    let name = "000000010000000000000007";
+    assert_eq!(push(&repo, dir.path(), &seg).code, 0);
+    let stored_before = std::fs::read(object_path(&repo, name)).unwrap();
+
+    let out = push(&repo, dir.path(), &seg);
+    assert_eq!(
+        out.code, 0,
+        "an identical duplicate succeeds: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("WARN") && out.stderr.contains("identical"),
+        "with a warning: {}",
+        out.stderr
+    );
+
+    let other = dir.subdir("other");
+    let different = write_segment(&other, SYSID_A, 1, 7, mib(16), 9);
+    let out = push(&repo, dir.path(), &different);
+    assert_eq!(out.code, 4, "a different duplicate fails: {}", out.stderr);
+    assert!(
+        out.stderr.contains("different contents") && out.stderr.contains("untouched"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read(object_path(&repo, name)).unwrap(),
+        stored_before,
+        "the stored object is untouched"
+    );
+    let dest = dir.path().join("back");
+    assert_eq!(fetch(&repo, dir.path(), name, &dest).code, 0);
+    assert!(std::fs::read(&dest).unwrap() == std::fs::read(&seg).unwrap());
+}
+
+#[test]
+fn fetch_of_a_missing_file_exits_1_quietly() {
+    let dir = TestDir::new("missing");
+    let repo = dir.path().join("repo");
+    let dest = dir.path().join("RECOVERYXLOG");
+    for name in ["00000002.history", "000000010000000000000042"] {
+        let out = fetch(&repo, dir.path(), name, &dest);
+        assert_eq!(
+            (out.code, out.stdout.as_str(), out.stderr.as_str()),
+            (1, "", "")
+        );
+        assert!(!dest.exists());
+    }
+}
+
+#[test]
+fn corrupt_object_fails_fetch_without_creating_the_destination() {
+    let dir = TestDir::new("corrupt");
+    let repo = dir.path().join("repo");
+    let wal = dir.subdir("wal");
+    let seg = write_segment(&wal, SYSID_A, 1, 8, mib(16), 1);
+    assert_eq!(push(&repo, dir.path(), &seg).code, 0);
+    let name = "000000010000000000000008";
+    let object = object_path(&repo, name);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&object, &bytes).unwrap();
+
+    let pgdata = dir.subdir("pgdata");
+    std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+    let dest = Path::new("pg_wal/RECOVERYXLOG");
+    let out = fetch(&repo, &pgdata, name, dest);
+    assert_eq!(
+        out.code, 128,
+        "outside standby mode a corrupt object stops recovery: {}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("corrupt") && out.stderr.contains(name),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        out.stderr.contains("stops recovery"),
+        "says which case it was: {}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_dir(pgdata.join("pg_wal")).unwrap().count(),
+        0,
+        "no %p and no temporary file"
+    );
+
+    std::fs::write(pgdata.join("standby.signal"), "").unwrap();
+    let out = fetch(&repo, &pgdata, name, dest);
+    assert_eq!(
+        out.code, 6,
+        "in standby mode an ordinary failure: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("standby mode"), "{}", out.stderr);
+    assert_eq!(std::fs::read_dir(pgdata.join("pg_wal")).unwrap().count(), 0);
+}
+
+#[test]
+fn unreachable_s3_fails_within_seconds() {
+    let dir = TestDir::new("unreachable");
+    let wal = dir.subdir("wal");
+    let seg = write_segment(&wal, SYSID_A, 1, 1, mib(1), 1);
+    // A port nothing listens on.
+    let port = crate::harness::free_port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let started = Instant::now();
+    let out = run(walvault("walvault-push")
+        .args([
+            "--repo",
+            "s3://bucket/prefix",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .arg(&seg)
+        .current_dir(dir.path()));
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        out.stderr.contains("ERROR") && out.stderr.contains("s3://bucket/prefix")
+            || out.stderr.contains("repository.json"),
+        "{}",
+        out.stderr
+    );
+
+    let started = Instant::now();
+    let out = run(walvault("walvault-fetch")
+        .args([
+            "--repo",
+            "s3://bucket/prefix",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "--fetch-retry-secs",
+            "2",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .args(["000000010000000000000001", "RECOVERYXLOG"])
+        .current_dir(dir.path()));
+    assert_eq!(
+        out.code, 128,
+        "a storage failure never looks like a missing file: {}",
+        out.stderr
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(out.stderr.contains("failed after"), "{}", out.stderr);
+    assert!(!dir.path().join("RECOVERYXLOG").exists());
+}
+
+#[test]
+fn missing_configuration_is_a_usage_error() {
+    let dir = TestDir::new("noconfig");
+    let out = run(walvault("walvault-push")
+        .arg("000000010000000000000001")
+        .current_dir(dir.path()));
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("no repository configured") && out.stderr.contains("HINT"),
+        "{}",
+        out.stderr
+    );
+    let out = run(walvault("walvault-fetch")
+        .args(["000000010000000000000001", "x"])
+        .current_dir(dir.path()));
+    assert_eq!(
+        out.code, 128,
+        "fetch must not read as 'missing': {}",
+        out.stderr
+    );
+}
