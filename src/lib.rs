@@ -21,11 +21,13 @@
 //! - [`exit`]: the table of exit codes.
 
 pub mod archive;
+pub mod backup;
 pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod pg;
 pub mod repo;
+pub mod restore;
 pub mod storage;
 pub mod stream;
 pub mod wal;

@@ -10,7 +10,10 @@ use clap::Parser;
 use crate::config::{GlobalArgs, Settings};
 use crate::exit::Exit;
 
+pub mod backup;
+pub mod list;
 pub mod logging;
+pub mod restore;
 pub mod wal;
 
 /// walvault: PostgreSQL WAL archiving and point-in-time recovery.
@@ -29,6 +32,12 @@ pub enum Command {
     WalPush(wal::PushArgs),
     /// Restore one WAL file (what walvault-fetch does; for restore_command)
     WalFetch(wal::FetchArgs),
+    /// Take an online base backup into the repository
+    Backup(backup::BackupArgs),
+    /// List backups, archived WAL and the recoverable time window
+    List(list::ListArgs),
+    /// Restore a backup and configure point-in-time recovery
+    Restore(restore::RestoreArgs),
 }
 
 /// walvault-push: PostgreSQL's archive_command.
@@ -146,6 +155,59 @@ pub fn walvault_main() -> ExitCode {
                 .into(),
             Err(_) => Exit::RecoveryMustStop.into(),
         },
+        command => {
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    logging::report_error(PROGRAM, &format!("start runtime: {e}"));
+                    return Exit::Failed.into();
+                }
+            };
+            runtime
+                .block_on(run_command(PROGRAM, &cli.global, command))
+                .into()
+        }
+    }
+}
+
+async fn run_command(program: &str, global: &GlobalArgs, command: Command) -> Exit {
+    match command {
+        Command::WalPush(args) => wal::run_push(program, global, &args).await,
+        Command::WalFetch(args) => wal::run_fetch(program, global, &args).await,
+        Command::Backup(args) => backup::run(program, global, &args).await,
+        Command::List(args) => list::run(program, global, &args).await,
+        Command::Restore(args) => restore::run(program, global, &args).await,
+    }
+}
+
+/// Opens the configured repository, reporting failures as usage errors.
+pub(crate) fn open_repository(
+    program: &str,
+    global: &GlobalArgs,
+) -> Result<crate::repo::Repository, Exit> {
+    let settings = settings(program, global)?;
+    settings.open_repository().map_err(|e| {
+        logging::report_error(program, &e);
+        Exit::Usage
+    })
+}
+
+/// Sizes for people: `1.5 GiB`.
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let mut value = bytes as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
     }
 }
 

@@ -2,4 +2,5 @@
 //! and, later, connections for backups and checks. Nothing here writes to a
 //! data directory.
 
+pub mod conn;
 pub mod control;

@@ -4,6 +4,8 @@
 //! repository.json                        the header: format version, cluster identity
 //! wal/<TLI>/<TLI><LOG>/<segment>         WAL segments, .partial and .backup files
 //! wal/<TLI>/<TLI>.history                timeline history files
+//! backup/<label>/files/<n>               a base backup's file contents (n: 6+ digits)
+//! backup/<label>/manifest                its manifest, written last
 //! ```
 //!
 //! `<TLI>` is the 8-hex-digit timeline and `<LOG>` the next 8 hex digits of
@@ -16,6 +18,43 @@ use crate::wal::{WalFileName, WalSegmentSize};
 
 pub const HEADER_KEY: &str = "repository.json";
 pub const WAL_PREFIX: &str = "wal/";
+pub const BACKUP_PREFIX: &str = "backup/";
+
+/// Whether a string is a backup label walvault writes: `YYYYMMDDTHHMMSSZ`,
+/// optionally followed by `-N` when two backups start in the same second.
+pub fn is_backup_label(label: &str) -> bool {
+    let (stamp, suffix) = label.split_once('-').unwrap_or((label, ""));
+    let b = stamp.as_bytes();
+    b.len() == 16
+        && b[8] == b'T'
+        && b[15] == b'Z'
+        && b[..8].iter().chain(&b[9..15]).all(u8::is_ascii_digit)
+        && suffix.bytes().all(|c| c.is_ascii_digit())
+}
+
+pub fn backup_prefix(label: &str) -> String {
+    format!("backup/{label}/")
+}
+
+pub fn manifest_key(label: &str) -> Key {
+    Key::new(format!("backup/{label}/manifest")).expect("labels make valid keys")
+}
+
+pub fn backup_file_key(label: &str, index: usize) -> Key {
+    Key::new(format!("backup/{label}/files/{index:06}")).expect("labels make valid keys")
+}
+
+/// The label part of a key under `backup/`.
+pub fn label_of_backup_key(key: &str) -> Option<&str> {
+    key.strip_prefix(BACKUP_PREFIX)?.split('/').next()
+}
+
+/// A WAL file name from a key under `wal/` (the last path segment), read
+/// with the repository's segment size.
+pub fn wal_name_of_key(key: &str, size: WalSegmentSize) -> Option<WalFileName> {
+    let rest = key.strip_prefix(WAL_PREFIX)?;
+    WalFileName::parse(rest.rsplit('/').next()?, size).ok()
+}
 
 pub fn header_key() -> Key {
     Key::new(HEADER_KEY).expect("constant key is valid")
@@ -72,6 +111,25 @@ mod tests {
             assert_eq!(wal_key(&parsed).as_str(), key);
         }
         assert!(parse_any_size("RECOVERYXLOG").is_err());
+        assert!(is_backup_label("20261121T102959Z"));
+        assert!(is_backup_label("20261121T102959Z-2"));
+        assert!(!is_backup_label("20261121T1029Z"));
+        assert!(!is_backup_label("latest"));
+        assert_eq!(
+            backup_file_key("20261121T102959Z", 7).as_str(),
+            "backup/20261121T102959Z/files/000007"
+        );
+        assert_eq!(
+            label_of_backup_key("backup/20261121T102959Z/manifest"),
+            Some("20261121T102959Z")
+        );
+        let size = WalSegmentSize::DEFAULT;
+        let name = wal_name_of_key(
+            "wal/00000001/0000000100000000/000000010000000000000003",
+            size,
+        )
+        .unwrap();
+        assert_eq!(name.to_string(), "000000010000000000000003");
         assert!(parse_any_size("../000000010000000000000001").is_err());
     }
 }

@@ -15,6 +15,7 @@ use crate::storage::{ObjectStore, PutMode, StorageError};
 use crate::wal::WalSegmentSize;
 
 pub mod layout;
+pub mod manifest;
 pub mod object;
 
 pub use object::{CompressSettings, ObjectError, ObjectInfo};
@@ -235,5 +236,130 @@ impl Repository {
             });
         }
         Ok(())
+    }
+}
+
+/// A backup as found in the repository.
+#[derive(Debug, Clone)]
+pub struct BackupListing {
+    pub label: String,
+    /// `None`: no manifest, an incomplete (interrupted or in-progress) backup.
+    pub manifest: Option<manifest::BackupManifest>,
+    pub object_count: usize,
+    pub stored_bytes: u64,
+}
+
+/// An archived WAL object.
+#[derive(Debug, Clone)]
+pub struct WalObject {
+    pub name: crate::wal::WalFileName,
+    pub key: crate::storage::Key,
+    pub stored_bytes: u64,
+    /// When it was archived (the object's modification time).
+    pub archived_unix_secs: i64,
+}
+
+impl Repository {
+    /// Stores a manifest, create-only: a backup label is never reused.
+    pub async fn write_manifest(
+        &self,
+        manifest: &manifest::BackupManifest,
+    ) -> Result<ObjectInfo, RepoError> {
+        let json = serde_json::to_vec_pretty(manifest).expect("manifests serialize");
+        let mut src: &[u8] = &json;
+        Ok(object::write_object(
+            self.store(),
+            &layout::manifest_key(&manifest.label),
+            PutMode::Create,
+            &mut src,
+            self.compress,
+        )
+        .await?)
+    }
+
+    /// Reads and checks a backup's manifest.
+    pub async fn read_manifest(&self, label: &str) -> Result<manifest::BackupManifest, RepoError> {
+        let key = layout::manifest_key(label);
+        let mut json = Vec::new();
+        object::read_object(self.store(), &key, &mut |piece: &[u8]| {
+            json.extend_from_slice(piece);
+            Ok(())
+        })
+        .await?;
+        let corrupt = |reason: String| RepoError::HeaderCorrupt {
+            key: key.to_string(),
+            repo: self.describe(),
+            reason,
+        };
+        let probe: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        if let Some(v) = probe.get("manifest_version").and_then(|v| v.as_u64()) {
+            if v > manifest::MANIFEST_VERSION as u64 {
+                return Err(RepoError::FormatTooNew {
+                    repo: self.describe(),
+                    found: v as u32,
+                });
+            }
+        }
+        serde_json::from_value(probe).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Every backup, complete or not, oldest first (labels sort by time).
+    pub async fn list_backups(&self) -> Result<Vec<BackupListing>, RepoError> {
+        let objects = self.store.list(Some(layout::BACKUP_PREFIX)).await?;
+        let mut listings: Vec<BackupListing> = Vec::new();
+        let mut has_manifest = Vec::new();
+        for meta in &objects {
+            let Some(label) = layout::label_of_backup_key(meta.key.as_str()) else {
+                continue;
+            };
+            if !layout::is_backup_label(label) {
+                continue;
+            }
+            if listings.last().map(|l| l.label.as_str()) != Some(label) {
+                listings.push(BackupListing {
+                    label: label.to_string(),
+                    manifest: None,
+                    object_count: 0,
+                    stored_bytes: 0,
+                });
+                has_manifest.push(false);
+            }
+            let last = listings.len() - 1;
+            listings[last].object_count += 1;
+            listings[last].stored_bytes += meta.size_bytes;
+            if meta.key == layout::manifest_key(label) {
+                has_manifest[last] = true;
+            }
+        }
+        for (listing, complete) in listings.iter_mut().zip(has_manifest) {
+            if complete {
+                listing.manifest = Some(self.read_manifest(&listing.label).await?);
+            }
+        }
+        Ok(listings)
+    }
+
+    /// Every archived WAL object, sorted by key (so by timeline, then
+    /// position). Needs the header for the segment size; an unbound
+    /// repository has no WAL.
+    pub async fn list_wal(&self) -> Result<Vec<WalObject>, RepoError> {
+        let Some(header) = self.read_header().await? else {
+            return Ok(Vec::new());
+        };
+        let size = WalSegmentSize::new(header.wal_segment_size).unwrap_or(WalSegmentSize::DEFAULT);
+        let objects = self.store.list(Some(layout::WAL_PREFIX)).await?;
+        Ok(objects
+            .into_iter()
+            .filter_map(|meta| {
+                let name = layout::wal_name_of_key(meta.key.as_str(), size)?;
+                Some(WalObject {
+                    name,
+                    key: meta.key,
+                    stored_bytes: meta.size_bytes,
+                    archived_unix_secs: meta.modified_unix_secs,
+                })
+            })
+            .collect())
     }
 }

@@ -34,6 +34,11 @@ static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
+    /// When running as root: the owner of the repository directory, who
+    /// gets every file and directory created (PostgreSQL's archive_command
+    /// runs as that user and must read what `walvault backup` run as root
+    /// wrote).
+    owner: Option<(u32, u32)>,
 }
 
 impl LocalStore {
@@ -46,12 +51,22 @@ impl LocalStore {
                 root.display()
             )));
         }
-        create_dirs_durably(&root).map_err(|source| StorageError::Io {
+        create_dirs_durably(&root, None).map_err(|source| StorageError::Io {
             op: "create repository directory",
             key: root.display().to_string(),
             source,
         })?;
-        Ok(LocalStore { root })
+        // SAFETY: geteuid has no preconditions.
+        let owner = if unsafe { libc::geteuid() } == 0 {
+            use std::os::unix::fs::MetadataExt;
+            fs::metadata(&root)
+                .ok()
+                .map(|m| (m.uid(), m.gid()))
+                .filter(|(uid, _)| *uid != 0)
+        } else {
+            None
+        };
+        Ok(LocalStore { root, owner })
     }
 
     pub fn root(&self) -> &Path {
@@ -80,20 +95,23 @@ pub(crate) fn fsync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-/// Creates `dir` and any missing parents with mode 0700, fsyncing each
-/// parent whose entries changed.
-pub(crate) fn create_dirs_durably(dir: &Path) -> io::Result<()> {
+/// Creates `dir` and any missing parents with mode 0700 (owned by `owner`
+/// when given), fsyncing each parent whose entries changed.
+pub(crate) fn create_dirs_durably(dir: &Path, owner: Option<(u32, u32)>) -> io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
     if let Some(parent) = dir.parent() {
-        create_dirs_durably(parent)?;
+        create_dirs_durably(parent, owner)?;
     }
     use std::os::unix::fs::DirBuilderExt;
     match fs::DirBuilder::new().mode(DIR_MODE).create(dir) {
         Ok(()) => {}
         Err(e) if e.kind() == io::ErrorKind::AlreadyExists && dir.is_dir() => return Ok(()),
         Err(e) => return Err(e),
+    }
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::chown(dir, Some(uid), Some(gid))?;
     }
     if let Some(parent) = dir.parent() {
         fsync_dir(parent)?;
@@ -161,7 +179,8 @@ impl ObjectStore for LocalStore {
     async fn put(&self, key: &Key, mode: PutMode) -> Result<Box<dyn ObjectWriter>> {
         let dest = self.path(key);
         if let Some(dir) = dest.parent() {
-            create_dirs_durably(dir).map_err(|e| io_err("create directory for", key, e))?;
+            create_dirs_durably(dir, self.owner)
+                .map_err(|e| io_err("create directory for", key, e))?;
         }
         let tmp = temp_path_for(&dest);
         use std::os::unix::fs::OpenOptionsExt;
@@ -171,6 +190,10 @@ impl ObjectStore for LocalStore {
             .mode(FILE_MODE)
             .open(&tmp)
             .map_err(|e| io_err("create", key, e))?;
+        if let Some((uid, gid)) = self.owner {
+            std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
+                .map_err(|e| io_err("chown", key, e))?;
+        }
         Ok(Box::new(LocalWriter {
             key: key.clone(),
             file: Some(file),

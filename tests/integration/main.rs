@@ -9,4 +9,5 @@ mod harness;
 
 mod archive_cluster;
 mod archive_errors;
+mod pitr;
 mod s3_storage;

@@ -1,0 +1,517 @@
+//! `walvault backup`: an online base backup through PostgreSQL's
+//! non-exclusive backup API.
+//!
+//! 1. Connect, check the server (data directory, archiving, not a standby)
+//!    and that the cluster is the one the repository belongs to.
+//! 2. `pg_backup_start` (PostgreSQL 15+) or `pg_start_backup` (12-14), on a
+//!    session that stays open until the stop.
+//! 3. Copy the data directory's files (see [`scan`]) with `--jobs` workers,
+//!    each file streamed through checksum and zstd into its own object;
+//!    memory stays at a few MiB per worker whatever the file sizes. Files
+//!    that vanish during the copy are skipped; files that change are fine
+//!    (WAL replay from the start LSN repairs them).
+//! 4. `pg_backup_stop`: PostgreSQL switches to a new WAL segment; walvault
+//!    then waits, for a bounded time, until every segment the backup needs
+//!    is in this repository (PostgreSQL's own wait_for_archive would wait
+//!    forever if archiving fails, and only knows that archive_command
+//!    succeeded, not where it put the file).
+//! 5. The manifest is written last. Without it the backup is incomplete and
+//!    nothing ever restores from it.
+
+pub mod scan;
+
+use std::collections::VecDeque;
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio_postgres::Client;
+
+use crate::pg::conn::{self, ConnError};
+use crate::repo::manifest::{BackupManifest, FileEntry, MANIFEST_VERSION};
+use crate::repo::object::write_object;
+use crate::repo::{layout, ClusterIdentity, CompressSettings, ObjectError, RepoError, Repository};
+use crate::storage::{PutMode, StorageError};
+use crate::wal::{Lsn, TimelineId, WalFileName, WalSegmentSize};
+
+#[derive(Debug, Clone)]
+pub struct BackupOptions {
+    pub pgdata: PathBuf,
+    pub dbname: Option<String>,
+    pub jobs: usize,
+    /// How long to wait for the backup's WAL to reach the repository.
+    pub wal_wait: Duration,
+    pub progress_bar: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BackupSummary {
+    pub label: String,
+    pub files: usize,
+    pub data_bytes: u64,
+    pub stored_bytes: u64,
+    pub duration: Duration,
+    pub start_lsn: Lsn,
+    pub stop_lsn: Lsn,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    #[error(transparent)]
+    Connect(#[from] ConnError),
+    #[error("{what}: {source}")]
+    Query {
+        what: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("{0}")]
+    Precondition(String),
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("scan data directory \"{path}\": {source}")]
+    Scan {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("copy \"{path}\": {source}")]
+    Copy {
+        path: String,
+        #[source]
+        source: ObjectError,
+    },
+    #[error("WAL file \"{name}\" needed by backup {label} did not reach {repo} within {secs}s\nHINT: check that archive_command runs walvault-push against this repository (walvault check), and the server log for archive failures")]
+    WalMissing {
+        name: String,
+        label: String,
+        repo: String,
+        secs: u64,
+    },
+}
+
+fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackupError {
+    move |source| BackupError::Query { what, source }
+}
+
+/// What the server says about itself.
+struct ServerFacts {
+    version_num: u32,
+    data_directory: String,
+    wal_segment_size: WalSegmentSize,
+    system_identifier: u64,
+}
+
+async fn server_facts(client: &Client) -> Result<ServerFacts, BackupError> {
+    let row = client
+        .query_one(
+            "SELECT current_setting('server_version_num'), current_setting('data_directory'), \
+             (SELECT setting FROM pg_settings WHERE name = 'wal_segment_size'), \
+             current_setting('archive_mode'), (SELECT system_identifier FROM pg_control_system())::text, \
+             pg_is_in_recovery()",
+            &[],
+        )
+        .await
+        .map_err(query("read server settings"))?;
+    let version_num: u32 = row.get::<_, String>(0).parse().unwrap_or(0);
+    let archive_mode: String = row.get(3);
+    let in_recovery: bool = row.get(5);
+    if version_num < 120000 {
+        return Err(BackupError::Precondition(format!(
+            "PostgreSQL {version_num} is not supported\nHINT: walvault supports PostgreSQL 12 and later"
+        )));
+    }
+    if in_recovery {
+        return Err(BackupError::Precondition(
+            "the server is in recovery (a standby)\nHINT: take the backup on the primary; backups from a standby are not supported yet".to_string(),
+        ));
+    }
+    if archive_mode == "off" {
+        return Err(BackupError::Precondition(
+            "archive_mode is off, so the WAL this backup needs would never be archived\nHINT: set archive_mode = on and archive_command = 'walvault-push %p' and restart PostgreSQL".to_string(),
+        ));
+    }
+    let seg: u64 = row.get::<_, String>(2).parse().unwrap_or(0);
+    let wal_segment_size = WalSegmentSize::new(seg).map_err(|e| {
+        BackupError::Precondition(format!(
+            "the server reports an invalid wal_segment_size: {e}"
+        ))
+    })?;
+    let system_identifier = row.get::<_, String>(4).parse().map_err(|_| {
+        BackupError::Precondition("the server reports no system identifier".to_string())
+    })?;
+    Ok(ServerFacts {
+        version_num,
+        data_directory: row.get(1),
+        wal_segment_size,
+        system_identifier,
+    })
+}
+
+/// A label from the current UTC time, unique in the repository.
+async fn new_label(repo: &Repository) -> Result<String, BackupError> {
+    let base = jiff::Timestamp::now()
+        .strftime("%Y%m%dT%H%M%SZ")
+        .to_string();
+    let mut label = base.clone();
+    for n in 2.. {
+        let taken = !repo
+            .store()
+            .list(Some(&layout::backup_prefix(&label)))
+            .await
+            .map_err(RepoError::from)?
+            .is_empty();
+        if !taken {
+            break;
+        }
+        label = format!("{base}-{n}");
+    }
+    Ok(label)
+}
+
+/// Runs a backup.
+pub async fn run_backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+) -> Result<BackupSummary, BackupError> {
+    let started = Instant::now();
+    let client = conn::connect(opts.dbname.as_deref()).await?;
+    let facts = server_facts(&client).await?;
+    let given = std::fs::canonicalize(&opts.pgdata).map_err(|e| {
+        BackupError::Precondition(format!("data directory \"{}\": {e}", opts.pgdata.display()))
+    })?;
+    let served = std::fs::canonicalize(&facts.data_directory)
+        .unwrap_or_else(|_| PathBuf::from(&facts.data_directory));
+    if given != served {
+        return Err(BackupError::Precondition(format!(
+            "--pgdata is \"{}\" but the server runs on \"{}\"\nHINT: name the data directory of the server --dbname connects to",
+            given.display(),
+            served.display()
+        )));
+    }
+    let pg_major = facts.version_num / 10000;
+    let identity = ClusterIdentity {
+        system_identifier: facts.system_identifier,
+        wal_segment_size: facts.wal_segment_size,
+        pg_major,
+    };
+    repo.bind(
+        &identity,
+        &format!("the cluster at \"{}\"", given.display()),
+    )
+    .await?;
+    let label = new_label(repo).await?;
+
+    // Start. The session must stay open until the stop: closing it aborts
+    // the backup on the server, which is what any error below does.
+    let start_sql = if pg_major >= 15 {
+        "SELECT lsn::text, pg_walfile_name(lsn), to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+         (SELECT timeline_id FROM pg_control_checkpoint())::int FROM pg_backup_start($1, true) AS lsn"
+    } else {
+        "SELECT lsn::text, pg_walfile_name(lsn), to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+         (SELECT timeline_id FROM pg_control_checkpoint())::int FROM pg_start_backup($1, true, false) AS lsn"
+    };
+    let label_text = format!("walvault backup {label}");
+    let row = client
+        .query_one(start_sql, &[&label_text])
+        .await
+        .map_err(query("start backup"))?;
+    let start_lsn: Lsn = parse_lsn(&row.get::<_, String>(0))?;
+    let start_wal: String = row.get(1);
+    let start_time: String = row.get(2);
+    let timeline = TimelineId(row.get::<_, i32>(3) as u32);
+    tracing::info!(label = %label, start_lsn = %start_lsn, "backup started");
+
+    let data_dir = given.clone();
+    let scan = tokio::task::spawn_blocking(move || scan::scan_data_dir(&data_dir, pg_major))
+        .await
+        .map_err(|e| BackupError::Precondition(format!("scan task failed: {e}")))?
+        .map_err(|source| BackupError::Scan {
+            path: given.clone(),
+            source,
+        })?;
+    for skipped in &scan.skipped {
+        tracing::warn!(path = %skipped.display(), "skipped a file whose name is not UTF-8");
+    }
+    let total_bytes: u64 = scan.files.iter().map(|f| f.size).sum();
+    let files = copy_files(repo, &label, scan.files, total_bytes, opts).await?;
+
+    let stop_sql = if pg_major >= 15 {
+        "SELECT lsn::text, pg_walfile_name(lsn), labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_backup_stop(false)"
+    } else {
+        "SELECT lsn::text, pg_walfile_name(lsn), labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_stop_backup(false, false)"
+    };
+    let row = client
+        .query_one(stop_sql, &[])
+        .await
+        .map_err(query("stop backup"))?;
+    let stop_lsn = parse_lsn(&row.get::<_, String>(0))?;
+    let stop_wal: String = row.get(1);
+    let backup_label: String = row.get(2);
+    let tablespace_map: Option<String> = row.get::<_, Option<String>>(3).filter(|m| !m.is_empty());
+    let stop_time: String = row.get(4);
+    tracing::info!(label = %label, stop_lsn = %stop_lsn, "backup stopped; confirming its WAL is archived");
+
+    wait_for_wal(
+        repo,
+        &label,
+        timeline,
+        &start_wal,
+        &stop_wal,
+        facts.wal_segment_size,
+        opts.wal_wait,
+    )
+    .await?;
+
+    let data_size_bytes = files.iter().map(|f| f.size).sum();
+    let stored_files: u64 = files.iter().map(|f| f.stored_size).sum();
+    let mut manifest = BackupManifest {
+        manifest_version: MANIFEST_VERSION,
+        label: label.clone(),
+        system_identifier: facts.system_identifier.to_string(),
+        pg_version_num: facts.version_num,
+        pg_major,
+        wal_segment_size: facts.wal_segment_size.bytes(),
+        timeline,
+        start_lsn,
+        stop_lsn,
+        start_wal,
+        stop_wal,
+        start_time,
+        stop_time,
+        backup_label,
+        tablespace_map,
+        tablespaces: scan.tablespaces,
+        directories: scan.directories,
+        files,
+        data_size_bytes,
+        stored_size_bytes: stored_files,
+        duration_secs: started.elapsed().as_secs_f64(),
+        created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+    };
+    manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+    let info = repo.write_manifest(&manifest).await?;
+    Ok(BackupSummary {
+        label,
+        files: manifest.files.len(),
+        data_bytes: data_size_bytes,
+        stored_bytes: stored_files + info.stored_size,
+        duration: started.elapsed(),
+        start_lsn,
+        stop_lsn,
+    })
+}
+
+fn parse_lsn(text: &str) -> Result<Lsn, BackupError> {
+    text.parse().map_err(|e| {
+        BackupError::Precondition(format!(
+            "the server returned an invalid LSN \"{text}\": {e}"
+        ))
+    })
+}
+
+async fn copy_files(
+    repo: &Repository,
+    label: &str,
+    files: Vec<scan::ScannedFile>,
+    total_bytes: u64,
+    opts: &BackupOptions,
+) -> Result<Vec<FileEntry>, BackupError> {
+    let queue = Arc::new(Mutex::new(
+        files.into_iter().enumerate().collect::<VecDeque<_>>(),
+    ));
+    let done_bytes = Arc::new(AtomicU64::new(0));
+    let progress = Progress::start(total_bytes, done_bytes.clone(), opts.progress_bar);
+    // Parallelism comes from the workers; one zstd thread each.
+    let compress = CompressSettings {
+        workers: 0,
+        ..repo.compress()
+    };
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..opts.jobs.max(1) {
+        let queue = queue.clone();
+        let repo = repo.clone();
+        let label = label.to_string();
+        let done_bytes = done_bytes.clone();
+        workers.spawn(async move {
+            let mut entries = Vec::new();
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let Some((index, file)) = next else { break };
+                let mut src = match tokio::fs::File::open(&file.abs).await {
+                    Ok(f) => f,
+                    // Dropped or truncated away by the server during the
+                    // backup: WAL replay recreates what is needed.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        return Err(BackupError::Copy {
+                            path: file.rel.clone(),
+                            source: ObjectError::Source(e),
+                        })
+                    }
+                };
+                let key = layout::backup_file_key(&label, index);
+                let info = write_object(repo.store(), &key, PutMode::Create, &mut src, compress)
+                    .await
+                    .map_err(|source| BackupError::Copy {
+                        path: file.rel.clone(),
+                        source,
+                    })?;
+                done_bytes.fetch_add(file.size, Ordering::Relaxed);
+                entries.push(FileEntry {
+                    path: file.rel,
+                    size: info.raw_size,
+                    checksum: info.checksum,
+                    mode: file.mode,
+                    mtime: file.mtime,
+                    object: key.to_string(),
+                    stored_size: info.stored_size,
+                });
+            }
+            Ok::<_, BackupError>(entries)
+        });
+    }
+    let mut all = Vec::new();
+    let mut first_error = None;
+    while let Some(result) = workers.join_next().await {
+        match result {
+            Ok(Ok(entries)) => all.extend(entries),
+            Ok(Err(e)) => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                    // Stop the others: the backup has failed.
+                    queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                }
+            }
+            Err(e) => {
+                first_error
+                    .get_or_insert(BackupError::Precondition(format!("copy task failed: {e}")));
+            }
+        }
+    }
+    progress.finish();
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(all),
+    }
+}
+
+/// Waits until every WAL segment from `start_wal` to `stop_wal` is in the
+/// repository.
+async fn wait_for_wal(
+    repo: &Repository,
+    label: &str,
+    timeline: TimelineId,
+    start_wal: &str,
+    stop_wal: &str,
+    size: WalSegmentSize,
+    wait: Duration,
+) -> Result<(), BackupError> {
+    let parse = |name: &str| {
+        WalFileName::parse(name, size)
+            .ok()
+            .and_then(|n| n.segment())
+            .ok_or_else(|| {
+                BackupError::Precondition(format!(
+                    "the server returned an invalid WAL file name \"{name}\""
+                ))
+            })
+    };
+    let (first, last) = (parse(start_wal)?, parse(stop_wal)?);
+    let deadline = Instant::now() + wait;
+    let mut segment = first;
+    while segment <= last {
+        let name = WalFileName::Segment {
+            timeline,
+            segment,
+            size,
+        };
+        let key = layout::wal_key(&name);
+        match repo.store().head(&key).await {
+            Ok(_) => {
+                segment = match segment.next() {
+                    Some(s) => s,
+                    None => break,
+                };
+            }
+            Err(StorageError::NotFound { .. }) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(StorageError::NotFound { .. }) => {
+                return Err(BackupError::WalMissing {
+                    name: name.to_string(),
+                    label: label.to_string(),
+                    repo: repo.describe(),
+                    secs: wait.as_secs(),
+                })
+            }
+            Err(e) => return Err(RepoError::from(e).into()),
+        }
+    }
+    Ok(())
+}
+
+/// Progress: a bar on a terminal, a log line every 10 s otherwise.
+struct Progress {
+    bar: Option<indicatif::ProgressBar>,
+    ticker: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    fn start(total: u64, done: Arc<AtomicU64>, want_bar: bool) -> Progress {
+        if want_bar && std::io::stderr().is_terminal() {
+            let bar = indicatif::ProgressBar::new(total);
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            let b = bar.clone();
+            let ticker = tokio::spawn(async move {
+                loop {
+                    b.set_position(done.load(Ordering::Relaxed));
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            });
+            Progress {
+                bar: Some(bar),
+                ticker: Some(ticker),
+            }
+        } else {
+            let ticker = tokio::spawn(async move {
+                let started = Instant::now();
+                loop {
+                    tokio::time::sleep(Duration::from_secs(10)).await;
+                    let d = done.load(Ordering::Relaxed);
+                    tracing::info!(
+                        copied_mib = d >> 20,
+                        total_mib = total >> 20,
+                        mib_per_sec =
+                            (d as f64 / 1048576.0 / started.elapsed().as_secs_f64()) as u64,
+                        "backup in progress"
+                    );
+                }
+            });
+            Progress {
+                bar: None,
+                ticker: Some(ticker),
+            }
+        }
+    }
+
+    fn finish(self) {
+        if let Some(t) = &self.ticker {
+            t.abort();
+        }
+        if let Some(bar) = &self.bar {
+            bar.finish_and_clear();
+        }
+    }
+}
+
+/// Whether `dir` looks like a data directory (used by callers for early,
+/// clear errors).
+pub fn looks_like_data_dir(dir: &Path) -> bool {
+    dir.join("PG_VERSION").is_file() && dir.join("global").is_dir()
+}

@@ -1,0 +1,274 @@
+//! `walvault list` and `walvault list --json`: the backups, the archived
+//! WAL per timeline, and the recoverable time window.
+//!
+//! The JSON schema (documented in docs/FORMAT.md, "list --json") is stable:
+//! fields are only ever added.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+
+use crate::config::GlobalArgs;
+use crate::exit::Exit;
+use crate::repo::{BackupListing, Repository, WalObject};
+use crate::wal::{TimelineId, WalFileName};
+
+use super::logging::report_error;
+use super::{human_bytes, open_repository};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ListArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ListReport {
+    pub repository: String,
+    pub system_identifier: Option<String>,
+    pub backups: Vec<BackupRow>,
+    pub wal: Vec<TimelineRow>,
+    pub recovery_window: Option<Window>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BackupRow {
+    pub label: String,
+    /// "complete" or "incomplete" (no manifest: interrupted or running).
+    pub status: &'static str,
+    pub timeline: Option<u32>,
+    pub start_time: Option<String>,
+    pub stop_time: Option<String>,
+    pub start_lsn: Option<String>,
+    pub stop_lsn: Option<String>,
+    pub pg_version_num: Option<u32>,
+    pub files: Option<usize>,
+    pub data_size_bytes: Option<u64>,
+    pub stored_size_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TimelineRow {
+    pub timeline: u32,
+    pub first_segment: Option<String>,
+    pub last_segment: Option<String>,
+    pub segments: usize,
+    pub other_files: usize,
+    pub stored_size_bytes: u64,
+    pub newest_archived_at: Option<String>,
+    /// Runs of missing segments between the first and the last.
+    pub gaps: Vec<Gap>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Gap {
+    pub first_missing: String,
+    pub missing_segments: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Window {
+    /// The end of the oldest complete backup.
+    pub from: String,
+    /// The archive time of the newest WAL file.
+    pub to: String,
+}
+
+fn ts(secs: i64) -> String {
+    jiff::Timestamp::from_second(secs)
+        .map(|t| t.to_string())
+        .unwrap_or_default()
+}
+
+/// Builds the report (also used by `status`).
+pub fn build_report(
+    repo: &Repository,
+    header_sysid: Option<String>,
+    backups: &[BackupListing],
+    wal: &[WalObject],
+) -> ListReport {
+    let rows = backups
+        .iter()
+        .map(|b| {
+            let m = b.manifest.as_ref();
+            BackupRow {
+                label: b.label.clone(),
+                status: if m.is_some() {
+                    "complete"
+                } else {
+                    "incomplete"
+                },
+                timeline: m.map(|m| m.timeline.0),
+                start_time: m.map(|m| m.start_time.clone()),
+                stop_time: m.map(|m| m.stop_time.clone()),
+                start_lsn: m.map(|m| m.start_lsn.to_string()),
+                stop_lsn: m.map(|m| m.stop_lsn.to_string()),
+                pg_version_num: m.map(|m| m.pg_version_num),
+                files: m.map(|m| m.files.len()),
+                data_size_bytes: m.map(|m| m.data_size_bytes),
+                stored_size_bytes: b.stored_bytes,
+            }
+        })
+        .collect();
+    let mut by_tli: BTreeMap<TimelineId, Vec<&WalObject>> = BTreeMap::new();
+    for w in wal {
+        by_tli.entry(w.name.timeline()).or_default().push(w);
+    }
+    let mut timelines = Vec::new();
+    for (tli, objects) in by_tli {
+        let mut segments: Vec<(u64, String)> = objects
+            .iter()
+            .filter(|w| matches!(w.name, WalFileName::Segment { .. }))
+            .filter_map(|w| w.name.segment().map(|s| (s.0, w.name.to_string())))
+            .collect();
+        segments.sort();
+        let mut gaps = Vec::new();
+        for pair in segments.windows(2) {
+            let (a, b) = (pair[0].0, pair[1].0);
+            if b > a + 1 {
+                let size = match objects[0].name {
+                    WalFileName::Segment { size, .. }
+                    | WalFileName::Partial { size, .. }
+                    | WalFileName::Backup { size, .. } => size,
+                    WalFileName::History { .. } => crate::wal::WalSegmentSize::DEFAULT,
+                };
+                gaps.push(Gap {
+                    first_missing: WalFileName::segment_file_name(
+                        tli,
+                        crate::wal::SegmentNo(a + 1),
+                        size,
+                    ),
+                    missing_segments: b - a - 1,
+                });
+            }
+        }
+        timelines.push(TimelineRow {
+            timeline: tli.0,
+            first_segment: segments.first().map(|s| s.1.clone()),
+            last_segment: segments.last().map(|s| s.1.clone()),
+            segments: segments.len(),
+            other_files: objects.len() - segments.len(),
+            stored_size_bytes: objects.iter().map(|w| w.stored_bytes).sum(),
+            newest_archived_at: objects.iter().map(|w| w.archived_unix_secs).max().map(ts),
+            gaps,
+        });
+    }
+    let oldest_stop = backups
+        .iter()
+        .filter_map(|b| b.manifest.as_ref())
+        .map(|m| m.stop_time.clone())
+        .next();
+    let newest_wal = wal.iter().map(|w| w.archived_unix_secs).max();
+    let recovery_window = match (oldest_stop, newest_wal) {
+        (Some(from), Some(to)) => Some(Window { from, to: ts(to) }),
+        _ => None,
+    };
+    ListReport {
+        repository: repo.describe(),
+        system_identifier: header_sysid,
+        backups: rows,
+        wal: timelines,
+        recovery_window,
+    }
+}
+
+pub async fn run(program: &str, global: &GlobalArgs, args: &ListArgs) -> Exit {
+    let repo = match open_repository(program, global) {
+        Ok(r) => r,
+        Err(code) => return code,
+    };
+    let loaded = async {
+        let header = repo.read_header().await?;
+        let backups = repo.list_backups().await?;
+        let wal = repo.list_wal().await?;
+        Ok::<_, crate::repo::RepoError>((header, backups, wal))
+    }
+    .await;
+    let (header, backups, wal) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Storage;
+        }
+    };
+    let report = build_report(&repo, header.map(|h| h.system_identifier), &backups, &wal);
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        print_human(&report);
+    }
+    Exit::Ok
+}
+
+fn print_human(r: &ListReport) {
+    println!("repository: {}", r.repository);
+    if let Some(id) = &r.system_identifier {
+        println!("cluster: system identifier {id}");
+    }
+    println!();
+    if r.backups.is_empty() {
+        println!("no backups");
+    } else {
+        println!(
+            "{:<20} {:<10} {:>3}  {:<27} {:<27} {:<12} {:<12} {:>10} {:>10}",
+            "LABEL", "STATUS", "TLI", "START", "STOP", "START LSN", "STOP LSN", "DB SIZE", "STORED"
+        );
+        for b in &r.backups {
+            println!(
+                "{:<20} {:<10} {:>3}  {:<27} {:<27} {:<12} {:<12} {:>10} {:>10}",
+                b.label,
+                b.status,
+                b.timeline
+                    .map(|t| t.to_string())
+                    .unwrap_or_else(|| "-".into()),
+                b.start_time.as_deref().unwrap_or("-"),
+                b.stop_time.as_deref().unwrap_or("-"),
+                b.start_lsn.as_deref().unwrap_or("-"),
+                b.stop_lsn.as_deref().unwrap_or("-"),
+                b.data_size_bytes
+                    .map(human_bytes)
+                    .unwrap_or_else(|| "-".into()),
+                human_bytes(b.stored_size_bytes),
+            );
+        }
+    }
+    println!();
+    if r.wal.is_empty() {
+        println!("no archived WAL");
+    } else {
+        println!(
+            "{:>3}  {:<24} {:<24} {:>8} {:>10}  {:<27} GAPS",
+            "TLI", "FIRST", "LAST", "FILES", "STORED", "NEWEST ARCHIVED"
+        );
+        for t in &r.wal {
+            let gaps = if t.gaps.is_empty() {
+                "none".to_string()
+            } else {
+                t.gaps
+                    .iter()
+                    .map(|g| format!("{} (+{})", g.first_missing, g.missing_segments))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            println!(
+                "{:>3}  {:<24} {:<24} {:>8} {:>10}  {:<27} {}",
+                t.timeline,
+                t.first_segment.as_deref().unwrap_or("-"),
+                t.last_segment.as_deref().unwrap_or("-"),
+                t.segments + t.other_files,
+                human_bytes(t.stored_size_bytes),
+                t.newest_archived_at.as_deref().unwrap_or("-"),
+                gaps
+            );
+        }
+    }
+    println!();
+    match &r.recovery_window {
+        Some(w) => println!("recoverable: from {} to {}", w.from, w.to),
+        None => println!("recoverable: nothing yet (needs a complete backup and archived WAL)"),
+    }
+}

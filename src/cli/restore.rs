@@ -1,0 +1,268 @@
+//! `walvault restore`: arguments, the restore_command it writes, the plan it
+//! prints with `--dry-run`, and the summary.
+
+use std::path::PathBuf;
+
+use crate::config::{GlobalArgs, RepoLocation, Settings};
+use crate::exit::Exit;
+use crate::restore::apply::{apply, plan, RestoreError, RestoreOptions};
+use crate::restore::plan::{BackupChoice, RestorePlan};
+use crate::restore::recovery_conf::TargetAction;
+use crate::restore::target::{self, RecoveryTarget};
+use crate::wal::TimelineId;
+
+use super::human_bytes;
+use super::logging::report_error;
+
+#[derive(Debug, Clone, clap::Args)]
+#[command(group(clap::ArgGroup::new("target_kind").args(["target_time", "target_lsn", "target_xid", "target_name", "target_immediate"])))]
+pub struct RestoreArgs {
+    /// The data directory to restore into (must be empty or missing)
+    #[arg(long, short = 'D', value_name = "DIR")]
+    pub pgdata: PathBuf,
+
+    /// The backup to restore: a label or "latest" [default: the newest that can reach the target]
+    #[arg(long, value_name = "LABEL")]
+    pub backup: Option<String>,
+
+    /// Recover to this moment; needs an explicit zone, e.g. '2026-11-21 10:29:59+00'
+    #[arg(long, value_name = "TIMESTAMP")]
+    pub target_time: Option<String>,
+
+    /// Recover to this WAL location, e.g. 0/3000060
+    #[arg(long, value_name = "LSN")]
+    pub target_lsn: Option<String>,
+
+    /// Recover to this transaction id
+    #[arg(long, value_name = "XID")]
+    pub target_xid: Option<String>,
+
+    /// Recover to this restore point (pg_create_restore_point)
+    #[arg(long, value_name = "NAME")]
+    pub target_name: Option<String>,
+
+    /// Recover only to the end of the backup (the earliest consistent point)
+    #[arg(long)]
+    pub target_immediate: bool,
+
+    /// What the server does at the target [default: promote; pause with --standby]
+    #[arg(long, value_enum, value_name = "ACTION")]
+    pub target_action: Option<TargetAction>,
+
+    /// The timeline to recover along [default: the newest the archive holds]
+    #[arg(long, value_name = "TLI")]
+    pub target_timeline: Option<String>,
+
+    /// Stop just before the target instead of just after it
+    #[arg(long)]
+    pub target_exclusive: bool,
+
+    /// Restore as a standby (standby.signal) instead of a recovering primary
+    #[arg(long)]
+    pub standby: bool,
+
+    /// Move a non-empty data directory aside (renamed, never deleted)
+    #[arg(long)]
+    pub force: bool,
+
+    /// Print the plan and write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
+    /// Files restored at once [default: the number of cores]
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+}
+
+/// Quotes one shell word for restore_command (run through /bin/sh).
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-:=,@+".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// walvault-fetch with this repository's settings. Credentials are never
+/// written: they come from the environment or the config file, as now.
+pub fn restore_command(global: &GlobalArgs, settings: &Settings) -> String {
+    let fetch = std::env::current_exe()
+        .ok()
+        .map(|exe| exe.with_file_name("walvault-fetch"))
+        .filter(|p| p.is_file())
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "walvault-fetch".to_string());
+    let mut words = vec![fetch];
+    if let Some(config) = &global.config {
+        let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.clone());
+        words.push("--config".into());
+        words.push(abs.display().to_string());
+    }
+    match &settings.repo {
+        RepoLocation::Local(path) => {
+            words.push("--repo".into());
+            words.push(path.display().to_string());
+        }
+        RepoLocation::S3(s3) => {
+            words.push("--repo".into());
+            words.push(format!("s3://{}/{}", s3.bucket, s3.prefix));
+            if let Some(e) = &s3.endpoint {
+                words.push("--s3-endpoint".into());
+                words.push(e.clone());
+            }
+            if let Some(r) = &s3.region {
+                words.push("--s3-region".into());
+                words.push(r.clone());
+            }
+            if s3.path_style {
+                words.push("--s3-path-style".into());
+            }
+        }
+    }
+    let mut cmd: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+    cmd.push("%f".into());
+    cmd.push("%p".into());
+    cmd.join(" ")
+}
+
+fn parse_target(args: &RestoreArgs) -> Result<RecoveryTarget, target::TargetError> {
+    Ok(if let Some(t) = &args.target_time {
+        RecoveryTarget::Time(target::parse_target_time(t)?)
+    } else if let Some(l) = &args.target_lsn {
+        RecoveryTarget::Lsn(target::parse_target_lsn(l)?)
+    } else if let Some(x) = &args.target_xid {
+        RecoveryTarget::Xid(target::parse_xid(x)?)
+    } else if let Some(n) = &args.target_name {
+        RecoveryTarget::Name(target::parse_target_name(n)?)
+    } else if args.target_immediate {
+        RecoveryTarget::Immediate
+    } else {
+        RecoveryTarget::EndOfArchive
+    })
+}
+
+fn print_plan(plan: &RestorePlan, lines: &[(String, String)], pgdata: &std::path::Path) {
+    let b = &plan.backup;
+    println!("restore plan for \"{}\":", pgdata.display());
+    println!(
+        "  backup     {} (timeline {}, {} to {}, {} of data, {} stored)",
+        b.label,
+        b.timeline,
+        b.start_time,
+        b.stop_time,
+        human_bytes(b.data_size_bytes),
+        human_bytes(b.stored_size_bytes)
+    );
+    println!(
+        "  WAL        {} to {} ({} files, {} stored) on timeline {}",
+        plan.first_wal,
+        plan.last_wal,
+        plan.wal_files,
+        human_bytes(plan.wal_bytes),
+        plan.target_timeline
+    );
+    if let Some(t) = plan.newest_archive_time {
+        println!("  archive    newest WAL archived at {t}");
+    }
+    println!("  settings   (postgresql.auto.conf)");
+    for (name, value) in lines {
+        println!("             {name} = {value}");
+    }
+}
+
+pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit {
+    let target = match parse_target(args) {
+        Ok(t) => t,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Usage;
+        }
+    };
+    let target_timeline = match args.target_timeline.as_deref() {
+        None | Some("latest") => None,
+        Some(t) => match t.parse::<TimelineId>() {
+            Ok(t) => Some(t),
+            Err(e) => {
+                report_error(program, &format!("invalid --target-timeline \"{t}\": {e}"));
+                return Exit::Usage;
+            }
+        },
+    };
+    let settings = match super::settings(program, global) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let repo = match settings.open_repository() {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Usage;
+        }
+    };
+    let pgdata = if args.pgdata.is_absolute() {
+        args.pgdata.clone()
+    } else {
+        std::env::current_dir()
+            .map(|d| d.join(&args.pgdata))
+            .unwrap_or_else(|_| args.pgdata.clone())
+    };
+    let opts = RestoreOptions {
+        pgdata: pgdata.clone(),
+        backup: match args.backup.as_deref() {
+            None | Some("latest") => BackupChoice::Latest,
+            Some(label) => BackupChoice::Label(label.to_string()),
+        },
+        target,
+        target_timeline,
+        target_action: args.target_action,
+        inclusive: !args.target_exclusive,
+        standby: args.standby,
+        force: args.force,
+        jobs: args.jobs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        }),
+        restore_command: restore_command(global, &settings),
+    };
+    let fail = |e: &RestoreError| {
+        report_error(program, e);
+        match e {
+            RestoreError::Repo(_) => Exit::Storage,
+            _ => Exit::Failed,
+        }
+    };
+    let planned = match plan(&repo, &opts).await {
+        Ok(p) => p,
+        Err(e) => return fail(&e),
+    };
+    if args.dry_run {
+        let lines = crate::restore::apply::recovery_lines(&planned, &opts);
+        print_plan(&planned, &lines, &pgdata);
+        println!("dry run: nothing was written");
+        return Exit::Ok;
+    }
+    match apply(&repo, planned, &opts).await {
+        Ok(report) => {
+            if let Some(aside) = &report.moved_aside {
+                println!(
+                    "moved the previous contents of \"{}\" to \"{}\"",
+                    pgdata.display(),
+                    aside.display()
+                );
+            }
+            print_plan(&report.plan, &report.recovery_lines, &pgdata);
+            println!(
+                "restored backup {} into \"{}\"; start PostgreSQL to recover{}",
+                report.plan.backup.label,
+                pgdata.display(),
+                if args.standby { " as a standby" } else { "" }
+            );
+            Exit::Ok
+        }
+        Err(e) => fail(&e),
+    }
+}

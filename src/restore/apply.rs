@@ -1,0 +1,468 @@
+//! Applying a restore plan: the side effects of `walvault restore`.
+//!
+//! Order matters, so that an interrupted restore can never be started as a
+//! cluster: directories and tablespace links, then every file but
+//! `global/pg_control` (in parallel, each checked against the manifest's
+//! checksum), then backup_label, tablespace_map, the recovery settings and
+//! the signal file, a filesystem sync, and `global/pg_control` last. Without
+//! pg_control PostgreSQL refuses to start.
+//!
+//! An existing, non-empty data directory is never written into: `--force`
+//! moves it aside whole (renamed, never deleted), and a directory whose
+//! postmaster.pid names a live process is refused even then.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fs;
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use crate::repo::manifest::{BackupManifest, FileEntry};
+use crate::repo::object::read_object;
+use crate::repo::{ObjectError, RepoError, Repository};
+use crate::storage::Key;
+use crate::wal::{TimelineHistory, WalFileName};
+
+use super::plan::{plan_restore, BackupChoice, PlanError, PlanInput, RestorePlan};
+use super::recovery_conf::{
+    plan_recovery_lines, rewrite_auto_conf, RecoverySettings, TargetAction,
+};
+use super::target::RecoveryTarget;
+
+#[derive(Debug, Clone)]
+pub struct RestoreOptions {
+    pub pgdata: PathBuf,
+    pub backup: BackupChoice,
+    pub target: RecoveryTarget,
+    pub target_timeline: Option<crate::wal::TimelineId>,
+    pub target_action: Option<TargetAction>,
+    pub inclusive: bool,
+    pub standby: bool,
+    pub force: bool,
+    pub jobs: usize,
+    /// The restore_command to write (walvault-fetch with this repository's
+    /// settings), already shell-quoted.
+    pub restore_command: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("history file \"{name}\" in the repository is damaged: {reason}")]
+    BadHistory { name: String, reason: String },
+    #[error("data directory \"{path}\" {reason}")]
+    Target { path: PathBuf, reason: String },
+    #[error("{op} \"{path}\": {source}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("restore \"{path}\" from {object}: {source}")]
+    Object {
+        path: String,
+        object: String,
+        #[source]
+        source: ObjectError,
+    },
+    #[error("restored \"{path}\" does not match the manifest: {reason}\nHINT: run walvault verify; the backup may be damaged")]
+    Mismatch { path: String, reason: String },
+}
+
+fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RestoreError + 'a {
+    move |source| RestoreError::Io {
+        op,
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+/// What the restore did (or, for a dry run, would do).
+#[derive(Debug)]
+pub struct RestoreReport {
+    pub plan: RestorePlan,
+    pub moved_aside: Option<PathBuf>,
+    pub recovery_lines: Vec<(String, String)>,
+}
+
+/// Loads what planning needs and plans. Writes nothing.
+pub async fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePlan, RestoreError> {
+    let header = repo.read_header().await?;
+    let backups: Vec<BackupManifest> = repo
+        .list_backups()
+        .await?
+        .into_iter()
+        .filter_map(|b| b.manifest)
+        .collect();
+    let wal = repo.list_wal().await?;
+    let mut histories = BTreeMap::new();
+    for w in &wal {
+        if let WalFileName::History { timeline } = w.name {
+            let mut text = Vec::new();
+            read_object(repo.store(), &w.key, &mut |p: &[u8]| {
+                text.extend_from_slice(p);
+                Ok(())
+            })
+            .await
+            .map_err(RepoError::from)?;
+            let text = String::from_utf8_lossy(&text);
+            let history =
+                TimelineHistory::parse(timeline, &text).map_err(|e| RestoreError::BadHistory {
+                    name: w.name.to_string(),
+                    reason: e.to_string(),
+                })?;
+            histories.insert(timeline, history);
+        }
+    }
+    let size = header
+        .and_then(|h| crate::wal::WalSegmentSize::new(h.wal_segment_size).ok())
+        .unwrap_or(crate::wal::WalSegmentSize::DEFAULT);
+    let input = PlanInput {
+        backups: &backups,
+        wal: &wal,
+        histories: &histories,
+        target: &opts.target,
+        backup: &opts.backup,
+        target_timeline: opts.target_timeline,
+        wal_segment_size: size,
+    };
+    Ok(plan_restore(&input)?)
+}
+
+/// The recovery settings a plan leads to.
+pub fn recovery_lines(plan: &RestorePlan, opts: &RestoreOptions) -> Vec<(String, String)> {
+    let action = match (&opts.target, opts.target_action) {
+        (RecoveryTarget::EndOfArchive, _) => None,
+        (_, Some(action)) => Some(action),
+        // A DBA restoring to a point wants a running cluster at that point.
+        (_, None) if !opts.standby => Some(TargetAction::Promote),
+        (_, None) => None,
+    };
+    plan_recovery_lines(&RecoverySettings {
+        restore_command: opts.restore_command.clone(),
+        target: opts.target.clone(),
+        target_timeline: plan.target_timeline,
+        target_action: action,
+        inclusive: opts.inclusive,
+    })
+}
+
+/// Whether the process in a postmaster.pid file is alive.
+fn live_postmaster(pgdata: &Path) -> Option<i32> {
+    let text = fs::read_to_string(pgdata.join("postmaster.pid")).ok()?;
+    let pid: i32 = text.lines().next()?.trim().parse().ok()?;
+    // SAFETY: kill with signal 0 only checks that the process exists.
+    let alive = unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
+    alive.then_some(pid)
+}
+
+/// Makes `pgdata` an empty directory, moving old contents aside with
+/// `force`.
+fn prepare_target(pgdata: &Path, force: bool) -> Result<Option<PathBuf>, RestoreError> {
+    let target = |reason: String| RestoreError::Target {
+        path: pgdata.to_path_buf(),
+        reason,
+    };
+    if let Some(pid) = live_postmaster(pgdata) {
+        return Err(target(format!(
+            "belongs to a running PostgreSQL server (postmaster.pid names live process {pid})\nHINT: stop the server first; walvault never restores over a running cluster"
+        )));
+    }
+    let mut moved = None;
+    match fs::read_dir(pgdata) {
+        Ok(mut entries) => {
+            if entries.next().is_some() {
+                if !force {
+                    return Err(target(
+                        "is not empty\nHINT: restore into an empty or new directory, or pass --force to move the current contents aside (they are renamed, never deleted)".to_string(),
+                    ));
+                }
+                let stamp = jiff::Timestamp::now()
+                    .strftime("%Y%m%dT%H%M%SZ")
+                    .to_string();
+                let name = pgdata
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .unwrap_or("pgdata");
+                let aside = pgdata.with_file_name(format!("{name}.walvault-moved-{stamp}"));
+                fs::rename(pgdata, &aside).map_err(io_err("move aside", pgdata))?;
+                moved = Some(aside);
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("read", pgdata)(e)),
+    }
+    if !pgdata.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(pgdata)
+            .map_err(io_err("create", pgdata))?;
+    }
+    fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("chmod", pgdata))?;
+    Ok(moved)
+}
+
+/// PostgreSQL's modes: owner-only, or group-readable where the cluster
+/// allowed group access (initdb -g).
+fn dir_mode(recorded: u32) -> u32 {
+    if recorded & 0o050 == 0o050 {
+        0o750
+    } else {
+        0o700
+    }
+}
+
+fn file_mode(recorded: u32) -> u32 {
+    if recorded & 0o040 != 0 {
+        0o640
+    } else {
+        0o600
+    }
+}
+
+/// Restores a planned backup into `opts.pgdata`.
+pub async fn apply(
+    repo: &Repository,
+    plan: RestorePlan,
+    opts: &RestoreOptions,
+) -> Result<RestoreReport, RestoreError> {
+    let pgdata = opts.pgdata.clone();
+    let moved_aside = prepare_target(&pgdata, opts.force)?;
+    let manifest = &plan.backup;
+
+    // Tablespace links first, so their directories are created through them.
+    let mut links = Vec::new();
+    for ts in &manifest.tablespaces {
+        let location = PathBuf::from(&ts.location);
+        if location.exists()
+            && fs::read_dir(&location)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
+            return Err(RestoreError::Target {
+                path: location,
+                reason: format!("(tablespace {}) is not empty\nHINT: empty or move the tablespace directory first", ts.oid),
+            });
+        }
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&location)
+            .map_err(io_err("create tablespace directory", &location))?;
+        links.push(format!("pg_tblspc/{}", ts.oid));
+    }
+    for dir in &manifest.directories {
+        if links.contains(&dir.path) {
+            continue;
+        }
+        let path = pgdata.join(&dir.path);
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(dir_mode(dir.mode))
+            .create(&path)
+            .map_err(io_err("create directory", &path))?;
+        if dir.path == "pg_tblspc" {
+            for ts in &manifest.tablespaces {
+                let link = pgdata.join(format!("pg_tblspc/{}", ts.oid));
+                std::os::unix::fs::symlink(&ts.location, &link)
+                    .map_err(io_err("link tablespace", &link))?;
+            }
+        }
+    }
+
+    let (control, rest): (Vec<FileEntry>, Vec<FileEntry>) = manifest
+        .files
+        .iter()
+        .cloned()
+        .partition(|f| f.path == "global/pg_control");
+    restore_files(repo, &pgdata, rest, opts.jobs).await?;
+
+    write_small(
+        &pgdata.join("backup_label"),
+        manifest.backup_label.as_bytes(),
+    )?;
+    if let Some(map) = &manifest.tablespace_map {
+        write_small(&pgdata.join("tablespace_map"), map.as_bytes())?;
+    }
+    let lines = recovery_lines(&plan, opts);
+    let auto_conf = pgdata.join("postgresql.auto.conf");
+    let existing = fs::read_to_string(&auto_conf).unwrap_or_default();
+    let comment = format!(
+        "recovery settings written by walvault restore at {} from backup {}",
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or(jiff::Timestamp::now()),
+        manifest.label
+    );
+    write_small(
+        &auto_conf,
+        rewrite_auto_conf(&existing, &lines, &comment).as_bytes(),
+    )?;
+    let signal = if opts.standby {
+        "standby.signal"
+    } else {
+        "recovery.signal"
+    };
+    write_small(&pgdata.join(signal), b"")?;
+
+    // Everything is on disk before pg_control appears.
+    sync_filesystem(&pgdata)?;
+    restore_files(repo, &pgdata, control, 1).await?;
+    sync_filesystem(&pgdata)?;
+    if let Some(parent) = pgdata.parent() {
+        give_to_parent_owner(&pgdata, parent, &manifest.tablespaces)?;
+    }
+    Ok(RestoreReport {
+        plan,
+        moved_aside,
+        recovery_lines: lines,
+    })
+}
+
+fn write_small(path: &Path, data: &[u8]) -> Result<(), RestoreError> {
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_err("create", path))?;
+    f.write_all(data).map_err(io_err("write", path))?;
+    Ok(())
+}
+
+fn sync_filesystem(path: &Path) -> Result<(), RestoreError> {
+    let dir = fs::File::open(path).map_err(io_err("open", path))?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: syncfs on a valid, open descriptor.
+    if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+        return Err(io_err("sync", path)(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// When run as root, PostgreSQL (which refuses root) must own the restored
+/// files: they go to the owner of the data directory's parent.
+fn give_to_parent_owner(
+    pgdata: &Path,
+    parent: &Path,
+    tablespaces: &[crate::repo::manifest::TablespaceEntry],
+) -> Result<(), RestoreError> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Ok(());
+    }
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(parent).map_err(io_err("stat", parent))?;
+    if meta.uid() == 0 {
+        return Ok(());
+    }
+    let (uid, gid) = (meta.uid(), meta.gid());
+    let mut stack: Vec<PathBuf> = vec![pgdata.to_path_buf()];
+    stack.extend(tablespaces.iter().map(|t| PathBuf::from(&t.location)));
+    while let Some(p) = stack.pop() {
+        std::os::unix::fs::lchown(&p, Some(uid), Some(gid)).map_err(io_err("chown", &p))?;
+        let m = fs::symlink_metadata(&p).map_err(io_err("stat", &p))?;
+        if m.is_dir() {
+            for e in fs::read_dir(&p).map_err(io_err("read", &p))? {
+                stack.push(e.map_err(io_err("read", &p))?.path());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn restore_files(
+    repo: &Repository,
+    pgdata: &Path,
+    files: Vec<FileEntry>,
+    jobs: usize,
+) -> Result<(), RestoreError> {
+    let queue = Arc::new(Mutex::new(files.into_iter().collect::<VecDeque<_>>()));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..jobs.max(1) {
+        let queue = queue.clone();
+        let repo = repo.clone();
+        let pgdata = pgdata.to_path_buf();
+        workers.spawn(async move {
+            loop {
+                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let Some(entry) = next else { return Ok(()) };
+                restore_one(&repo, &pgdata, &entry).await?;
+            }
+        });
+    }
+    let mut first_error = None;
+    while let Some(result) = workers.join_next().await {
+        let result = result.unwrap_or_else(|e| {
+            Err(RestoreError::Io {
+                op: "restore task",
+                path: pgdata.to_path_buf(),
+                source: io::Error::other(e.to_string()),
+            })
+        });
+        if let Err(e) = result {
+            queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+async fn restore_one(
+    repo: &Repository,
+    pgdata: &Path,
+    entry: &FileEntry,
+) -> Result<(), RestoreError> {
+    let path = pgdata.join(&entry.path);
+    if let Some(parent) = path.parent() {
+        if !parent.exists() {
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
+                .map_err(io_err("create directory", parent))?;
+        }
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(file_mode(entry.mode))
+        .open(&path)
+        .map_err(io_err("create", &path))?;
+    let key = Key::new(entry.object.clone()).map_err(|e| RestoreError::Object {
+        path: entry.path.clone(),
+        object: entry.object.clone(),
+        source: ObjectError::Storage(e),
+    })?;
+    let info = read_object(repo.store(), &key, &mut |piece: &[u8]| {
+        file.write_all(piece)
+    })
+    .await
+    .map_err(|source| RestoreError::Object {
+        path: entry.path.clone(),
+        object: entry.object.clone(),
+        source,
+    })?;
+    if info.checksum != entry.checksum || info.raw_size != entry.size {
+        return Err(RestoreError::Mismatch {
+            path: entry.path.clone(),
+            reason: format!(
+                "object holds {} bytes with checksum {}, the manifest says {} bytes with {}",
+                info.raw_size, info.checksum, entry.size, entry.checksum
+            ),
+        });
+    }
+    if entry.path == "global/pg_control" {
+        file.sync_all().map_err(io_err("fsync", &path))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,441 @@
+//! Base backups and point-in-time recovery against a real PostgreSQL 15,
+//! for the local and the S3 repository: `walvault backup`, changes, then
+//! `walvault restore` to a time, an LSN, a restore point, the end of the
+//! backup, or the end of the archive, and the restored cluster holds
+//! exactly the rows of that moment.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use walvault::repo::{CompressSettings, Repository};
+use walvault::storage::local::LocalStore;
+use walvault::stream::Checksum;
+
+use crate::harness::{give_to_postgres, run, walvault, PgCluster, Ran, S3Server, TestDir};
+
+#[derive(Clone, Copy, Debug)]
+pub enum Backend {
+    Local,
+    S3,
+}
+
+/// A primary archiving into a repository, and the walvault arguments
+/// that reach the same repository.
+pub struct Setup {
+    pub dir: TestDir,
+    pub repo_args: Vec<String>,
+    pub local_repo: Option<PathBuf>,
+    pub primary: PgCluster,
+    _server: Option<S3Server>,
+}
+
+impl Setup {
+    pub fn new(name: &str, backend: Backend) -> Setup {
+        let dir = TestDir::new(name);
+        let bin = dir.install_binaries();
+        let (repo_args, local_repo, server) = match backend {
+            Backend::Local => {
+                let root = dir.subdir("repo");
+                (
+                    vec!["--repo".to_string(), root.display().to_string()],
+                    Some(root),
+                    None,
+                )
+            }
+            Backend::S3 => {
+                let server = S3Server::start(dir.path(), "bucket");
+                let config = dir.path().join("walvault.toml");
+                std::fs::write(&config, server.config_toml("s3://bucket/pitr")).unwrap();
+                give_to_postgres(&config);
+                (
+                    vec!["--config".to_string(), config.display().to_string()],
+                    None,
+                    Some(server),
+                )
+            }
+        };
+        let mut primary = PgCluster::init(dir.path(), "primary", &[]);
+        primary.append_conf(&format!(
+            "wal_level = replica\narchive_mode = on\narchive_command = '{}/walvault-push {} %p'\n",
+            bin.display(),
+            repo_args.join(" ")
+        ));
+        primary.start();
+        Setup {
+            dir,
+            repo_args,
+            local_repo,
+            primary,
+            _server: server,
+        }
+    }
+
+    pub fn conninfo(cluster: &PgCluster) -> String {
+        format!(
+            "host={} port={} user=postgres dbname=postgres",
+            cluster.socket_dir.display(),
+            cluster.port
+        )
+    }
+
+    /// `walvault <args>` against this repository.
+    pub fn walvault(&self, args: &[&str]) -> Ran {
+        run(&mut self.command(args))
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = walvault("walvault");
+        cmd.args(&self.repo_args).args(args);
+        cmd
+    }
+
+    pub fn backup(&self, cluster: &PgCluster) -> String {
+        self.backup_as(cluster, &Self::conninfo(cluster))
+    }
+
+    pub fn backup_as(&self, cluster: &PgCluster, conninfo: &str) -> String {
+        let out = self.walvault(&[
+            "backup",
+            "--pgdata",
+            cluster.data.to_str().unwrap(),
+            "--dbname",
+            conninfo,
+            "--no-progress",
+        ]);
+        assert_eq!(
+            out.code,
+            0,
+            "backup failed: {}\n{}",
+            out.stderr,
+            cluster.server_log()
+        );
+        let label = out
+            .stdout
+            .split_whitespace()
+            .nth(1)
+            .expect("label in summary")
+            .to_string();
+        assert!(out.stdout.contains("complete"), "{}", out.stdout);
+        label
+    }
+
+    /// Restores into `<dir>/<name>` with extra arguments; returns the
+    /// outcome and the data directory.
+    pub fn restore(&self, name: &str, args: &[&str]) -> (Ran, PathBuf) {
+        let pgdata = self.dir.path().join(name);
+        let mut all = vec!["restore", "--pgdata", pgdata.to_str().unwrap()];
+        all.extend_from_slice(args);
+        (self.walvault(&all), pgdata)
+    }
+
+    /// Restores and starts the result, waiting for recovery to finish.
+    pub fn restore_and_start(&self, name: &str, args: &[&str]) -> PgCluster {
+        let (out, pgdata) = self.restore(name, args);
+        assert_eq!(out.code, 0, "restore {args:?} failed: {}", out.stderr);
+        let mut cluster = PgCluster::existing(self.dir.path(), name, pgdata);
+        cluster.start();
+        cluster.wait_promoted(180);
+        cluster
+    }
+}
+
+/// The server's clock, as a timestamp with an explicit offset.
+fn server_now(cluster: &PgCluster) -> String {
+    cluster.sql(
+        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
+    )
+}
+
+fn ids(cluster: &PgCluster) -> String {
+    cluster
+        .sql("SELECT count(*) || ':' || coalesce(min(id), 0) || '-' || coalesce(max(id), 0) FROM t")
+}
+
+fn full_cycle_to_time(backend: Backend) {
+    let setup = Setup::new("pitr-time", backend);
+    let p = &setup.primary;
+    p.sql("CREATE TABLE t(id int primary key, note text)");
+    setup.backup(p);
+    p.sql("INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = server_now(p);
+    std::thread::sleep(Duration::from_millis(1100));
+    p.sql("INSERT INTO t SELECT g, 'after' FROM generate_series(101, 200) g");
+    p.sql("DROP TABLE t");
+    p.switch_and_wait_archived(120);
+
+    let restored = setup.restore_and_start("restored", &["--target-time", &target]);
+    assert_eq!(
+        ids(&restored),
+        "100:1-100",
+        "exactly the rows committed before the target time"
+    );
+    assert_eq!(
+        restored.sql("SELECT pg_is_in_recovery()"),
+        "f",
+        "the server has promoted"
+    );
+    let conf = std::fs::read_to_string(restored.data.join("postgresql.auto.conf")).unwrap();
+    assert!(
+        conf.contains("recovery_target_time = '") && conf.contains("+00:00'"),
+        "explicit offset: {conf}"
+    );
+    assert!(
+        conf.contains("recovery_target_timeline = '1'"),
+        "explicit timeline: {conf}"
+    );
+}
+
+#[test]
+fn pitr_to_a_time_local() {
+    full_cycle_to_time(Backend::Local);
+}
+
+#[test]
+fn pitr_to_a_time_s3() {
+    full_cycle_to_time(Backend::S3);
+}
+
+fn other_targets(backend: Backend) {
+    let setup = Setup::new("pitr-targets", backend);
+    let p = &setup.primary;
+    p.sql("CREATE TABLE t(id int primary key, note text)");
+    setup.backup(p);
+    p.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 10) g");
+    let lsn_a = p.sql("SELECT pg_current_wal_insert_lsn()");
+    p.sql("INSERT INTO t SELECT g, 'b' FROM generate_series(11, 20) g");
+    p.sql("SELECT pg_create_restore_point('before_c')");
+    p.sql("INSERT INTO t SELECT g, 'c' FROM generate_series(21, 30) g");
+    p.switch_and_wait_archived(120);
+
+    let r = setup.restore_and_start("by-lsn", &["--target-lsn", &lsn_a]);
+    assert_eq!(ids(&r), "10:1-10", "--target-lsn");
+    drop(r);
+    let r = setup.restore_and_start("by-name", &["--target-name", "before_c"]);
+    assert_eq!(ids(&r), "20:1-20", "--target-name");
+    drop(r);
+    let r = setup.restore_and_start("immediate", &["--target-immediate"]);
+    assert_eq!(
+        ids(&r),
+        "0:0-0",
+        "--target-immediate: the backup's own moment"
+    );
+    drop(r);
+    let r = setup.restore_and_start("end", &[]);
+    assert_eq!(ids(&r), "30:1-30", "no target: the end of the archive");
+}
+
+#[test]
+fn pitr_other_targets_local() {
+    other_targets(Backend::Local);
+}
+
+#[test]
+fn pitr_other_targets_s3() {
+    other_targets(Backend::S3);
+}
+
+/// Hashes every file of a restored data directory against its manifest.
+fn assert_matches_manifest(repo_root: &Path, label: &str, pgdata: &Path) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let repo = Repository::new(
+        std::sync::Arc::new(LocalStore::new(repo_root).unwrap()),
+        CompressSettings::default(),
+    );
+    let manifest = rt.block_on(repo.read_manifest(label)).expect("manifest");
+    assert!(
+        manifest.files.len() > 500,
+        "a real data directory: {} files",
+        manifest.files.len()
+    );
+    for f in &manifest.files {
+        // The one file restore changes on purpose: it adds the recovery settings.
+        if f.path == "postgresql.auto.conf" {
+            continue;
+        }
+        let data =
+            std::fs::read(pgdata.join(&f.path)).unwrap_or_else(|e| panic!("{}: {e}", f.path));
+        assert_eq!(data.len() as u64, f.size, "{}", f.path);
+        assert_eq!(
+            Checksum::of(&data),
+            f.checksum,
+            "{} matches the manifest checksum",
+            f.path
+        );
+    }
+}
+
+#[test]
+fn backup_under_load_restores_consistent() {
+    let setup = Setup::new("pitr-load", Backend::Local);
+    let p = &setup.primary;
+    crate::harness::run_ok(
+        p.client("pgbench")
+            .args(["-i", "-s", "5", "-q", "postgres"]),
+    );
+    let mut load = p.client("pgbench");
+    load.args(["-n", "-c", "2", "-T", "8", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut load = load.spawn().expect("start pgbench");
+    std::thread::sleep(Duration::from_millis(500));
+    let label = setup.backup(p);
+    let status = load.wait().expect("pgbench");
+    assert!(status.success());
+    p.switch_and_wait_archived(120);
+    let expected = p.sql("SELECT sum(abalance) || ':' || (SELECT count(*) FROM pgbench_history) FROM pgbench_accounts");
+
+    let (out, pgdata) = setup.restore("restored", &[]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_matches_manifest(setup.local_repo.as_ref().unwrap(), &label, &pgdata);
+    let mut r = PgCluster::existing(setup.dir.path(), "restored", pgdata);
+    r.start();
+    r.wait_promoted(180);
+    assert_eq!(r.sql("SELECT sum(abalance) || ':' || (SELECT count(*) FROM pgbench_history) FROM pgbench_accounts"), expected);
+    r.sql("CREATE EXTENSION amcheck");
+    let checked = r.sql(
+        "SELECT count(bt_index_check(c.oid)) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+         JOIN pg_am am ON am.oid = c.relam WHERE am.amname = 'btree' AND c.relname LIKE 'pgbench%'",
+    );
+    assert_eq!(checked, "3", "bt_index_check passed on the pgbench indexes");
+}
+
+#[test]
+fn restore_refuses_what_it_cannot_do_safely() {
+    let setup = Setup::new("pitr-refuse", Backend::Local);
+    let p = &setup.primary;
+    let before_any_backup = server_now(p);
+    std::thread::sleep(Duration::from_millis(1100));
+    p.sql("CREATE TABLE t(id int primary key, note text)");
+    // The backup runs as the least-privilege role of sql/walvault_role.sql.
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/walvault_role.sql");
+    std::fs::copy(script, setup.dir.path().join("role.sql")).unwrap();
+    give_to_postgres(&setup.dir.path().join("role.sql"));
+    crate::harness::run_ok(
+        p.psql_cmd()
+            .arg("-f")
+            .arg(setup.dir.path().join("role.sql")),
+    );
+    assert_eq!(
+        p.sql("SELECT rolsuper FROM pg_roles WHERE rolname = 'walvault'"),
+        "f"
+    );
+    let as_role = format!(
+        "host={} port={} user=walvault dbname=postgres",
+        p.socket_dir.display(),
+        p.port
+    );
+    setup.backup_as(p, &as_role);
+    p.switch_and_wait_archived(120);
+
+    // A time before any backup.
+    let (out, pgdata) = setup.restore("early", &["--target-time", &before_any_backup]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("no backup ended before"),
+        "{}",
+        out.stderr
+    );
+    assert!(!pgdata.exists(), "nothing was written");
+
+    // A time without a zone.
+    let (out, _) = setup.restore("nozone", &["--target-time", "2026-11-21 10:29:59"]);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("time zone"), "{}", out.stderr);
+
+    // Beyond the archive.
+    let (out, _) = setup.restore("future", &["--target-time", "2999-01-01 00:00:00+00"]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.to_lowercase().contains("archive"),
+        "{}",
+        out.stderr
+    );
+
+    // A non-empty directory is refused; --force moves it aside.
+    let busy = setup.dir.subdir("busy");
+    std::fs::write(busy.join("precious.txt"), "keep me").unwrap();
+    let (out, _) = setup.restore("busy", &[]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("not empty") && out.stderr.contains("--force"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        std::fs::read_to_string(busy.join("precious.txt")).unwrap(),
+        "keep me"
+    );
+    let (out, _) = setup.restore("busy", &["--force"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let moved: Vec<_> = std::fs::read_dir(setup.dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| {
+            p.file_name()
+                .unwrap()
+                .to_str()
+                .unwrap()
+                .starts_with("busy.walvault-moved-")
+        })
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert_eq!(
+        std::fs::read_to_string(moved[0].join("precious.txt")).unwrap(),
+        "keep me",
+        "old contents kept aside"
+    );
+    assert!(
+        busy.join("global/pg_control").is_file(),
+        "restored into the emptied directory"
+    );
+
+    // --dry-run writes nothing and shows the plan.
+    let (out, pgdata) = setup.restore("dry", &["--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("backup") && out.stdout.contains("WAL"),
+        "{}",
+        out.stdout
+    );
+    assert!(!pgdata.exists());
+}
+
+#[test]
+fn second_restore_after_promotion_and_pitr_on_timeline_2() {
+    let setup = Setup::new("pitr-timeline", Backend::Local);
+    let p = &setup.primary;
+    p.sql("CREATE TABLE t(id int primary key, note text)");
+    setup.backup(p);
+    p.sql("INSERT INTO t SELECT g, 'tl1' FROM generate_series(1, 10) g");
+    p.switch_and_wait_archived(120);
+    drop(setup.primary.sql("SELECT 1"));
+
+    // Failover: a restore promotes to timeline 2 and keeps archiving into
+    // the same repository (its postgresql.conf came with the backup).
+    let r1 = setup.restore_and_start("failover", &[]);
+    assert_eq!(
+        r1.sql("SELECT timeline_id FROM pg_control_checkpoint()"),
+        "2"
+    );
+    r1.sql("INSERT INTO t SELECT g, 'tl2' FROM generate_series(11, 20) g");
+    std::thread::sleep(Duration::from_millis(1100));
+    let target = server_now(&r1);
+    std::thread::sleep(Duration::from_millis(1100));
+    r1.sql("INSERT INTO t SELECT g, 'tl2-late' FROM generate_series(21, 30) g");
+    r1.switch_and_wait_archived(120);
+
+    // A second restore from the same backup, along timeline 2 to a time on it.
+    let r2 = setup.restore_and_start("second", &["--target-time", &target]);
+    assert_eq!(ids(&r2), "20:1-20", "PITR along timeline 2");
+    let conf = std::fs::read_to_string(r2.data.join("postgresql.auto.conf")).unwrap();
+    assert!(conf.contains("recovery_target_timeline = '2'"), "{conf}");
+
+    // Timeline 1 explicitly: only what happened there.
+    let r3 = setup.restore_and_start("tl1", &["--target-timeline", "1"]);
+    assert_eq!(ids(&r3), "10:1-10");
+}
