@@ -14,20 +14,34 @@
 //! - [`stream`]: compression and checksum layers over byte chunks.
 //! - [`repo`]: the repository format: key layout, header and cluster
 //!   identity, the stored object envelope.
-//! - [`pg`]: facts read from a PostgreSQL data directory.
+//! - [`pg`]: facts read from a data directory, and connections.
 //! - [`archive`]: push and fetch, behind archive_command and restore_command.
+//! - [`backup`]: online base backups through the non-exclusive backup API.
+//! - [`restore`]: recovery targets, restore planning (pure), the
+//!   postgresql.auto.conf rewrite, and applying a restore.
+//! - [`retention`]: what `expire` removes (pure planning) and removing it.
+//! - [`status`]: health GOOD/WARNING/CRITICAL (pure) and verification records.
+//! - [`verify`]: re-reading every object, backup and WAL continuity checks,
+//!   and `verify --restore`.
+//! - [`check`]: is the cluster archiving into this repository.
+//! - [`metrics`]: Prometheus text format, textfile collector, Pushgateway.
 //! - [`config`]: settings from flags, `WALVAULT_*` variables and the config file.
 //! - [`cli`]: clap types, subcommands, exit-status policy.
 //! - [`exit`]: the table of exit codes.
 
 pub mod archive;
 pub mod backup;
+pub mod check;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod metrics;
 pub mod pg;
 pub mod repo;
 pub mod restore;
+pub mod retention;
+pub mod status;
 pub mod storage;
 pub mod stream;
+pub mod verify;
 pub mod wal;

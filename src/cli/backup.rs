@@ -8,7 +8,10 @@ use crate::config::GlobalArgs;
 use crate::exit::Exit;
 
 use super::logging::report_error;
+use super::ops::{emit, repository_metrics, MetricsArgs};
 use super::{human_bytes, open_repository};
+use crate::metrics::Metrics;
+use crate::repo::lock::RepoLock;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
@@ -31,6 +34,13 @@ pub struct BackupArgs {
     /// Never show a progress bar
     #[arg(long)]
     pub no_progress: bool,
+
+    /// Lease of the repository lock; a lock left by a crashed process is taken over after it
+    #[arg(long, default_value_t = 600, value_name = "SECS")]
+    pub lock_lease_secs: u64,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit {
@@ -50,7 +60,47 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         wal_wait: Duration::from_secs(args.wal_wait_secs),
         progress_bar: !args.no_progress,
     };
-    match run_backup(&repo, &opts).await {
+    // One backup or expire at a time per repository.
+    let lock = match RepoLock::acquire(
+        &repo,
+        "backup",
+        Duration::from_secs(args.lock_lease_secs),
+        super::expire::now_secs,
+    )
+    .await
+    {
+        Ok(l) => l,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Failed;
+        }
+    };
+    let started = std::time::Instant::now();
+    let result = run_backup(&repo, &opts).await;
+    if let Err(e) = lock.release().await {
+        report_error(program, &e);
+    }
+    if args.metrics.wanted() {
+        let mut m = Metrics::new();
+        m.gauge(
+            "walvault_backup_last_run_timestamp_seconds",
+            "When the last backup run ended.",
+            super::expire::now_secs() as f64,
+        )
+        .gauge(
+            "walvault_backup_last_run_success",
+            "1 if the last backup run succeeded.",
+            if result.is_ok() { 1.0 } else { 0.0 },
+        )
+        .gauge(
+            "walvault_backup_last_run_duration_seconds",
+            "Duration of the last backup run.",
+            started.elapsed().as_secs_f64(),
+        );
+        repository_metrics(&repo, &mut m).await;
+        emit(program, &args.metrics, "walvault_backup", &m).await;
+    }
+    match result {
         Ok(s) => {
             let secs = s.duration.as_secs_f64().max(0.001);
             println!(

@@ -11,9 +11,14 @@ use crate::config::{GlobalArgs, Settings};
 use crate::exit::Exit;
 
 pub mod backup;
+pub mod check;
+pub mod expire;
 pub mod list;
 pub mod logging;
+pub mod ops;
 pub mod restore;
+pub mod status;
+pub mod verify;
 pub mod wal;
 
 /// walvault: PostgreSQL WAL archiving and point-in-time recovery.
@@ -38,6 +43,14 @@ pub enum Command {
     List(list::ListArgs),
     /// Restore a backup and configure point-in-time recovery
     Restore(restore::RestoreArgs),
+    /// Remove backups and WAL no longer needed by the retention policy
+    Expire(expire::ExpireArgs),
+    /// Health: GOOD, WARNING or CRITICAL (exit 0, 1, 2)
+    Status(status::StatusArgs),
+    /// Re-read and check everything stored; --restore also restores and starts a cluster
+    Verify(verify::VerifyArgs),
+    /// Check that the cluster archives into this repository
+    Check(check::CheckArgs),
 }
 
 /// walvault-push: PostgreSQL's archive_command.
@@ -180,6 +193,10 @@ async fn run_command(program: &str, global: &GlobalArgs, command: Command) -> Ex
         Command::Backup(args) => backup::run(program, global, &args).await,
         Command::List(args) => list::run(program, global, &args).await,
         Command::Restore(args) => restore::run(program, global, &args).await,
+        Command::Check(args) => check::run(program, global, &args).await,
+        Command::Expire(args) => expire::run(program, global, &args).await,
+        Command::Status(args) => status::run(program, global, &args).await,
+        Command::Verify(args) => verify::run(program, global, &args).await,
     }
 }
 

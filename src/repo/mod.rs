@@ -15,6 +15,7 @@ use crate::storage::{ObjectStore, PutMode, StorageError};
 use crate::wal::WalSegmentSize;
 
 pub mod layout;
+pub mod lock;
 pub mod manifest;
 pub mod object;
 

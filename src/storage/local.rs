@@ -184,12 +184,25 @@ impl ObjectStore for LocalStore {
         }
         let tmp = temp_path_for(&dest);
         use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(FILE_MODE)
-            .open(&tmp)
-            .map_err(|e| io_err("create", key, e))?;
+        let open = || {
+            OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&tmp)
+        };
+        let file = match open() {
+            // A concurrent delete removed the directory as it emptied.
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if let Some(dir) = dest.parent() {
+                    create_dirs_durably(dir, self.owner)
+                        .map_err(|e| io_err("create directory for", key, e))?;
+                }
+                open()
+            }
+            other => other,
+        }
+        .map_err(|e| io_err("create", key, e))?;
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
                 .map_err(|e| io_err("chown", key, e))?;
@@ -222,11 +235,22 @@ impl ObjectStore for LocalStore {
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {
-        match fs::remove_file(self.path(key)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(io_err("delete", key, e)),
+        let path = self.path(key);
+        match fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => return Err(io_err("delete", key, e)),
         }
+        // Directories left empty go too (rmdir refuses a non-empty one), so
+        // an expired backup leaves nothing behind.
+        let mut dir = path.parent();
+        while let Some(d) = dir {
+            if d == self.root || fs::remove_dir(d).is_err() {
+                break;
+            }
+            dir = d.parent();
+        }
+        Ok(())
     }
 
     fn describe(&self) -> String {

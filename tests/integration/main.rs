@@ -9,5 +9,6 @@ mod harness;
 
 mod archive_cluster;
 mod archive_errors;
+mod ops;
 mod pitr;
 mod s3_storage;

@@ -1,0 +1,71 @@
+//! `walvault check`.
+
+use std::time::Duration;
+
+use crate::check::{run_check, CheckError};
+use crate::config::GlobalArgs;
+use crate::exit::Exit;
+
+use super::logging::report_error;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct CheckArgs {
+    /// Connection string or URL (default: the PG* environment variables)
+    #[arg(long, short = 'd', value_name = "CONNINFO")]
+    pub dbname: Option<String>,
+
+    /// How long to wait for the switched segment to reach the repository
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    pub timeout_secs: u64,
+}
+
+pub async fn run(program: &str, global: &GlobalArgs, args: &CheckArgs) -> Exit {
+    let settings = match super::settings(program, global) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let repo = match settings.open_repository() {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Usage;
+        }
+    };
+    match run_check(
+        &repo,
+        &settings,
+        args.dbname.as_deref(),
+        Duration::from_secs(args.timeout_secs),
+    )
+    .await
+    {
+        Ok(r) if r.segment.is_empty() => {
+            println!("check: configuration is right (wal_level {}); the server is in recovery, so no WAL switch was forced", r.wal_level);
+            Exit::Ok
+        }
+        Ok(r) => {
+            println!(
+                "check: OK: wal_level {}, archive_command '{}'; forced a switch and {} reached {} in {:.1}s",
+                r.wal_level,
+                r.archive_command,
+                r.segment,
+                repo.describe(),
+                r.waited.as_secs_f64()
+            );
+            Exit::Ok
+        }
+        Err(CheckError::Misconfigured(problems)) => {
+            for p in &problems {
+                report_error(program, p);
+            }
+            Exit::Failed
+        }
+        Err(e) => {
+            report_error(program, &e);
+            match e {
+                CheckError::Repo(_) => Exit::Storage,
+                _ => Exit::Failed,
+            }
+        }
+    }
+}

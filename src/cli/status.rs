@@ -1,0 +1,133 @@
+//! `walvault status` and `status --json`: one screen of health, with exit
+//! codes 0, 1 and 2 for GOOD, WARNING and CRITICAL (Nagios-style).
+
+use std::time::Duration;
+
+use crate::config::GlobalArgs;
+use crate::exit::Exit;
+use crate::metrics::Metrics;
+use crate::status::{plan_health, read_verify_record, Level, Thresholds};
+
+use super::logging::report_error;
+use super::ops::{emit, repository_metrics, MetricsArgs};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct StatusArgs {
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+
+    /// WARNING when the newest complete backup is older than this
+    #[arg(long, default_value_t = 25, value_name = "HOURS")]
+    pub backup_warn_hours: u64,
+
+    /// CRITICAL when the newest complete backup is older than this
+    #[arg(long, default_value_t = 50, value_name = "HOURS")]
+    pub backup_crit_hours: u64,
+
+    /// WARNING when the newest archived WAL is older than this
+    #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+    pub wal_warn_minutes: u64,
+
+    /// CRITICAL when the newest archived WAL is older than this
+    #[arg(long, default_value_t = 360, value_name = "MINUTES")]
+    pub wal_crit_minutes: u64,
+
+    /// WARNING when the last verification is older than this (0: do not check verification)
+    #[arg(long, default_value_t = 8, value_name = "DAYS")]
+    pub verify_stale_days: u64,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit {
+    let repo = match super::open_repository(program, global) {
+        Ok(r) => r,
+        Err(_) => return Exit::Usage,
+    };
+    let loaded = async {
+        let backups = repo.list_backups().await?;
+        let wal = repo.list_wal().await?;
+        let verify = read_verify_record(&repo, "verify").await?;
+        let verify_restore = read_verify_record(&repo, "verify-restore").await?;
+        Ok::<_, crate::repo::RepoError>((backups, wal, verify, verify_restore))
+    }
+    .await;
+    let (backups, wal, verify, verify_restore) = match loaded {
+        Ok(x) => x,
+        Err(e) => {
+            report_error(program, &e);
+            println!("CRITICAL: repository {} cannot be read", repo.describe());
+            return Exit::Usage;
+        }
+    };
+    let thresholds = Thresholds {
+        backup_warn: Duration::from_secs(args.backup_warn_hours * 3600),
+        backup_crit: Duration::from_secs(args.backup_crit_hours * 3600),
+        wal_warn: Duration::from_secs(args.wal_warn_minutes * 60),
+        wal_crit: Duration::from_secs(args.wal_crit_minutes * 60),
+        verify_stale: Duration::from_secs(args.verify_stale_days * 86400),
+    };
+    let health = plan_health(
+        &backups,
+        &wal,
+        verify.as_ref(),
+        verify_restore.as_ref(),
+        &thresholds,
+        jiff::Timestamp::now(),
+    );
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&health).expect("health serializes")
+        );
+    } else {
+        let level = serde_json::to_value(&health.level)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
+        println!("{level}: {}", repo.describe());
+        for r in &health.reasons {
+            let l = serde_json::to_value(&r.level)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_string))
+                .unwrap_or_default();
+            println!("  {:<8} {:<11} {}", l, r.check, r.message);
+        }
+    }
+    if args.metrics.wanted() {
+        let mut m = Metrics::new();
+        m.gauge(
+            "walvault_status_level",
+            "Health: 0 GOOD, 1 WARNING, 2 CRITICAL.",
+            health.level.exit_code() as f64,
+        );
+        repository_metrics(&repo, &mut m).await;
+        if let Some(v) = &verify_restore {
+            if let Ok(t) = v.finished_at.parse::<jiff::Timestamp>() {
+                m.gauge(
+                    "backup_restore_verify_last_timestamp",
+                    "When the last restore verification finished.",
+                    t.as_second() as f64,
+                );
+            }
+            m.gauge(
+                "backup_restore_verify_success",
+                "1 if the last restore verification succeeded.",
+                if v.success { 1.0 } else { 0.0 },
+            )
+            .gauge(
+                "backup_restore_verify_duration_seconds",
+                "Duration of the last restore verification.",
+                v.duration_secs,
+            );
+        }
+        emit(program, &args.metrics, "walvault_status", &m).await;
+    }
+    match health.level {
+        Level::Good => Exit::Ok,
+        Level::Warning => Exit::NotFound,
+        Level::Critical => Exit::Usage,
+    }
+}

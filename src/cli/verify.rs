@@ -1,0 +1,237 @@
+//! `walvault verify` and `walvault verify --restore`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::config::GlobalArgs;
+use crate::exit::Exit;
+use crate::metrics::Metrics;
+use crate::status::{write_verify_record, VerifyRecord};
+use crate::verify::restore::{run_restore_verify, RestoreVerifyOptions};
+use crate::verify::run_verify;
+
+use super::human_bytes;
+use super::logging::report_error;
+use super::ops::{emit, MetricsArgs};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct VerifyArgs {
+    /// Also restore the newest backup into a scratch directory, start PostgreSQL on it and run amcheck
+    #[arg(long)]
+    pub restore: bool,
+
+    /// Objects read at once [default: the number of cores]
+    #[arg(long, short = 'j', value_name = "N")]
+    pub jobs: Option<usize>,
+
+    /// With --restore: where the scratch directory goes [default: the temp dir]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// With --restore: PostgreSQL's bin directory [default: /usr/lib/postgresql/<major>/bin]
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+
+    /// With --restore, when run as root: the user PostgreSQL runs as
+    #[arg(long, default_value = "postgres", value_name = "USER")]
+    pub run_as: String,
+
+    /// With --restore: how long recovery may take
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub timeout_secs: u64,
+
+    /// Machine-readable output
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+fn now_rfc3339() -> String {
+    jiff::Timestamp::now()
+        .round(jiff::Unit::Second)
+        .unwrap_or(jiff::Timestamp::now())
+        .to_string()
+}
+
+pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit {
+    let settings = match super::settings(program, global) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let repo = match settings.open_repository() {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Usage;
+        }
+    };
+    let jobs = args.jobs.unwrap_or_else(|| {
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2)
+    });
+    let started = std::time::Instant::now();
+    let mut metrics = Metrics::new();
+    let mut failed = false;
+
+    let report = match run_verify(&repo, jobs).await {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Storage;
+        }
+    };
+    let duration = started.elapsed().as_secs_f64();
+    let problems: Vec<String> = report
+        .problems
+        .iter()
+        .map(|p| format!("{} {}: {}", p.kind, p.subject, p.message))
+        .collect();
+    let record = VerifyRecord {
+        kind: "verify".to_string(),
+        finished_at: now_rfc3339(),
+        success: report.ok(),
+        duration_secs: duration,
+        problems: problems.clone(),
+        backup_label: None,
+    };
+    if let Err(e) = write_verify_record(&repo, &record).await {
+        report_error(program, &e);
+    }
+    let now = jiff::Timestamp::now().as_second() as f64;
+    metrics
+        .gauge(
+            "walvault_verify_last_timestamp_seconds",
+            "When the last verify finished.",
+            now,
+        )
+        .gauge(
+            "walvault_verify_success",
+            "1 if the last verify found nothing broken.",
+            if report.ok() { 1.0 } else { 0.0 },
+        )
+        .gauge(
+            "walvault_verify_duration_seconds",
+            "Duration of the last verify.",
+            duration,
+        )
+        .gauge(
+            "walvault_verify_problems",
+            "Problems the last verify found.",
+            report.problems.len() as f64,
+        );
+    if args.json && !args.restore {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).expect("report serializes")
+        );
+    } else {
+        println!(
+            "verify: {} objects ({}) read back, {} backups checked, {} problem(s) in {:.1}s",
+            report.objects_checked,
+            human_bytes(report.bytes_checked),
+            report.backups_checked,
+            report.problems.len(),
+            duration
+        );
+        for p in &problems {
+            println!("  BROKEN {p}");
+        }
+    }
+    failed |= !report.ok();
+
+    if args.restore {
+        let opts = RestoreVerifyOptions {
+            work_dir: args.work_dir.clone(),
+            pg_bin: args.pg_bin.clone(),
+            run_as: args.run_as.clone(),
+            restore_command: super::restore::restore_command(global, &settings),
+            jobs,
+            timeout: Duration::from_secs(args.timeout_secs),
+        };
+        let started = std::time::Instant::now();
+        let result = run_restore_verify(&repo, &opts).await;
+        let duration = started.elapsed().as_secs_f64();
+        let (success, problems, label) = match &result {
+            Ok(r) => (
+                r.problems.is_empty(),
+                r.problems.clone(),
+                Some(r.backup_label.clone()),
+            ),
+            Err(e) => (
+                false,
+                vec![e.to_string().lines().next().unwrap_or_default().to_string()],
+                None,
+            ),
+        };
+        let record = VerifyRecord {
+            kind: "verify-restore".to_string(),
+            finished_at: now_rfc3339(),
+            success,
+            duration_secs: duration,
+            problems: problems.clone(),
+            backup_label: label,
+        };
+        if let Err(e) = write_verify_record(&repo, &record).await {
+            report_error(program, &e);
+        }
+        let now = jiff::Timestamp::now().as_second() as f64;
+        metrics
+            .gauge(
+                "backup_restore_verify_last_timestamp",
+                "When the last restore verification finished.",
+                now,
+            )
+            .gauge(
+                "backup_restore_verify_success",
+                "1 if the last restore verification succeeded.",
+                if success { 1.0 } else { 0.0 },
+            )
+            .gauge(
+                "backup_restore_verify_duration_seconds",
+                "Duration of the last restore verification.",
+                duration,
+            );
+        match &result {
+            Ok(r) => {
+                metrics.gauge(
+                    "walvault_verify_restore_indexes_checked",
+                    "btree indexes amcheck verified.",
+                    r.indexes_checked as f64,
+                );
+                if args.json {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(r).expect("report serializes")
+                    );
+                } else {
+                    println!(
+                        "verify --restore: backup {} restored, recovered and checked in {:.1}s: {} databases, {} btree indexes passed amcheck{}",
+                        r.backup_label,
+                        r.duration_secs,
+                        r.databases_checked,
+                        r.indexes_checked,
+                        if r.amcheck_unavailable.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (amcheck unavailable in: {})", r.amcheck_unavailable.join(", "))
+                        }
+                    );
+                    for p in &r.problems {
+                        println!("  BROKEN {p}");
+                    }
+                }
+            }
+            Err(e) => report_error(program, e),
+        }
+        failed |= !success;
+    }
+    emit(program, &args.metrics, "walvault_verify", &metrics).await;
+    if failed {
+        Exit::Corrupt
+    } else {
+        Exit::Ok
+    }
+}

@@ -1,0 +1,380 @@
+//! `walvault verify --restore`: the proof that a backup restores.
+//!
+//! Restores the newest backup (to its own end, `--target-immediate`, then
+//! promote) into a scratch directory, starts PostgreSQL there on a private
+//! Unix socket with archiving off (a verification run must never archive
+//! into the production repository) and its own trust-only pg_hba, waits
+//! for recovery to reach consistency, runs amcheck's `bt_index_check` on
+//! every btree index of every database where the extension is available,
+//! stops the server and removes the scratch directory, whatever happened.
+//!
+//! PostgreSQL refuses to run as root: run as root, walvault runs the server
+//! as `--run-as` (default `postgres`).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::repo::{RepoError, Repository};
+use crate::restore::apply::{apply, plan, RestoreError, RestoreOptions};
+use crate::restore::plan::BackupChoice;
+use crate::restore::recovery_conf::TargetAction;
+use crate::restore::target::RecoveryTarget;
+
+#[derive(Debug, Clone)]
+pub struct RestoreVerifyOptions {
+    /// Where the scratch directory goes (default: the system temp dir).
+    pub work_dir: Option<PathBuf>,
+    /// PostgreSQL's bin directory (default: /usr/lib/postgresql/<major>/bin,
+    /// then `pg_config --bindir`).
+    pub pg_bin: Option<PathBuf>,
+    /// The OS user to run PostgreSQL as when walvault runs as root.
+    pub run_as: String,
+    pub restore_command: String,
+    pub jobs: usize,
+    /// How long recovery may take.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, serde::Serialize)]
+pub struct RestoreVerifyReport {
+    pub backup_label: String,
+    pub duration_secs: f64,
+    pub databases_checked: usize,
+    pub indexes_checked: u64,
+    /// Databases where amcheck is not available.
+    pub amcheck_unavailable: Vec<String>,
+    pub problems: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreVerifyError {
+    #[error(transparent)]
+    Repo(#[from] RepoError),
+    #[error("restore for verification: {0}")]
+    Restore(#[from] RestoreError),
+    #[error("{0}")]
+    Setup(String),
+    #[error(
+        "the restored cluster did not start or recover: {reason}\nserver log (last lines):\n{log}"
+    )]
+    Server { reason: String, log: String },
+}
+
+fn setup<E: std::fmt::Display>(what: &str) -> impl FnOnce(E) -> RestoreVerifyError + '_ {
+    move |e| RestoreVerifyError::Setup(format!("{what}: {e}"))
+}
+
+/// uid and gid of a user, from the password database.
+fn user_ids(name: &str) -> Option<(u32, u32)> {
+    let cname = std::ffi::CString::new(name).ok()?;
+    // SAFETY: getpwnam returns null or a pointer to a static record that we
+    // read immediately; walvault does not call it from several threads.
+    let pw = unsafe { libc::getpwnam(cname.as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    // SAFETY: pw is non-null and points to a valid passwd record.
+    unsafe { Some(((*pw).pw_uid, (*pw).pw_gid)) }
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// A command for a PostgreSQL program, as `run_as` when we are root.
+fn pg_command(bin: &Path, program: &str, run_as: &str) -> Command {
+    if is_root() {
+        let mut cmd = Command::new("runuser");
+        cmd.args(["-u", run_as, "--"]).arg(bin.join(program));
+        cmd
+    } else {
+        Command::new(bin.join(program))
+    }
+}
+
+fn find_pg_bin(given: Option<&PathBuf>, major: u32) -> Result<PathBuf, RestoreVerifyError> {
+    if let Some(p) = given {
+        return Ok(p.clone());
+    }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("pg_ctl").is_file() {
+        return Ok(debian);
+    }
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("pg_ctl").is_file() {
+            return Ok(dir);
+        }
+    }
+    Err(RestoreVerifyError::Setup(format!(
+        "PostgreSQL {major} binaries not found\nHINT: install PostgreSQL {major} or pass --pg-bin DIR"
+    )))
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Restores the newest backup into a scratch directory, starts it, checks
+/// it, and removes it.
+pub async fn run_restore_verify(
+    repo: &Repository,
+    opts: &RestoreVerifyOptions,
+) -> Result<RestoreVerifyReport, RestoreVerifyError> {
+    let started = Instant::now();
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("walvault-verify-");
+    let scratch = match &opts.work_dir {
+        Some(dir) => builder.tempdir_in(dir),
+        None => builder.tempdir(),
+    }
+    .map_err(setup("create scratch directory"))?;
+    let owner = if is_root() {
+        let ids = user_ids(&opts.run_as).ok_or_else(|| {
+            RestoreVerifyError::Setup(format!(
+                "user \"{}\" does not exist\nHINT: PostgreSQL cannot run as root; pass --run-as USER",
+                opts.run_as
+            ))
+        })?;
+        std::os::unix::fs::chown(scratch.path(), Some(ids.0), Some(ids.1))
+            .map_err(setup("chown scratch directory"))?;
+        Some(ids)
+    } else {
+        None
+    };
+    let pgdata = scratch.path().join("data");
+    let restore_opts = RestoreOptions {
+        pgdata: pgdata.clone(),
+        backup: BackupChoice::Latest,
+        target: RecoveryTarget::Immediate,
+        target_timeline: None,
+        target_action: Some(TargetAction::Promote),
+        inclusive: true,
+        standby: false,
+        force: false,
+        jobs: opts.jobs,
+        restore_command: opts.restore_command.clone(),
+    };
+    let planned = plan(repo, &restore_opts).await?;
+    let label = planned.backup.label.clone();
+    let major = planned.backup.pg_major;
+    let bin = find_pg_bin(opts.pg_bin.as_ref(), major)?;
+    apply(repo, planned, &restore_opts).await?;
+
+    // Settings for a private, non-archiving server. Later lines win.
+    let socket_dir = scratch.path();
+    let hba = scratch.path().join("pg_hba_verify.conf");
+    std::fs::write(&hba, "local all all trust\n").map_err(setup("write pg_hba"))?;
+    let conf = pgdata.join("postgresql.conf");
+    let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
+    text.push_str(&format!(
+        "\n# walvault verify --restore\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = 5432\nhba_file = '{}'\n\
+         archive_mode = off\nshared_preload_libraries = ''\nssl = off\nlogging_collector = off\n",
+        socket_dir.display(),
+        hba.display()
+    ));
+    std::fs::write(&conf, text).map_err(setup("write postgresql.conf"))?;
+    if let Some((uid, gid)) = owner {
+        for p in [&conf, &hba] {
+            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(setup("chown"))?;
+        }
+    }
+    let log = scratch.path().join("server.log");
+    let server = Server {
+        bin: bin.clone(),
+        pgdata: pgdata.clone(),
+        run_as: opts.run_as.clone(),
+    };
+    let out = pg_command(&bin, "pg_ctl", &opts.run_as)
+        .arg("-D")
+        .arg(&pgdata)
+        .arg("-l")
+        .arg(&log)
+        .args([
+            "-w",
+            "-t",
+            &opts.timeout.as_secs().max(10).to_string(),
+            "start",
+        ])
+        .output()
+        .map_err(setup("run pg_ctl"))?;
+    if !out.status.success() {
+        return Err(RestoreVerifyError::Server {
+            reason: format!(
+                "pg_ctl start failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
+            log: tail(&log, 20),
+        });
+    }
+    let result = check_cluster(socket_dir, &opts.run_as, opts.timeout, &log).await;
+    server.stop();
+    let (databases_checked, indexes_checked, amcheck_unavailable, problems) = result?;
+    drop(scratch);
+    Ok(RestoreVerifyReport {
+        backup_label: label,
+        duration_secs: started.elapsed().as_secs_f64(),
+        databases_checked,
+        indexes_checked,
+        amcheck_unavailable,
+        problems,
+    })
+}
+
+/// Stops the scratch server on every path out.
+struct Server {
+    bin: PathBuf,
+    pgdata: PathBuf,
+    run_as: String,
+}
+
+impl Server {
+    fn stop(&self) {
+        let _ = pg_command(&self.bin, "pg_ctl", &self.run_as)
+            .arg("-D")
+            .arg(&self.pgdata)
+            .args(["-m", "fast", "-w", "-t", "60", "stop"])
+            .output();
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.pgdata.join("postmaster.pid").exists() {
+            self.stop();
+        }
+    }
+}
+
+type Checked = (usize, u64, Vec<String>, Vec<String>);
+
+async fn connect(
+    socket_dir: &Path,
+    dbname: &str,
+    users: &[&str],
+) -> Result<tokio_postgres::Client, String> {
+    let mut last = String::new();
+    for user in users {
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host_path(socket_dir)
+            .port(5432)
+            .user(*user)
+            .dbname(dbname)
+            .application_name("walvault verify");
+        match config.connect(tokio_postgres::NoTls).await {
+            Ok((client, connection)) => {
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                return Ok(client);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+async fn check_cluster(
+    socket_dir: &Path,
+    run_as: &str,
+    timeout: Duration,
+    log: &Path,
+) -> Result<Checked, RestoreVerifyError> {
+    let users = ["postgres", run_as];
+    let deadline = Instant::now() + timeout;
+    // Recovery to the end of the backup, then promotion.
+    let client = loop {
+        match connect(socket_dir, "postgres", &users).await {
+            Ok(c) => match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                Ok(row) if !row.get::<_, bool>(0) => break c,
+                _ => {}
+            },
+            Err(e) if Instant::now() > deadline => {
+                return Err(RestoreVerifyError::Server {
+                    reason: format!("no connection within {}s: {e}", timeout.as_secs()),
+                    log: tail(log, 20),
+                })
+            }
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            return Err(RestoreVerifyError::Server {
+                reason: format!("recovery did not finish within {}s", timeout.as_secs()),
+                log: tail(log, 20),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let databases: Vec<String> = client
+        .query(
+            "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname",
+            &[],
+        )
+        .await
+        .map_err(|e| RestoreVerifyError::Server {
+            reason: format!("list databases: {e}"),
+            log: tail(log, 20),
+        })?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut indexes = 0u64;
+    let mut unavailable = Vec::new();
+    let mut problems = Vec::new();
+    for db in &databases {
+        let c = match connect(socket_dir, db, &users).await {
+            Ok(c) => c,
+            Err(e) => {
+                problems.push(format!("database \"{db}\": cannot connect: {e}"));
+                continue;
+            }
+        };
+        let available = c
+            .query_opt(
+                "SELECT 1 FROM pg_available_extensions WHERE name = 'amcheck'",
+                &[],
+            )
+            .await
+            .map(|r| r.is_some())
+            .unwrap_or(false);
+        if !available {
+            unavailable.push(db.clone());
+            continue;
+        }
+        if let Err(e) = c
+            .batch_execute("CREATE EXTENSION IF NOT EXISTS amcheck")
+            .await
+        {
+            problems.push(format!("database \"{db}\": create extension amcheck: {e}"));
+            continue;
+        }
+        let rows = c
+            .query(
+                "SELECT c.oid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+                 JOIN pg_am am ON am.oid = c.relam WHERE am.amname = 'btree' AND c.relpersistence <> 't' \
+                 AND i.indisvalid AND i.indisready ORDER BY 1",
+                &[],
+            )
+            .await
+            .map_err(|e| RestoreVerifyError::Server {
+                reason: format!("list indexes of \"{db}\": {e}"),
+                log: tail(log, 20),
+            })?;
+        for row in rows {
+            let index: String = row.get(0);
+            match c
+                .execute("SELECT bt_index_check($1::text::regclass)", &[&index])
+                .await
+            {
+                Ok(_) => indexes += 1,
+                Err(e) => problems.push(format!("database \"{db}\", index {index}: {e}")),
+            }
+        }
+    }
+    Ok((databases.len(), indexes, unavailable, problems))
+}
