@@ -1,1 +1,1039 @@
-fn main() {}
+//! WAL archiving throughput: `cargo bench --bench wal_throughput`.
+//!
+//! PostgreSQL runs archive_command and restore_command once per WAL file, as
+//! a fresh process each time. This benchmark does the same: it archives every
+//! segment of a WAL set with one `walvault-push` process per segment, then
+//! restores every segment with one `walvault-fetch` process per segment, and
+//! reports throughput, per-call latency, the peak resident memory of any one
+//! call (from `wait4`'s `ru_maxrss`) and how much the repository stores.
+//! Hand-written archive commands (`cp`, `zstd`, `gzip`) and pgBackRest, when
+//! installed, are measured the same way as a baseline.
+//!
+//! The WAL comes from a throwaway PostgreSQL 15 cluster running pgbench
+//! (archive_command = cp into a directory); without PostgreSQL it falls back
+//! to synthetic segments and says so.
+//!
+//! Progress goes to stderr; the results, as Markdown, go to stdout.
+//!
+//! Environment:
+//! - `WALVAULT_BENCH_SEGMENTS`: how many 16 MiB segments to use (default 40)
+//! - `WALVAULT_BENCH_SYNTHETIC=1`: use synthetic WAL even if PostgreSQL is there
+//! - `WALVAULT_BENCH_PG_BIN`: PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
+//! - `WALVAULT_BENCH_KEEP=1`: keep the temporary directory (WAL, repositories)
+
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
+const DEFAULT_SEGMENTS: usize = 40;
+const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+/// Environment variables that would point walvault at another repository or
+/// change its settings; the benchmark passes everything on the command line.
+const WALVAULT_ENV: [&str; 9] = [
+    "WALVAULT_CONFIG",
+    "WALVAULT_REPO",
+    "WALVAULT_S3_ENDPOINT",
+    "WALVAULT_S3_REGION",
+    "WALVAULT_S3_PATH_STYLE",
+    "WALVAULT_COMPRESS_LEVEL",
+    "WALVAULT_COMPRESS_THREADS",
+    "WALVAULT_FETCH_RETRY_SECS",
+    "WALVAULT_LOG",
+];
+
+fn main() {
+    // `cargo bench` passes `--bench` (and any filter); there is nothing to filter.
+    let segments_wanted = match std::env::var("WALVAULT_BENCH_SEGMENTS") {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| panic!("WALVAULT_BENCH_SEGMENTS={v:?}: expected a positive number")),
+        Err(_) => DEFAULT_SEGMENTS,
+    };
+    let force_synthetic = std::env::var("WALVAULT_BENCH_SYNTHETIC").is_ok_and(|v| v == "1");
+    let pg_bin = PathBuf::from(
+        std::env::var("WALVAULT_BENCH_PG_BIN").unwrap_or_else(|_| DEFAULT_PG_BIN.to_string()),
+    );
+
+    let push_bin = walvault_binary("walvault-push", option_env!("CARGO_BIN_EXE_walvault-push"));
+    let fetch_bin = walvault_binary(
+        "walvault-fetch",
+        option_env!("CARGO_BIN_EXE_walvault-fetch"),
+    );
+    eprintln!("walvault-push:  {}", push_bin.display());
+    eprintln!("walvault-fetch: {}", fetch_bin.display());
+
+    // Dropped last: everything below lives inside it.
+    let tmp = tempfile::Builder::new()
+        .prefix("walvault-bench-")
+        .tempdir()
+        .expect("create temporary directory");
+    let root = tmp.path().to_path_buf();
+    let wal_dir = root.join("wal");
+    fs::create_dir(&wal_dir).expect("create wal directory");
+
+    let use_pg = !force_synthetic && pg_bin.join("postgres").is_file();
+    let pgbackrest = if use_pg && on_path("pgbackrest") {
+        Some(PgBackRest::new(&root))
+    } else {
+        None
+    };
+    // Declared after `tmp`, so dropped (server stopped) before the directory goes.
+    let mut cluster = None;
+    let source = if use_pg {
+        let c = cluster.insert(Cluster::new(&pg_bin, &root));
+        generate_real_wal(c, &wal_dir, segments_wanted, pgbackrest.as_ref());
+        c.stop();
+        "real WAL from a PostgreSQL 15 cluster running pgbench (archive_command = cp)".to_string()
+    } else {
+        let why = if force_synthetic {
+            "WALVAULT_BENCH_SYNTHETIC=1"
+        } else {
+            "PostgreSQL not found"
+        };
+        eprintln!("{why}: writing {segments_wanted} synthetic segments");
+        write_synthetic_wal(&wal_dir, segments_wanted);
+        format!(
+            "SYNTHETIC segments ({why}): a valid long page header followed by \
+             repetitive text; compression ratios say nothing about real WAL"
+        )
+    };
+
+    let segments = list_segments(&wal_dir, segments_wanted);
+    assert!(
+        !segments.is_empty(),
+        "no WAL segments in {}",
+        wal_dir.display()
+    );
+    if segments.len() < segments_wanted {
+        eprintln!(
+            "warning: wanted {segments_wanted} segments, have {}",
+            segments.len()
+        );
+    }
+    let raw_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+    let bench = Bench {
+        root: root.clone(),
+        wal_dir: wal_dir.clone(),
+        segments,
+        raw_bytes,
+    };
+
+    let load_before = load_average();
+    let mut push_rows = Vec::new();
+    let mut fetch_rows = Vec::new();
+
+    // The floor: starting a process that does nothing, and starting the
+    // binary with no work to do.
+    push_rows.push(bench.run_each("true (process start floor)", false, |_| {
+        Command::new("true")
+    }));
+    push_rows.push(bench.run_each(
+        "walvault-push --version (process start only)",
+        false,
+        |_| {
+            let mut cmd = Command::new(&push_bin);
+            cmd.arg("--version");
+            cmd
+        },
+    ));
+
+    let walvault_push = |label: &str, dir: &str, extra: &'static [&'static str]| {
+        let repo = bench.fresh_dir(dir);
+        let mut row = bench.run_each(label, true, |seg| {
+            let mut cmd = walvault_command(&push_bin);
+            cmd.arg("--repo").arg(&repo).args(extra).arg(&seg.path);
+            cmd.current_dir(&bench.wal_dir);
+            cmd
+        });
+        row.stored_bytes = Some(tree_bytes(&repo));
+        (row, repo)
+    };
+    let (row, default_repo) = walvault_push("walvault-push (zstd 3, default)", "repo", &[]);
+    push_rows.push(row);
+    push_rows.push(
+        walvault_push(
+            "walvault-push --compress-level 1",
+            "repo-level1",
+            &["--compress-level", "1"],
+        )
+        .0,
+    );
+    push_rows.push(
+        walvault_push(
+            "walvault-push --compress-threads 2",
+            "repo-threads2",
+            &["--compress-threads", "2"],
+        )
+        .0,
+    );
+
+    // Hand-written archive commands.
+    let cp_dir = bench.fresh_dir("cp");
+    let mut row = bench.run_each("cp (no compression, no fsync)", true, |seg| {
+        let mut cmd = Command::new("cp");
+        cmd.arg(&seg.path).arg(cp_dir.join(&seg.name));
+        cmd
+    });
+    row.stored_bytes = Some(tree_bytes(&cp_dir));
+    push_rows.push(row);
+
+    let mut zstd_dir = None;
+    if on_path("zstd") {
+        let dir = bench.fresh_dir("zstd");
+        let mut row = bench.run_each("zstd -3 (CLI, no fsync)", true, |seg| {
+            let mut cmd = Command::new("zstd");
+            cmd.args(["-q", "-3", "-o"])
+                .arg(dir.join(format!("{}.zst", seg.name)))
+                .arg(&seg.path);
+            cmd
+        });
+        row.stored_bytes = Some(tree_bytes(&dir));
+        push_rows.push(row);
+
+        let synced = bench.fresh_dir("zstd-sync");
+        let mut row = bench.run_each("zstd -3 && sync FILE (CLI, fsync)", true, |seg| {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(r#"zstd -q -3 -o "$2" "$1" && sync "$2""#)
+                .arg("sh")
+                .arg(&seg.path)
+                .arg(synced.join(format!("{}.zst", seg.name)));
+            cmd
+        });
+        row.stored_bytes = Some(tree_bytes(&synced));
+        push_rows.push(row);
+        zstd_dir = Some(dir);
+    } else {
+        eprintln!("zstd not found: no zstd baseline (apt-get install zstd)");
+    }
+
+    if on_path("gzip") {
+        let dir = bench.fresh_dir("gzip");
+        let mut row = bench.run_each("gzip -6 (sh -c, no fsync)", true, |seg| {
+            let mut cmd = Command::new("sh");
+            cmd.arg("-c")
+                .arg(r#"gzip -6 -c "$1" > "$2""#)
+                .arg("sh")
+                .arg(&seg.path)
+                .arg(dir.join(format!("{}.gz", seg.name)));
+            cmd
+        });
+        row.stored_bytes = Some(tree_bytes(&dir));
+        push_rows.push(row);
+    }
+
+    let mut pgbackrest_zst_repo = None;
+    if let Some(pgbr) = &pgbackrest {
+        for (label, dir, args) in [
+            (
+                "pgbackrest archive-push (zst 3)",
+                "pgbr-zst",
+                &PgBackRest::ZST3[..],
+            ),
+            (
+                "pgbackrest archive-push (gz 6, its default)",
+                "pgbr-gz",
+                &[][..],
+            ),
+        ] {
+            let repo = root.join(dir);
+            let mut row = bench.run_each(label, true, |seg| {
+                let mut cmd = pgbr.command(&repo);
+                cmd.args(args).arg("archive-push").arg(&seg.path);
+                cmd
+            });
+            row.stored_bytes = Some(tree_bytes(&repo));
+            push_rows.push(row);
+            if dir == "pgbr-zst" {
+                pgbackrest_zst_repo = Some(repo);
+            }
+        }
+    } else if use_pg {
+        eprintln!("pgbackrest not found: no pgBackRest baseline (apt-get install pgbackrest)");
+    }
+
+    // Restores, each checked byte for byte against the original.
+    let restore = bench.fresh_dir("restore");
+    let row = bench.run_restores("walvault-fetch", &restore, |seg| {
+        let mut cmd = walvault_command(&fetch_bin);
+        cmd.arg("--repo")
+            .arg(&default_repo)
+            .arg(&seg.name)
+            .arg(restore.join(&seg.name));
+        cmd.current_dir(&restore);
+        cmd
+    });
+    fetch_rows.push(row);
+
+    if let Some(dir) = &zstd_dir {
+        let row = bench.run_restores("zstd -d (CLI, no fsync)", &restore, |seg| {
+            let mut cmd = Command::new("zstd");
+            cmd.args(["-q", "-d", "-o"])
+                .arg(restore.join(&seg.name))
+                .arg(dir.join(format!("{}.zst", seg.name)));
+            cmd
+        });
+        fetch_rows.push(row);
+    }
+
+    if let (Some(pgbr), Some(repo)) = (&pgbackrest, &pgbackrest_zst_repo) {
+        let row = bench.run_restores("pgbackrest archive-get (zst 3)", &restore, |seg| {
+            let mut cmd = pgbr.command(repo);
+            cmd.arg("archive-get")
+                .arg(&seg.name)
+                .arg(restore.join(&seg.name));
+            cmd
+        });
+        fetch_rows.push(row);
+    }
+
+    // Results.
+    let mut out = String::new();
+    out.push_str(&format!(
+        "WAL set: {} segments of 16 MiB ({:.0} MiB); {source}.\n",
+        bench.segments.len(),
+        mib(raw_bytes)
+    ));
+    out.push_str(&format!("Machine: {}.\n", machine_summary()));
+    out.push_str(&format!(
+        "Load average (1, 5, 15 min) before the timed runs: {load_before}; after: {}.\n",
+        load_average()
+    ));
+    out.push_str(
+        "Each row runs one process per segment, one after another, as PostgreSQL \
+         runs archive_command and restore_command. MiB/s = MiB (2^20 bytes) of raw \
+         WAL / total wall time of the calls (spawn to exit; the restore rows \
+         check and remove each restored file between calls, untimed); peak RSS = largest ru_maxrss of any one call; \
+         stored/raw = bytes in the repository / bytes of WAL.\n\n",
+    );
+    out.push_str("### Push (archive_command)\n\n");
+    out.push_str(&table(&push_rows));
+    out.push_str(
+        "\n### Fetch (restore_command), every restored file compared with the original\n\n",
+    );
+    out.push_str(&table(&fetch_rows));
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(out.as_bytes()).expect("write results");
+    stdout.flush().expect("flush results");
+
+    drop(cluster);
+    if std::env::var("WALVAULT_BENCH_KEEP").is_ok_and(|v| v == "1") {
+        eprintln!("kept {}", tmp.keep().display());
+    }
+}
+
+/// The release build of a walvault binary: cargo's `CARGO_BIN_EXE_<name>`
+/// when it was set for this bench, else next to the bench's own target
+/// directory (`<target>/release/deps/wal_throughput-…` → `<target>/release/<name>`).
+fn walvault_binary(name: &str, from_cargo: Option<&str>) -> PathBuf {
+    if let Some(path) = from_cargo.map(PathBuf::from).filter(|p| p.is_file()) {
+        return path;
+    }
+    let exe = std::env::current_exe().expect("find the bench executable");
+    let candidate = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|profile_dir| profile_dir.join(name));
+    match candidate {
+        Some(path) if path.is_file() => path,
+        _ => panic!(
+            "cannot find {name} (looked at CARGO_BIN_EXE_{name} and next to {}); \
+             build it with `cargo build --release --bins`",
+            exe.display()
+        ),
+    }
+}
+
+fn walvault_command(binary: &Path) -> Command {
+    let mut cmd = Command::new(binary);
+    for var in WALVAULT_ENV {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// uid and gid of the `postgres` user.
+fn postgres_ids() -> (u32, u32) {
+    let passwd = fs::read_to_string("/etc/passwd").expect("read /etc/passwd");
+    passwd
+        .lines()
+        .map(|line| line.split(':').collect::<Vec<_>>())
+        .find(|f| f.len() > 3 && f[0] == "postgres")
+        .map(|f| (f[2].parse().expect("uid"), f[3].parse().expect("gid")))
+        .expect("running as root needs a postgres user to run PostgreSQL as")
+}
+
+/// Hands `path` to the postgres user when running as root (PostgreSQL
+/// refuses to run as root).
+fn give_to_postgres(path: &Path) {
+    if is_root() {
+        let (uid, gid) = postgres_ids();
+        std::os::unix::fs::chown(path, Some(uid), Some(gid))
+            .unwrap_or_else(|e| panic!("chown {}: {e}", path.display()));
+    }
+}
+
+/// Runs a command that must succeed, returning its stdout.
+fn run_ok(cmd: &mut Command) -> String {
+    let out = cmd
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("run {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({})\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+// ---------------------------------------------------------------------------
+// Timing one process per segment
+
+/// One WAL segment of the input set.
+struct Segment {
+    name: String,
+    path: PathBuf,
+    bytes: u64,
+}
+
+struct Bench {
+    root: PathBuf,
+    wal_dir: PathBuf,
+    segments: Vec<Segment>,
+    raw_bytes: u64,
+}
+
+/// One configuration's measurements.
+struct Row {
+    label: String,
+    /// Whether the row moves WAL (so MiB/s means something).
+    moves_data: bool,
+    /// Wall time of each call, spawn to exit.
+    calls: Vec<Duration>,
+    peak_rss_kib: u64,
+    raw_bytes: u64,
+    stored_bytes: Option<u64>,
+}
+
+impl Bench {
+    /// An empty directory `<root>/<name>`, removed first if it exists.
+    fn fresh_dir(&self, name: &str) -> PathBuf {
+        let dir = self.root.join(name);
+        if dir.exists() {
+            fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+        }
+        fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
+        dir
+    }
+
+    /// Runs `make(segment)` once per segment, one process at a time,
+    /// timing each from spawn to exit and reaping it with `wait4` for its
+    /// peak RSS. Any failed call fails the benchmark.
+    fn run_each(
+        &self,
+        label: &str,
+        moves_data: bool,
+        make: impl FnMut(&Segment) -> Command,
+    ) -> Row {
+        self.run_each_then(label, moves_data, make, |_| {})
+    }
+
+    /// Restores every segment into `restore` with `make(segment)`, checking
+    /// each restored file against the original and removing it before the
+    /// next call, untimed. PostgreSQL likewise restores one file at a time
+    /// (to pg_wal/RECOVERYXLOG, each one replacing the last).
+    fn run_restores(
+        &self,
+        label: &str,
+        restore: &Path,
+        make: impl FnMut(&Segment) -> Command,
+    ) -> Row {
+        let row = self.run_each_then(label, true, make, |seg| {
+            let restored = restore.join(&seg.name);
+            let same = same_contents(&restored, &seg.path)
+                .unwrap_or_else(|e| panic!("{label}: compare {}: {e}", restored.display()));
+            assert!(
+                same,
+                "{label}: restored {} differs from the original",
+                seg.name
+            );
+            fs::remove_file(&restored).expect("remove restored file");
+        });
+        eprintln!(
+            "verified: {label}: {} segments byte-identical",
+            self.segments.len()
+        );
+        row
+    }
+
+    /// [`Bench::run_each`], running `after(segment)` (untimed) after each call.
+    fn run_each_then(
+        &self,
+        label: &str,
+        moves_data: bool,
+        mut make: impl FnMut(&Segment) -> Command,
+        mut after: impl FnMut(&Segment),
+    ) -> Row {
+        eprintln!("running: {label}");
+        // Start each row with no dirty pages left by PostgreSQL or by the
+        // row before, so background writeback does not slow this one. The
+        // input segments stay in the page cache, as recently written WAL
+        // is when the archiver reads it.
+        // SAFETY: sync has no preconditions.
+        unsafe { libc::sync() };
+        let stderr_log = self.root.join("call.stderr");
+        let mut calls = Vec::with_capacity(self.segments.len());
+        let mut peak_rss_kib = 0;
+        for seg in &self.segments {
+            let mut cmd = make(seg);
+            let (elapsed, status, rss_kib) = run_measured(&mut cmd, &stderr_log);
+            if !status.success() {
+                let stderr = fs::read_to_string(&stderr_log).unwrap_or_default();
+                panic!("{label}: {cmd:?} failed ({status})\nstderr:\n{stderr}");
+            }
+            calls.push(elapsed);
+            peak_rss_kib = peak_rss_kib.max(rss_kib);
+            after(seg);
+        }
+        Row {
+            label: label.to_string(),
+            moves_data,
+            calls,
+            peak_rss_kib,
+            raw_bytes: if moves_data { self.raw_bytes } else { 0 },
+            stored_bytes: None,
+        }
+    }
+}
+
+/// Spawns `cmd`, waits for it with `wait4`, and returns the wall time from
+/// spawn to exit, the exit status and the child's peak RSS in KiB (Linux
+/// reports `ru_maxrss` in KiB; it covers the child and any children it waited for).
+fn run_measured(cmd: &mut Command, stderr_log: &Path) -> (Duration, ExitStatus, u64) {
+    let log = File::create(stderr_log).expect("create stderr log");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    // Force fork + exec. std would otherwise use posix_spawn, whose child
+    // shares this process's memory until exec, and Linux then carries this
+    // process's peak RSS into the child's ru_maxrss. A forked child starts
+    // from this process's current RSS instead, which is why this process
+    // never holds a whole segment: the `true` row shows the floor (~1 MiB).
+    // SAFETY: the hook does nothing, so it is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| Ok(()));
+    }
+    let started = Instant::now();
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id() as libc::pid_t;
+    let mut status: libc::c_int = 0;
+    // SAFETY: rusage is plain integers; all zeroes is a valid value.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: `pid` is our own child, not yet reaped (std's Child only
+        // reaps in wait/try_wait, which are never called); both pointers
+        // are valid for writes for the duration of the call.
+        let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        if reaped == pid {
+            break;
+        }
+        let err = std::io::Error::last_os_error();
+        if err.kind() != std::io::ErrorKind::Interrupted {
+            panic!("wait4({pid}): {err}");
+        }
+    }
+    let elapsed = started.elapsed();
+    drop(child);
+    (
+        elapsed,
+        ExitStatus::from_raw(status),
+        u64::try_from(usage.ru_maxrss).unwrap_or(0),
+    )
+}
+
+/// Whether two files hold the same bytes. Reads through small buffers:
+/// see [`run_measured`] for why this process must stay small.
+fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
+    let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
+    if fa.metadata()?.len() != fb.metadata()?.len() {
+        return Ok(false);
+    }
+    let mut buf_a = vec![0u8; 64 * 1024];
+    let mut buf_b = vec![0u8; 64 * 1024];
+    loop {
+        let n = read_up_to(&mut fa, &mut buf_a)?;
+        let m = read_up_to(&mut fb, &mut buf_b)?;
+        if buf_a[..n] != buf_b[..m] {
+            return Ok(false);
+        }
+        if n == 0 {
+            return Ok(true);
+        }
+    }
+}
+
+/// Fills `buf` from `r` unless the end comes first; returns the bytes read.
+fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+/// Total size of the files under `dir` (what a repository stores).
+fn tree_bytes(dir: &Path) -> u64 {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in fs::read_dir(&d).unwrap_or_else(|e| panic!("read {}: {e}", d.display())) {
+            let entry = entry.expect("directory entry");
+            let meta = entry.metadata().expect("file metadata");
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else {
+                total += meta.len();
+            }
+        }
+    }
+    total
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn table(rows: &[Row]) -> String {
+    let mut s = String::from(
+        "| configuration | MiB/s | mean ms/segment | p50 ms | p95 ms | peak RSS MiB | stored/raw |\n\
+         |---|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for row in rows {
+        let mut sorted = row.calls.clone();
+        sorted.sort();
+        let mean = row.calls.iter().sum::<Duration>() / row.calls.len() as u32;
+        let throughput = if row.moves_data {
+            let busy: Duration = row.calls.iter().sum();
+            format!("{:.1}", mib(row.raw_bytes) / busy.as_secs_f64())
+        } else {
+            "—".to_string()
+        };
+        let ratio = match row.stored_bytes {
+            Some(stored) if row.raw_bytes > 0 => {
+                format!("{:.3}", stored as f64 / row.raw_bytes as f64)
+            }
+            _ => "—".to_string(),
+        };
+        s.push_str(&format!(
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+            row.label,
+            throughput,
+            ms(mean),
+            ms(percentile(&sorted, 50.0)),
+            ms(percentile(&sorted, 95.0)),
+            row.peak_rss_kib as f64 / 1024.0,
+            ratio
+        ));
+    }
+    s
+}
+
+fn machine_summary() -> String {
+    let cpu = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".to_string());
+    let os = fs::read_to_string("/etc/os-release")
+        .ok()
+        .and_then(|r| {
+            r.lines()
+                .find_map(|l| l.strip_prefix("PRETTY_NAME="))
+                .map(|v| v.trim_matches('"').to_string())
+        })
+        .unwrap_or_else(|| "unknown OS".to_string());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    format!("{cores} cores ({cpu}), {os}")
+}
+
+/// The 1, 5 and 15 minute load averages: other work on the machine skews
+/// the timings.
+fn load_average() -> String {
+    fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|| "unknown".to_string())
+}
+
+/// The first `limit` full-size segments in `dir`, by name.
+fn list_segments(dir: &Path, limit: usize) -> Vec<Segment> {
+    let mut segments: Vec<Segment> = fs::read_dir(dir)
+        .expect("read wal directory")
+        .filter_map(|e| {
+            let e = e.ok()?;
+            let name = e.file_name().into_string().ok()?;
+            let bytes = e.metadata().ok()?.len();
+            let is_segment = name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit());
+            (is_segment && bytes == SEGMENT_BYTES).then(|| Segment {
+                path: e.path(),
+                name,
+                bytes,
+            })
+        })
+        .collect();
+    segments.sort_by(|a, b| a.name.cmp(&b.name));
+    segments.truncate(limit);
+    segments
+}
+
+// ---------------------------------------------------------------------------
+// Real WAL from PostgreSQL 15
+
+/// A throwaway cluster in `<root>/data`, listening only on a socket in
+/// `<root>`; stopped when dropped.
+struct Cluster {
+    pg_bin: PathBuf,
+    root: PathBuf,
+    data: PathBuf,
+    running: bool,
+}
+
+impl Cluster {
+    fn new(pg_bin: &Path, root: &Path) -> Cluster {
+        give_to_postgres(root);
+        Cluster {
+            pg_bin: pg_bin.to_path_buf(),
+            root: root.to_path_buf(),
+            data: root.join("data"),
+            running: false,
+        }
+    }
+
+    /// A PostgreSQL program, run as postgres when we are root.
+    fn command(&self, program: &str) -> Command {
+        let path = self.pg_bin.join(program);
+        if is_root() {
+            let mut cmd = Command::new("runuser");
+            cmd.args(["-u", "postgres", "--"]).arg(path);
+            cmd
+        } else {
+            Command::new(path)
+        }
+    }
+
+    fn connect_args<'a>(&'a self, cmd: &'a mut Command) -> &'a mut Command {
+        cmd.arg("-h").arg(&self.root).args(["-U", "postgres"])
+    }
+
+    fn psql(&self, sql: &str) -> String {
+        let mut cmd = self.command("psql");
+        self.connect_args(&mut cmd).args([
+            "-X",
+            "-A",
+            "-t",
+            "-q",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-d",
+            "postgres",
+            "-c",
+            sql,
+        ]);
+        run_ok(&mut cmd).trim().to_string()
+    }
+
+    fn pgbench(&self, args: &[&str]) {
+        let mut cmd = self.command("pgbench");
+        self.connect_args(&mut cmd).args(args).arg("postgres");
+        run_ok(&mut cmd);
+    }
+
+    fn init_and_start(&mut self, wal_dir: &Path) {
+        run_ok(
+            self.command("initdb")
+                .args(["--no-sync", "-A", "trust", "-U", "postgres", "-D"])
+                .arg(&self.data),
+        );
+        let conf = format!(
+            "\n# walvault benchmark\n\
+             listen_addresses = ''\n\
+             unix_socket_directories = '{root}'\n\
+             wal_level = replica\n\
+             archive_mode = on\n\
+             archive_command = 'cp %p {wal}/%f'\n\
+             fsync = off\n",
+            root = self.root.display(),
+            wal = wal_dir.display(),
+        );
+        fs::OpenOptions::new()
+            .append(true)
+            .open(self.data.join("postgresql.conf"))
+            .and_then(|mut f| f.write_all(conf.as_bytes()))
+            .expect("configure postgresql.conf");
+        self.running = true;
+        run_ok(
+            self.command("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(self.root.join("server.log"))
+                .args(["-w", "start"]),
+        );
+    }
+
+    fn stop(&mut self) {
+        if self.running {
+            run_ok(
+                self.command("pg_ctl")
+                    .arg("-D")
+                    .arg(&self.data)
+                    .args(["-m", "fast", "-w", "stop"]),
+            );
+            self.running = false;
+        }
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if self.running {
+            let _ = self
+                .command("pg_ctl")
+                .arg("-D")
+                .arg(&self.data)
+                .args(["-m", "immediate", "-w", "stop"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}
+
+/// Runs pgbench until at least `target` segments are written, switches to a
+/// new segment and waits until the archiver has copied everything into `wal_dir`.
+fn generate_real_wal(
+    cluster: &mut Cluster,
+    wal_dir: &Path,
+    target: usize,
+    pgbackrest: Option<&PgBackRest>,
+) {
+    give_to_postgres(wal_dir);
+    eprintln!("starting PostgreSQL in {}", cluster.data.display());
+    cluster.init_and_start(wal_dir);
+    if let Some(pgbr) = pgbackrest {
+        // stanza-create needs the running server; the pushes later do not.
+        pgbr.create_stanzas(&cluster.root, &["pgbr-zst", "pgbr-gz"]);
+    }
+
+    let scale = if target >= 40 {
+        20
+    } else {
+        (target / 2).max(1)
+    };
+    eprintln!("pgbench -i -s {scale}");
+    cluster.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
+    // A margin of two segments: the one being written and the one switched out.
+    let want_bytes = (target as u64 + 2) * SEGMENT_BYTES;
+    for round in 1..=40 {
+        let written: u64 = cluster
+            .psql("SELECT (pg_current_wal_lsn() - '0/0'::pg_lsn)::bigint")
+            .parse()
+            .expect("WAL position");
+        eprintln!("  {:.0} MiB of WAL written", mib(written));
+        if written >= want_bytes {
+            break;
+        }
+        // A checkpoint first, as a busy server has every few minutes: the
+        // first change to each page after it is logged as a full-page
+        // image, which is most of the volume of production WAL.
+        cluster.psql("CHECKPOINT");
+        eprintln!("CHECKPOINT; pgbench -n -c 4 -j 2 -t 3000 (round {round})");
+        cluster.pgbench(&["-n", "-c", "4", "-j", "2", "-t", "3000"]);
+    }
+
+    let last = cluster.psql("SELECT pg_walfile_name(pg_switch_wal())");
+    eprintln!("waiting until the archiver has copied {last}");
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let state = cluster.psql(
+            "SELECT coalesce(last_archived_wal, '') || '|' || failed_count FROM pg_stat_archiver",
+        );
+        let (archived, failed) = state.split_once('|').unwrap_or((&state, "0"));
+        if archived.len() == 24 && archived >= last.as_str() {
+            break;
+        }
+        assert!(
+            failed == "0",
+            "archive_command failed {failed} times; see {}",
+            cluster.root.join("server.log").display()
+        );
+        assert!(
+            Instant::now() < deadline,
+            "archiver did not reach {last} in 600 s (at {archived:?})"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+// ---------------------------------------------------------------------------
+// pgBackRest, as a baseline
+
+struct PgBackRest {
+    config: PathBuf,
+}
+
+impl PgBackRest {
+    const STANZA: &'static str = "bench";
+    /// walvault's default compression, for a like-for-like row.
+    const ZST3: [&'static str; 2] = ["--compress-type=zst", "--compress-level=3"];
+
+    /// Writes a config naming the cluster in `<root>/data` and keeping
+    /// locks and logs inside `root`.
+    fn new(root: &Path) -> PgBackRest {
+        let config = root.join("pgbackrest.conf");
+        let text = format!(
+            "[global]\n\
+             lock-path={root}/pgbr-lock\n\
+             log-path={root}/pgbr-log\n\
+             log-level-console=warn\n\
+             log-level-stderr=warn\n\
+             log-level-file=off\n\
+             \n\
+             [{stanza}]\n\
+             pg1-path={root}/data\n\
+             pg1-socket-path={root}\n\
+             pg1-user=postgres\n",
+            root = root.display(),
+            stanza = Self::STANZA,
+        );
+        fs::write(&config, text).expect("write pgbackrest.conf");
+        PgBackRest { config }
+    }
+
+    fn command(&self, repo: &Path) -> Command {
+        let mut cmd = Command::new("pgbackrest");
+        cmd.arg(format!("--config={}", self.config.display()))
+            .arg(format!("--stanza={}", Self::STANZA))
+            .arg(format!("--repo1-path={}", repo.display()));
+        cmd
+    }
+
+    fn create_stanzas(&self, root: &Path, repos: &[&str]) {
+        for dir in repos {
+            let repo = root.join(dir);
+            fs::create_dir_all(&repo).expect("create pgbackrest repository");
+            run_ok(self.command(&repo).arg("stanza-create"));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Synthetic WAL, when there is no PostgreSQL
+
+const SYNTHETIC_SYSTEM_ID: u64 = 7_300_000_000_000_000_042;
+
+/// Writes `count` segments on timeline 1, starting at segment 1.
+fn write_synthetic_wal(dir: &Path, count: usize) {
+    for i in 0..count as u64 {
+        let segno = i + 1;
+        let name = format!("{:08X}{:08X}{:08X}", 1, segno >> 8, segno & 0xFF);
+        write_synthetic_segment(&dir.join(name), 1, segno).expect("write synthetic segment");
+    }
+}
+
+/// A 16 MiB segment: PostgreSQL 15's long page header (XLogLongPageHeaderData),
+/// then pseudo-random words from a small vocabulary. Written through a small
+/// buffer, so this process never holds a whole segment (see [`run_measured`]).
+fn write_synthetic_segment(path: &Path, timeline: u32, segno: u64) -> std::io::Result<()> {
+    const WORDS: [&str; 24] = [
+        "INSERT",
+        "UPDATE",
+        "pgbench_accounts",
+        "pgbench_tellers",
+        "pgbench_branches",
+        "aid",
+        "bid",
+        "tid",
+        "abalance",
+        "delta",
+        "heap",
+        "btree",
+        "commit",
+        "xid",
+        "lsn",
+        "page",
+        "tuple",
+        "index",
+        "vacuum",
+        "checkpoint",
+        "fpw",
+        "block",
+        "relfilenode",
+        "0000000000",
+    ];
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, File::create(path)?);
+    let mut header = Vec::with_capacity(40);
+    header.extend_from_slice(&0xD110u16.to_le_bytes()); // xlp_magic (PostgreSQL 15)
+    header.extend_from_slice(&0x0002u16.to_le_bytes()); // xlp_info: XLP_LONG_HEADER
+    header.extend_from_slice(&timeline.to_le_bytes()); // xlp_tli
+    header.extend_from_slice(&(segno * SEGMENT_BYTES).to_le_bytes()); // xlp_pageaddr
+    header.extend_from_slice(&0u32.to_le_bytes()); // xlp_rem_len
+    header.extend_from_slice(&[0u8; 4]); // padding
+    header.extend_from_slice(&SYNTHETIC_SYSTEM_ID.to_le_bytes()); // xlp_sysid
+    header.extend_from_slice(&(SEGMENT_BYTES as u32).to_le_bytes()); // xlp_seg_size
+    header.extend_from_slice(&8192u32.to_le_bytes()); // xlp_xlog_blcksz
+    out.write_all(&header)?;
+    let mut written = header.len() as u64;
+    let mut state = segno.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut word = Vec::with_capacity(64);
+    while written < SEGMENT_BYTES {
+        // xorshift64: cheap, deterministic, good enough to pick words.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        word.clear();
+        word.extend_from_slice(WORDS[(state % WORDS.len() as u64) as usize].as_bytes());
+        write!(word, " {} ", state % 100_000)?;
+        let take = word.len().min((SEGMENT_BYTES - written) as usize);
+        out.write_all(&word[..take])?;
+        written += take as u64;
+    }
+    out.flush()
+}

@@ -74,9 +74,10 @@ pub fn plan_archive_target(archive_command: &str) -> ArchiveTarget {
         return ArchiveTarget::NotWalvault;
     };
     let rest = &words[start..];
+    let unquote = |v: &str| v.trim_matches(|c| c == '\'' || c == '"').to_string();
     for (i, w) in rest.iter().enumerate() {
         if let Some(v) = w.strip_prefix("--repo=") {
-            return ArchiveTarget::Repo(v.to_string());
+            return ArchiveTarget::Repo(unquote(v));
         }
         if *w == "--repo" {
             if let Some(v) = rest.get(i + 1) {
@@ -84,7 +85,7 @@ pub fn plan_archive_target(archive_command: &str) -> ArchiveTarget {
             }
         }
         if let Some(v) = w.strip_prefix("--config=") {
-            return ArchiveTarget::Config(PathBuf::from(v));
+            return ArchiveTarget::Config(PathBuf::from(unquote(v)));
         }
         if *w == "--config" {
             if let Some(v) = rest.get(i + 1) {
