@@ -69,6 +69,10 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub dry_run: bool,
 
+    /// Restore tablespace OID into DIR instead of its original place (repeatable)
+    #[arg(long, value_name = "OID=DIR")]
+    pub tablespace_map: Vec<String>,
+
     /// Files restored at once [default: the number of cores]
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
@@ -167,6 +171,9 @@ fn print_plan(plan: &RestorePlan, lines: &[(String, String)], pgdata: &std::path
     if let Some(t) = plan.newest_archive_time {
         println!("  archive    newest WAL archived at {t}");
     }
+    for ts in &b.tablespaces {
+        println!("  tablespace {} at {}", ts.oid, ts.location);
+    }
     println!("  settings   (postgresql.auto.conf)");
     for (name, value) in lines {
         println!("             {name} = {value}");
@@ -209,7 +216,26 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
             .map(|d| d.join(&args.pgdata))
             .unwrap_or_else(|_| args.pgdata.clone())
     };
+    let mut tablespace_map = std::collections::BTreeMap::new();
+    for entry in &args.tablespace_map {
+        match entry
+            .split_once('=')
+            .map(|(o, d)| (o.trim().parse::<u32>(), PathBuf::from(d)))
+        {
+            Some((Ok(oid), dir)) if dir.is_absolute() => {
+                tablespace_map.insert(oid, dir);
+            }
+            _ => {
+                report_error(
+                    program,
+                    &format!("invalid --tablespace-map \"{entry}\"\nHINT: use OID=/absolute/dir, with the oid from walvault restore --dry-run or pg_tablespace"),
+                );
+                return Exit::Usage;
+            }
+        }
+    }
     let opts = RestoreOptions {
+        tablespace_map,
         pgdata: pgdata.clone(),
         backup: match args.backup.as_deref() {
             None | Some("latest") => BackupChoice::Latest,

@@ -44,6 +44,53 @@ pub struct RestoreOptions {
     /// The restore_command to write (walvault-fetch with this repository's
     /// settings), already shell-quoted.
     pub restore_command: String,
+    /// Tablespaces restored somewhere else than where they were: oid → directory.
+    pub tablespace_map: BTreeMap<u32, PathBuf>,
+}
+
+/// Where each tablespace of a manifest goes: its recorded location unless
+/// remapped. Remapping an oid the backup does not have is an error.
+pub fn plan_tablespace_locations(
+    manifest: &BackupManifest,
+    remap: &BTreeMap<u32, PathBuf>,
+) -> Result<Vec<crate::repo::manifest::TablespaceEntry>, RestoreError> {
+    for oid in remap.keys() {
+        if !manifest.tablespaces.iter().any(|t| t.oid == *oid) {
+            let known: Vec<String> = manifest
+                .tablespaces
+                .iter()
+                .map(|t| format!("{} ({})", t.oid, t.location))
+                .collect();
+            return Err(RestoreError::Target {
+                path: remap[oid].clone(),
+                reason: format!(
+                    "is mapped for tablespace {oid}, which backup {} does not have\nHINT: its tablespaces are: {}",
+                    manifest.label,
+                    if known.is_empty() { "none".to_string() } else { known.join(", ") }
+                ),
+            });
+        }
+    }
+    Ok(manifest
+        .tablespaces
+        .iter()
+        .map(|t| crate::repo::manifest::TablespaceEntry {
+            oid: t.oid,
+            location: remap
+                .get(&t.oid)
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|| t.location.clone()),
+        })
+        .collect())
+}
+
+/// tablespace_map with remapped locations (PostgreSQL recreates the
+/// pg_tblspc links from this file during recovery, so it must agree).
+pub fn plan_tablespace_map_file(tablespaces: &[crate::repo::manifest::TablespaceEntry]) -> String {
+    tablespaces
+        .iter()
+        .map(|t| format!("{} {}\n", t.oid, t.location))
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -234,12 +281,11 @@ pub async fn apply(
     opts: &RestoreOptions,
 ) -> Result<RestoreReport, RestoreError> {
     let pgdata = opts.pgdata.clone();
-    let moved_aside = prepare_target(&pgdata, opts.force)?;
     let manifest = &plan.backup;
+    let tablespaces = plan_tablespace_locations(manifest, &opts.tablespace_map)?;
 
-    // Tablespace links first, so their directories are created through them.
-    let mut links = Vec::new();
-    for ts in &manifest.tablespaces {
+    // Nothing is written until every target directory is known to be free.
+    for ts in &tablespaces {
         let location = PathBuf::from(&ts.location);
         if location.exists()
             && fs::read_dir(&location)
@@ -248,9 +294,19 @@ pub async fn apply(
         {
             return Err(RestoreError::Target {
                 path: location,
-                reason: format!("(tablespace {}) is not empty\nHINT: empty or move the tablespace directory first", ts.oid),
+                reason: format!(
+                    "(tablespace {}) is not empty\nHINT: restore it elsewhere with --tablespace-map {}=DIR, or empty the directory first",
+                    ts.oid, ts.oid
+                ),
             });
         }
+    }
+    let moved_aside = prepare_target(&pgdata, opts.force)?;
+
+    // Tablespace links first, so their directories are created through them.
+    let mut links = Vec::new();
+    for ts in &tablespaces {
+        let location = PathBuf::from(&ts.location);
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
@@ -269,7 +325,7 @@ pub async fn apply(
             .create(&path)
             .map_err(io_err("create directory", &path))?;
         if dir.path == "pg_tblspc" {
-            for ts in &manifest.tablespaces {
+            for ts in &tablespaces {
                 let link = pgdata.join(format!("pg_tblspc/{}", ts.oid));
                 std::os::unix::fs::symlink(&ts.location, &link)
                     .map_err(io_err("link tablespace", &link))?;
@@ -288,8 +344,11 @@ pub async fn apply(
         &pgdata.join("backup_label"),
         manifest.backup_label.as_bytes(),
     )?;
-    if let Some(map) = &manifest.tablespace_map {
-        write_small(&pgdata.join("tablespace_map"), map.as_bytes())?;
+    if manifest.tablespace_map.is_some() || !tablespaces.is_empty() {
+        write_small(
+            &pgdata.join("tablespace_map"),
+            plan_tablespace_map_file(&tablespaces).as_bytes(),
+        )?;
     }
     let lines = recovery_lines(&plan, opts);
     let auto_conf = pgdata.join("postgresql.auto.conf");
@@ -317,7 +376,7 @@ pub async fn apply(
     restore_files(repo, &pgdata, control, 1).await?;
     sync_filesystem(&pgdata)?;
     if let Some(parent) = pgdata.parent() {
-        give_to_parent_owner(&pgdata, parent, &manifest.tablespaces)?;
+        give_to_parent_owner(&pgdata, parent, &tablespaces)?;
     }
     Ok(RestoreReport {
         plan,

@@ -147,7 +147,7 @@ pub async fn run_restore_verify(
         None
     };
     let pgdata = scratch.path().join("data");
-    let restore_opts = RestoreOptions {
+    let mut restore_opts = RestoreOptions {
         pgdata: pgdata.clone(),
         backup: BackupChoice::Latest,
         target: RecoveryTarget::Immediate,
@@ -158,8 +158,17 @@ pub async fn run_restore_verify(
         force: false,
         jobs: opts.jobs,
         restore_command: opts.restore_command.clone(),
+        tablespace_map: Default::default(),
     };
     let planned = plan(repo, &restore_opts).await?;
+    // Tablespaces go inside the scratch directory too, never over the
+    // production cluster's tablespace directories.
+    restore_opts.tablespace_map = planned
+        .backup
+        .tablespaces
+        .iter()
+        .map(|t| (t.oid, scratch.path().join(format!("tablespace-{}", t.oid))))
+        .collect();
     let label = planned.backup.label.clone();
     let major = planned.backup.pg_major;
     let bin = find_pg_bin(opts.pg_bin.as_ref(), major)?;

@@ -439,3 +439,82 @@ fn second_restore_after_promotion_and_pitr_on_timeline_2() {
     let r3 = setup.restore_and_start("tl1", &["--target-timeline", "1"]);
     assert_eq!(ids(&r3), "10:1-10");
 }
+
+#[test]
+fn tablespaces_restore_to_a_new_place_and_list_describes_the_repository() {
+    let setup = Setup::new("pitr-tablespace", Backend::Local);
+    let p = &setup.primary;
+    let ts_dir = setup.dir.subdir("ts1");
+    p.sql(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}'",
+        ts_dir.display()
+    ));
+    p.sql("CREATE TABLE big(id int primary key, note text) TABLESPACE ts1");
+    p.sql("INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g");
+    let label = setup.backup(p);
+    p.sql("INSERT INTO big SELECT g, 'late' FROM generate_series(20001, 20100) g");
+    p.switch_and_wait_archived(120);
+    let oid = p.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+
+    // The original location holds the primary's tablespace: refused, nothing written.
+    let (out, pgdata) = setup.restore("same-place", &[]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("not empty") && out.stderr.contains("--tablespace-map"),
+        "{}",
+        out.stderr
+    );
+    assert!(!pgdata.exists(), "nothing was written");
+
+    let new_location = setup.dir.path().join("ts1-restored");
+    let r = setup.restore_and_start(
+        "ts-restored",
+        &[
+            "--tablespace-map",
+            &format!("{oid}={}", new_location.display()),
+        ],
+    );
+    assert_eq!(
+        r.sql("SELECT count(*) FROM big"),
+        "20100",
+        "the table in the tablespace is whole"
+    );
+    assert_eq!(
+        r.sql("SELECT pg_tablespace_location(oid) FROM pg_tablespace WHERE spcname = 'ts1'"),
+        new_location.display().to_string()
+    );
+    assert!(new_location
+        .join(format!(
+            "PG_15_{}",
+            r.sql("SELECT catalog_version_no FROM pg_control_system()")
+        ))
+        .is_dir());
+
+    // list --json: the documented schema.
+    let out = setup.walvault(&["list", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let backups = json["backups"].as_array().unwrap();
+    assert_eq!(backups.len(), 1);
+    assert_eq!(backups[0]["label"], label.as_str());
+    assert_eq!(backups[0]["status"], "complete");
+    assert_eq!(backups[0]["timeline"], 1);
+    assert!(backups[0]["data_size_bytes"].as_u64().unwrap() > 2_000_000);
+    let tl1 = json["wal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["timeline"] == 1)
+        .unwrap();
+    assert!(tl1["segments"].as_u64().unwrap() >= 2);
+    assert_eq!(tl1["gaps"].as_array().unwrap().len(), 0);
+    assert!(
+        json["recovery_window"]["from"].is_string() && json["recovery_window"]["to"].is_string()
+    );
+    let human = setup.walvault(&["list"]);
+    assert!(
+        human.stdout.contains(&label) && human.stdout.contains("recoverable: from"),
+        "{}",
+        human.stdout
+    );
+}
