@@ -181,3 +181,97 @@ impl Drop for RemoveOnDrop {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::object::write_object;
+    use crate::repo::CompressSettings;
+    use crate::storage::faulty::{FaultyStore, Op};
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::PutMode;
+
+    const NAME: &str = "000000010000000000000007";
+
+    async fn repo_with_segment() -> (FaultyStore<MemoryStore>, Repository, Vec<u8>) {
+        let store = FaultyStore::new(MemoryStore::new());
+        let repo = Repository::new(Arc::new(store.clone()), CompressSettings::default());
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        let key = layout::wal_key(&layout::parse_any_size(NAME).unwrap());
+        let mut src: &[u8] = &data;
+        write_object(
+            repo.store(),
+            &key,
+            PutMode::Create,
+            &mut src,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap();
+        (store, repo, data)
+    }
+
+    fn opts(secs: u64) -> FetchOptions {
+        FetchOptions {
+            retry_for: Duration::from_secs(secs),
+            standby: false,
+        }
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_success() {
+        let (store, repo, data) = repo_with_segment().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        store.fail_next(Op::Get, 2, true);
+        let outcome = fetch(&repo, NAME, &dest, opts(30)).await.unwrap();
+        assert!(matches!(outcome, FetchOutcome::Restored(_)));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+    }
+
+    #[tokio::test]
+    async fn a_persistent_failure_gives_up_at_the_deadline_and_never_looks_missing() {
+        let (store, repo, _) = repo_with_segment().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        store.fail_next(Op::Get, u32::MAX, true);
+        let started = std::time::Instant::now();
+        let err = fetch(&repo, NAME, &dest, opts(1)).await.unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5));
+        match &err {
+            FetchError::Repository { attempts, .. } => assert!(*attempts >= 2, "retried: {err}"),
+            other => panic!("{other}"),
+        }
+        assert!(!dest.exists());
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no temporary file left"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_permanent_failure_is_not_retried_and_missing_is_quick() {
+        let (store, repo, _) = repo_with_segment().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        store.fail_next(Op::Get, u32::MAX, false);
+        let started = std::time::Instant::now();
+        let err = fetch(&repo, NAME, &dest, opts(60)).await.unwrap_err();
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "no waiting on a permanent error"
+        );
+        assert!(
+            matches!(err, FetchError::Repository { attempts: 1, .. }),
+            "{err}"
+        );
+        store.fail_next(Op::Get, 0, false);
+        let outcome = fetch(&repo, "000000010000000000000099", &dest, opts(60))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, FetchOutcome::NotFound));
+    }
+}

@@ -200,16 +200,26 @@ async fn run_command(program: &str, global: &GlobalArgs, command: Command) -> Ex
     }
 }
 
+/// Resolves settings and opens the repository they name, reporting a
+/// failure as a usage error.
+pub(crate) fn settings_and_repository(
+    program: &str,
+    global: &GlobalArgs,
+) -> Result<(Settings, crate::repo::Repository), Exit> {
+    let settings = settings(program, global)?;
+    let repo = settings.open_repository().map_err(|e| {
+        logging::report_error(program, &e);
+        Exit::Usage
+    })?;
+    Ok((settings, repo))
+}
+
 /// Opens the configured repository, reporting failures as usage errors.
 pub(crate) fn open_repository(
     program: &str,
     global: &GlobalArgs,
 ) -> Result<crate::repo::Repository, Exit> {
-    let settings = settings(program, global)?;
-    settings.open_repository().map_err(|e| {
-        logging::report_error(program, &e);
-        Exit::Usage
-    })
+    settings_and_repository(program, global).map(|(_, repo)| repo)
 }
 
 /// Sizes for people: `1.5 GiB`.

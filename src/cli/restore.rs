@@ -198,16 +198,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
             }
         },
     };
-    let settings = match super::settings(program, global) {
-        Ok(s) => s,
+    let (settings, repo) = match super::settings_and_repository(program, global) {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    let repo = match settings.open_repository() {
-        Ok(r) => r,
-        Err(e) => {
-            report_error(program, &e);
-            return Exit::Usage;
-        }
     };
     let pgdata = if args.pgdata.is_absolute() {
         args.pgdata.clone()

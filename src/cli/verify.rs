@@ -56,16 +56,9 @@ fn now_rfc3339() -> String {
 }
 
 pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit {
-    let settings = match super::settings(program, global) {
-        Ok(s) => s,
+    let (settings, repo) = match super::settings_and_repository(program, global) {
+        Ok(x) => x,
         Err(code) => return code,
-    };
-    let repo = match settings.open_repository() {
-        Ok(r) => r,
-        Err(e) => {
-            report_error(program, &e);
-            return Exit::Usage;
-        }
     };
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()

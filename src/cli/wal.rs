@@ -54,16 +54,9 @@ fn repo_exit(e: &RepoError) -> Exit {
 
 pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Exit {
     let started = Instant::now();
-    let settings = match super::settings(program, global) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let repo = match settings.open_repository() {
+    let repo = match super::open_repository(program, global) {
         Ok(r) => r,
-        Err(e) => {
-            report_error(program, &e);
-            return Exit::Usage;
-        }
+        Err(code) => return code,
     };
     let data_dir = args.pgdata.clone().unwrap_or_else(|| PathBuf::from("."));
     let path = if args.path.is_relative() {
