@@ -89,23 +89,21 @@ fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
         .build()
 }
 
-fn parse_or_exit<P: Parser>(program: &str) -> Result<P, ExitCode> {
+/// Parses the command line; help and version exit 0, errors exit 2.
+fn parse_or_exit<P: Parser>() -> Result<P, ExitCode> {
     P::try_parse().map_err(|e| {
         let _ = e.print();
         use clap::error::ErrorKind;
         match e.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
-            _ => {
-                let _ = program;
-                Exit::Usage.into()
-            }
+            _ => Exit::Usage.into(),
         }
     })
 }
 
 pub fn push_main() -> ExitCode {
     const PROGRAM: &str = "walvault-push";
-    let cli: PushCli = match parse_or_exit(PROGRAM) {
+    let cli: PushCli = match parse_or_exit() {
         Ok(cli) => cli,
         Err(code) => return code,
     };
@@ -124,7 +122,7 @@ pub fn push_main() -> ExitCode {
 
 pub fn fetch_main() -> ExitCode {
     const PROGRAM: &str = "walvault-fetch";
-    let cli: FetchCli = match parse_or_exit(PROGRAM) {
+    let cli: FetchCli = match parse_or_exit() {
         Ok(cli) => cli,
         // A mangled restore_command must not read as "file missing".
         Err(code) => {
@@ -150,7 +148,7 @@ pub fn fetch_main() -> ExitCode {
 
 pub fn walvault_main() -> ExitCode {
     const PROGRAM: &str = "walvault";
-    let cli: Cli = match parse_or_exit(PROGRAM) {
+    let cli: Cli = match parse_or_exit() {
         Ok(cli) => cli,
         Err(code) => return code,
     };
