@@ -7,16 +7,20 @@
 //! reports throughput, per-call latency, the peak resident memory of any one
 //! call (from `wait4`'s `ru_maxrss`) and how much the repository stores.
 //! Hand-written archive commands (`cp`, `zstd`, `gzip`) and pgBackRest, when
-//! installed, are measured the same way as a baseline.
+//! installed, are measured the same way as a baseline. Every configuration
+//! runs once per round, taking turns, so a disturbance on this shared
+//! machine spreads over all of them; the tables give the median round.
 //!
 //! The WAL comes from a throwaway PostgreSQL 15 cluster running pgbench
 //! (archive_command = cp into a directory); without PostgreSQL it falls back
 //! to synthetic segments and says so.
 //!
 //! Progress goes to stderr; the results, as Markdown, go to stdout.
+//! docs/BENCHMARKS.md describes the method and reads the results.
 //!
 //! Environment:
 //! - `WALVAULT_BENCH_SEGMENTS`: how many 16 MiB segments to use (default 40)
+//! - `WALVAULT_BENCH_ROUNDS`: how many rounds (default 3)
 //! - `WALVAULT_BENCH_SYNTHETIC=1`: use synthetic WAL even if PostgreSQL is there
 //! - `WALVAULT_BENCH_PG_BIN`: PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 //! - `WALVAULT_BENCH_KEEP=1`: keep the temporary directory (WAL, repositories)
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 const DEFAULT_SEGMENTS: usize = 40;
+const DEFAULT_ROUNDS: usize = 3;
 const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Environment variables that would point walvault at another repository or
 /// change its settings; the benchmark passes everything on the command line.
@@ -47,15 +52,8 @@ const WALVAULT_ENV: [&str; 9] = [
 
 fn main() {
     // `cargo bench` passes `--bench` (and any filter); there is nothing to filter.
-    let segments_wanted = match std::env::var("WALVAULT_BENCH_SEGMENTS") {
-        Ok(v) => v
-            .trim()
-            .parse::<usize>()
-            .ok()
-            .filter(|n| *n > 0)
-            .unwrap_or_else(|| panic!("WALVAULT_BENCH_SEGMENTS={v:?}: expected a positive number")),
-        Err(_) => DEFAULT_SEGMENTS,
-    };
+    let segments_wanted = positive_env("WALVAULT_BENCH_SEGMENTS").unwrap_or(DEFAULT_SEGMENTS);
+    let rounds = positive_env("WALVAULT_BENCH_ROUNDS").unwrap_or(DEFAULT_ROUNDS);
     let force_synthetic = std::env::var("WALVAULT_BENCH_SYNTHETIC").is_ok_and(|v| v == "1");
     let pg_bin = PathBuf::from(
         std::env::var("WALVAULT_BENCH_PG_BIN").unwrap_or_else(|_| DEFAULT_PG_BIN.to_string()),
@@ -122,177 +120,19 @@ fn main() {
         root: root.clone(),
         wal_dir: wal_dir.clone(),
         segments,
-        raw_bytes,
     };
 
+    let configs = configurations(&bench, &push_bin, &fetch_bin, pgbackrest.as_ref());
+    let mut results: Vec<Results> = configs.iter().map(|_| Results::default()).collect();
     let load_before = load_average();
-    let mut push_rows = Vec::new();
-    let mut fetch_rows = Vec::new();
-
-    // The floor: starting a process that does nothing, and starting the
-    // binary with no work to do.
-    push_rows.push(bench.run_each("true (process start floor)", false, |_| {
-        Command::new("true")
-    }));
-    push_rows.push(bench.run_each(
-        "walvault-push --version (process start only)",
-        false,
-        |_| {
-            let mut cmd = Command::new(&push_bin);
-            cmd.arg("--version");
-            cmd
-        },
-    ));
-
-    let walvault_push = |label: &str, dir: &str, extra: &'static [&'static str]| {
-        let repo = bench.fresh_dir(dir);
-        let mut row = bench.run_each(label, true, |seg| {
-            let mut cmd = walvault_command(&push_bin);
-            cmd.arg("--repo").arg(&repo).args(extra).arg(&seg.path);
-            cmd.current_dir(&bench.wal_dir);
-            cmd
-        });
-        row.stored_bytes = Some(tree_bytes(&repo));
-        (row, repo)
-    };
-    let (row, default_repo) = walvault_push("walvault-push (zstd 3, default)", "repo", &[]);
-    push_rows.push(row);
-    push_rows.push(
-        walvault_push(
-            "walvault-push --compress-level 1",
-            "repo-level1",
-            &["--compress-level", "1"],
-        )
-        .0,
-    );
-    push_rows.push(
-        walvault_push(
-            "walvault-push --compress-threads 2",
-            "repo-threads2",
-            &["--compress-threads", "2"],
-        )
-        .0,
-    );
-
-    // Hand-written archive commands.
-    let cp_dir = bench.fresh_dir("cp");
-    let mut row = bench.run_each("cp (no compression, no fsync)", true, |seg| {
-        let mut cmd = Command::new("cp");
-        cmd.arg(&seg.path).arg(cp_dir.join(&seg.name));
-        cmd
-    });
-    row.stored_bytes = Some(tree_bytes(&cp_dir));
-    push_rows.push(row);
-
-    let mut zstd_dir = None;
-    if on_path("zstd") {
-        let dir = bench.fresh_dir("zstd");
-        let mut row = bench.run_each("zstd -3 (CLI, no fsync)", true, |seg| {
-            let mut cmd = Command::new("zstd");
-            cmd.args(["-q", "-3", "-o"])
-                .arg(dir.join(format!("{}.zst", seg.name)))
-                .arg(&seg.path);
-            cmd
-        });
-        row.stored_bytes = Some(tree_bytes(&dir));
-        push_rows.push(row);
-
-        let synced = bench.fresh_dir("zstd-sync");
-        let mut row = bench.run_each("zstd -3 && sync FILE (CLI, fsync)", true, |seg| {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg(r#"zstd -q -3 -o "$2" "$1" && sync "$2""#)
-                .arg("sh")
-                .arg(&seg.path)
-                .arg(synced.join(format!("{}.zst", seg.name)));
-            cmd
-        });
-        row.stored_bytes = Some(tree_bytes(&synced));
-        push_rows.push(row);
-        zstd_dir = Some(dir);
-    } else {
-        eprintln!("zstd not found: no zstd baseline (apt-get install zstd)");
-    }
-
-    if on_path("gzip") {
-        let dir = bench.fresh_dir("gzip");
-        let mut row = bench.run_each("gzip -6 (sh -c, no fsync)", true, |seg| {
-            let mut cmd = Command::new("sh");
-            cmd.arg("-c")
-                .arg(r#"gzip -6 -c "$1" > "$2""#)
-                .arg("sh")
-                .arg(&seg.path)
-                .arg(dir.join(format!("{}.gz", seg.name)));
-            cmd
-        });
-        row.stored_bytes = Some(tree_bytes(&dir));
-        push_rows.push(row);
-    }
-
-    let mut pgbackrest_zst_repo = None;
-    if let Some(pgbr) = &pgbackrest {
-        for (label, dir, args) in [
-            (
-                "pgbackrest archive-push (zst 3)",
-                "pgbr-zst",
-                &PgBackRest::ZST3[..],
-            ),
-            (
-                "pgbackrest archive-push (gz 6, its default)",
-                "pgbr-gz",
-                &[][..],
-            ),
-        ] {
-            let repo = root.join(dir);
-            let mut row = bench.run_each(label, true, |seg| {
-                let mut cmd = pgbr.command(&repo);
-                cmd.args(args).arg("archive-push").arg(&seg.path);
-                cmd
-            });
-            row.stored_bytes = Some(tree_bytes(&repo));
-            push_rows.push(row);
-            if dir == "pgbr-zst" {
-                pgbackrest_zst_repo = Some(repo);
-            }
+    let cpu_before = cpu_times();
+    for round in 1..=rounds {
+        eprintln!("round {round} of {rounds}");
+        for (config, result) in configs.iter().zip(&mut results) {
+            bench.run_config(config, result);
         }
-    } else if use_pg {
-        eprintln!("pgbackrest not found: no pgBackRest baseline (apt-get install pgbackrest)");
     }
-
-    // Restores, each checked byte for byte against the original.
-    let restore = bench.fresh_dir("restore");
-    let row = bench.run_restores("walvault-fetch", &restore, |seg| {
-        let mut cmd = walvault_command(&fetch_bin);
-        cmd.arg("--repo")
-            .arg(&default_repo)
-            .arg(&seg.name)
-            .arg(restore.join(&seg.name));
-        cmd.current_dir(&restore);
-        cmd
-    });
-    fetch_rows.push(row);
-
-    if let Some(dir) = &zstd_dir {
-        let row = bench.run_restores("zstd -d (CLI, no fsync)", &restore, |seg| {
-            let mut cmd = Command::new("zstd");
-            cmd.args(["-q", "-d", "-o"])
-                .arg(restore.join(&seg.name))
-                .arg(dir.join(format!("{}.zst", seg.name)));
-            cmd
-        });
-        fetch_rows.push(row);
-    }
-
-    if let (Some(pgbr), Some(repo)) = (&pgbackrest, &pgbackrest_zst_repo) {
-        let row = bench.run_restores("pgbackrest archive-get (zst 3)", &restore, |seg| {
-            let mut cmd = pgbr.command(repo);
-            cmd.arg("archive-get")
-                .arg(&seg.name)
-                .arg(restore.join(&seg.name));
-            cmd
-        });
-        fetch_rows.push(row);
-    }
+    let busy = cpu_busy_share(cpu_before, cpu_times());
 
     // Results.
     let mut out = String::new();
@@ -303,22 +143,38 @@ fn main() {
     ));
     out.push_str(&format!("Machine: {}.\n", machine_summary()));
     out.push_str(&format!(
-        "Load average (1, 5, 15 min) before the timed runs: {load_before}; after: {}.\n",
-        load_average()
+        "Load average (1, 5, 15 min) before the timed rounds: {load_before}; after: {}. \
+         Both cores were {:.0}% busy during the timed rounds (any process, this benchmark included).\n",
+        load_average(),
+        busy * 100.0
     ));
-    out.push_str(
-        "Each row runs one process per segment, one after another, as PostgreSQL \
-         runs archive_command and restore_command. MiB/s = MiB (2^20 bytes) of raw \
-         WAL / total wall time of the calls (spawn to exit; the restore rows \
-         check and remove each restored file between calls, untimed); peak RSS = largest ru_maxrss of any one call; \
-         stored/raw = bytes in the repository / bytes of WAL.\n\n",
-    );
-    out.push_str("### Push (archive_command)\n\n");
-    out.push_str(&table(&push_rows));
-    out.push_str(
-        "\n### Fetch (restore_command), every restored file compared with the original\n\n",
-    );
-    out.push_str(&table(&fetch_rows));
+    out.push_str(&format!(
+        "{rounds} rounds; in each, every configuration runs once over all segments, \
+         taking turns. Each call is one process for one segment, one after another, \
+         as PostgreSQL runs archive_command and restore_command. \
+         MiB/s = MiB (2^20 bytes) of raw WAL / total wall time of a round's calls \
+         (spawn to exit): the median round, and the slowest-fastest range. \
+         Per-call times are over all rounds. The restore rows check and remove \
+         each restored file between calls, untimed. Peak RSS = largest ru_maxrss \
+         of any one call. stored/raw = bytes in the repository / bytes of WAL.\n\n"
+    ));
+    for (kind, title) in [
+        (Kind::Push, "### Push (archive_command)"),
+        (
+            Kind::Fetch,
+            "### Fetch (restore_command), every restored file compared with the original",
+        ),
+    ] {
+        let rows: Vec<(&Config, &Results)> = configs
+            .iter()
+            .zip(&results)
+            .filter(|(c, _)| c.kind == kind || (kind == Kind::Push && c.kind == Kind::Startup))
+            .collect();
+        out.push_str(title);
+        out.push_str("\n\n");
+        out.push_str(&table(&rows, raw_bytes));
+        out.push('\n');
+    }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes()).expect("write results");
     stdout.flush().expect("flush results");
@@ -420,108 +276,314 @@ struct Bench {
     root: PathBuf,
     wal_dir: PathBuf,
     segments: Vec<Segment>,
-    raw_bytes: u64,
 }
 
-/// One configuration's measurements.
-struct Row {
-    label: String,
-    /// Whether the row moves WAL (so MiB/s means something).
-    moves_data: bool,
-    /// Wall time of each call, spawn to exit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// Starts a process and moves no WAL: the fixed cost of a call.
+    Startup,
+    /// Archives each segment into `dir`.
+    Push,
+    /// Restores each segment into `dir`.
+    Fetch,
+}
+
+/// One row of the tables: a way of archiving or restoring a segment.
+struct Config<'a> {
+    label: &'static str,
+    kind: Kind,
+    /// Push: the repository, emptied before each round and measured after.
+    /// Fetch: where restores go; each is checked and removed after its call.
+    dir: Option<PathBuf>,
+    /// A repository to copy into `dir` before each round instead of
+    /// starting empty (pgBackRest's needs its stanza, made while the
+    /// server ran).
+    template: Option<PathBuf>,
+    make: Box<dyn Fn(&Segment) -> Command + 'a>,
+}
+
+/// What the rounds measured for one configuration.
+#[derive(Default)]
+struct Results {
+    /// Sum of the call times, per round.
+    rounds: Vec<Duration>,
+    /// Every call's wall time, spawn to exit.
     calls: Vec<Duration>,
     peak_rss_kib: u64,
-    raw_bytes: u64,
     stored_bytes: Option<u64>,
 }
 
-impl Bench {
-    /// An empty directory `<root>/<name>`, removed first if it exists.
-    fn fresh_dir(&self, name: &str) -> PathBuf {
-        let dir = self.root.join(name);
-        if dir.exists() {
-            fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+/// The rows, in the order they run within a round. Restores come after the
+/// pushes that fill the repositories they read.
+fn configurations<'a>(
+    bench: &'a Bench,
+    push_bin: &'a Path,
+    fetch_bin: &'a Path,
+    pgbackrest: Option<&'a PgBackRest>,
+) -> Vec<Config<'a>> {
+    let root = &bench.root;
+    let mut configs = vec![
+        Config {
+            label: "true (process start floor)",
+            kind: Kind::Startup,
+            dir: None,
+            template: None,
+            make: Box::new(|_| Command::new("true")),
+        },
+        Config {
+            label: "walvault-push --version (process start only)",
+            kind: Kind::Startup,
+            dir: None,
+            template: None,
+            make: Box::new(move |_| {
+                let mut cmd = Command::new(push_bin);
+                cmd.arg("--version");
+                cmd
+            }),
+        },
+    ];
+
+    let walvault_push = |label, dir: &str, extra: &'static [&'static str]| {
+        let repo = root.join(dir);
+        Config {
+            label,
+            kind: Kind::Push,
+            dir: Some(repo.clone()),
+            template: None,
+            make: Box::new(move |seg: &Segment| {
+                let mut cmd = walvault_command(push_bin);
+                cmd.arg("--repo").arg(&repo).args(extra).arg(&seg.path);
+                cmd.current_dir(&bench.wal_dir);
+                cmd
+            }),
         }
-        fs::create_dir(&dir).unwrap_or_else(|e| panic!("create {}: {e}", dir.display()));
-        dir
-    }
+    };
+    configs.push(walvault_push(
+        "walvault-push (zstd 3, default)",
+        "repo",
+        &[],
+    ));
+    configs.push(walvault_push(
+        "walvault-push --compress-level 1",
+        "repo-level1",
+        &["--compress-level", "1"],
+    ));
+    configs.push(walvault_push(
+        "walvault-push --compress-threads 2",
+        "repo-threads2",
+        &["--compress-threads", "2"],
+    ));
 
-    /// Runs `make(segment)` once per segment, one process at a time,
-    /// timing each from spawn to exit and reaping it with `wait4` for its
-    /// peak RSS. Any failed call fails the benchmark.
-    fn run_each(
-        &self,
-        label: &str,
-        moves_data: bool,
-        make: impl FnMut(&Segment) -> Command,
-    ) -> Row {
-        self.run_each_then(label, moves_data, make, |_| {})
-    }
-
-    /// Restores every segment into `restore` with `make(segment)`, checking
-    /// each restored file against the original and removing it before the
-    /// next call, untimed. PostgreSQL likewise restores one file at a time
-    /// (to pg_wal/RECOVERYXLOG, each one replacing the last).
-    fn run_restores(
-        &self,
-        label: &str,
-        restore: &Path,
-        make: impl FnMut(&Segment) -> Command,
-    ) -> Row {
-        let row = self.run_each_then(label, true, make, |seg| {
-            let restored = restore.join(&seg.name);
-            let same = same_contents(&restored, &seg.path)
-                .unwrap_or_else(|e| panic!("{label}: compare {}: {e}", restored.display()));
-            assert!(
-                same,
-                "{label}: restored {} differs from the original",
-                seg.name
-            );
-            fs::remove_file(&restored).expect("remove restored file");
+    // Hand-written archive commands.
+    let cp_dir = root.join("cp");
+    configs.push(Config {
+        label: "cp (no compression, no fsync)",
+        kind: Kind::Push,
+        dir: Some(cp_dir.clone()),
+        template: None,
+        make: Box::new(move |seg| {
+            let mut cmd = Command::new("cp");
+            cmd.arg(&seg.path).arg(cp_dir.join(&seg.name));
+            cmd
+        }),
+    });
+    let have_zstd = on_path("zstd");
+    if have_zstd {
+        let dir = root.join("zstd");
+        configs.push(Config {
+            label: "zstd -3 (CLI, no fsync)",
+            kind: Kind::Push,
+            dir: Some(dir.clone()),
+            template: None,
+            make: Box::new(move |seg| {
+                let mut cmd = Command::new("zstd");
+                cmd.args(["-q", "-3", "-o"])
+                    .arg(dir.join(format!("{}.zst", seg.name)))
+                    .arg(&seg.path);
+                cmd
+            }),
         });
-        eprintln!(
-            "verified: {label}: {} segments byte-identical",
-            self.segments.len()
-        );
-        row
+        let dir = root.join("zstd-sync");
+        configs.push(Config {
+            label: "zstd -3 && sync FILE (CLI, fsync)",
+            kind: Kind::Push,
+            dir: Some(dir.clone()),
+            template: None,
+            make: Box::new(move |seg| {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(r#"zstd -q -3 -o "$2" "$1" && sync "$2""#)
+                    .arg("sh")
+                    .arg(&seg.path)
+                    .arg(dir.join(format!("{}.zst", seg.name)));
+                cmd
+            }),
+        });
+    } else {
+        eprintln!("zstd not found: no zstd baseline (apt-get install zstd)");
+    }
+    if on_path("gzip") {
+        let dir = root.join("gzip");
+        configs.push(Config {
+            label: "gzip -6 (sh -c, no fsync)",
+            kind: Kind::Push,
+            dir: Some(dir.clone()),
+            template: None,
+            make: Box::new(move |seg| {
+                let mut cmd = Command::new("sh");
+                cmd.arg("-c")
+                    .arg(r#"gzip -6 -c "$1" > "$2""#)
+                    .arg("sh")
+                    .arg(&seg.path)
+                    .arg(dir.join(format!("{}.gz", seg.name)));
+                cmd
+            }),
+        });
+    }
+    if let Some(pgbr) = pgbackrest {
+        for (label, dir, args) in [
+            (
+                "pgbackrest archive-push (zst 3)",
+                PgBackRest::ZST_REPO,
+                &PgBackRest::ZST3[..],
+            ),
+            (
+                "pgbackrest archive-push (gz 6, its default)",
+                PgBackRest::GZ_REPO,
+                &[][..],
+            ),
+        ] {
+            let repo = root.join(dir);
+            configs.push(Config {
+                label,
+                kind: Kind::Push,
+                dir: Some(repo.clone()),
+                template: Some(pgbr.template(dir)),
+                make: Box::new(move |seg| {
+                    let mut cmd = pgbr.command(&repo);
+                    cmd.args(args).arg("archive-push").arg(&seg.path);
+                    cmd
+                }),
+            });
+        }
     }
 
-    /// [`Bench::run_each`], running `after(segment)` (untimed) after each call.
-    fn run_each_then(
-        &self,
-        label: &str,
-        moves_data: bool,
-        mut make: impl FnMut(&Segment) -> Command,
-        mut after: impl FnMut(&Segment),
-    ) -> Row {
+    // Restores, each checked byte for byte against the original.
+    let restore = root.join("restore");
+    let repo = root.join("repo");
+    let to = restore.clone();
+    configs.push(Config {
+        label: "walvault-fetch",
+        kind: Kind::Fetch,
+        dir: Some(restore.clone()),
+        template: None,
+        make: Box::new(move |seg| {
+            let mut cmd = walvault_command(fetch_bin);
+            cmd.arg("--repo")
+                .arg(&repo)
+                .arg(&seg.name)
+                .arg(to.join(&seg.name));
+            cmd.current_dir(&to);
+            cmd
+        }),
+    });
+    if have_zstd {
+        let from = root.join("zstd");
+        let to = restore.clone();
+        configs.push(Config {
+            label: "zstd -d (CLI, no fsync)",
+            kind: Kind::Fetch,
+            dir: Some(restore.clone()),
+            template: None,
+            make: Box::new(move |seg| {
+                let mut cmd = Command::new("zstd");
+                cmd.args(["-q", "-d", "-o"])
+                    .arg(to.join(&seg.name))
+                    .arg(from.join(format!("{}.zst", seg.name)));
+                cmd
+            }),
+        });
+    }
+    if let Some(pgbr) = pgbackrest {
+        let repo = root.join(PgBackRest::ZST_REPO);
+        let to = restore.clone();
+        configs.push(Config {
+            label: "pgbackrest archive-get (zst 3)",
+            kind: Kind::Fetch,
+            dir: Some(restore),
+            template: None,
+            make: Box::new(move |seg| {
+                let mut cmd = pgbr.command(&repo);
+                cmd.arg("archive-get")
+                    .arg(&seg.name)
+                    .arg(to.join(&seg.name));
+                cmd
+            }),
+        });
+    }
+    configs
+}
+
+impl Bench {
+    /// Runs one configuration over every segment, one process at a time,
+    /// timing each call from spawn to exit and reaping it with `wait4` for
+    /// its peak RSS. Any failed call, or any restore that differs from the
+    /// original, fails the benchmark.
+    fn run_config(&self, config: &Config, results: &mut Results) {
+        let label = config.label;
         eprintln!("running: {label}");
-        // Start each row with no dirty pages left by PostgreSQL or by the
-        // row before, so background writeback does not slow this one. The
-        // input segments stay in the page cache, as recently written WAL
-        // is when the archiver reads it.
+        if let Some(dir) = &config.dir {
+            if dir.exists() {
+                fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
+            }
+            match &config.template {
+                Some(template) => run_ok(Command::new("cp").arg("-a").arg(template).arg(dir)),
+                None => fs::create_dir(dir).map_or_else(
+                    |e| panic!("create {}: {e}", dir.display()),
+                    |_| String::new(),
+                ),
+            };
+        }
+        // Start with no dirty pages left by PostgreSQL or by the row
+        // before, so background writeback does not slow this one. The input
+        // segments stay in the page cache, as recently written WAL is when
+        // the archiver reads it.
         // SAFETY: sync has no preconditions.
         unsafe { libc::sync() };
         let stderr_log = self.root.join("call.stderr");
-        let mut calls = Vec::with_capacity(self.segments.len());
-        let mut peak_rss_kib = 0;
+        let mut total = Duration::ZERO;
         for seg in &self.segments {
-            let mut cmd = make(seg);
+            let mut cmd = (config.make)(seg);
             let (elapsed, status, rss_kib) = run_measured(&mut cmd, &stderr_log);
             if !status.success() {
                 let stderr = fs::read_to_string(&stderr_log).unwrap_or_default();
                 panic!("{label}: {cmd:?} failed ({status})\nstderr:\n{stderr}");
             }
-            calls.push(elapsed);
-            peak_rss_kib = peak_rss_kib.max(rss_kib);
-            after(seg);
+            total += elapsed;
+            results.calls.push(elapsed);
+            results.peak_rss_kib = results.peak_rss_kib.max(rss_kib);
+            if let (Kind::Fetch, Some(dir)) = (config.kind, &config.dir) {
+                // Untimed. PostgreSQL also restores one file at a time (to
+                // pg_wal/RECOVERYXLOG, each replacing the last).
+                let restored = dir.join(&seg.name);
+                let same = same_contents(&restored, &seg.path)
+                    .unwrap_or_else(|e| panic!("{label}: compare {}: {e}", restored.display()));
+                assert!(
+                    same,
+                    "{label}: restored {} differs from the original",
+                    seg.name
+                );
+                fs::remove_file(&restored).expect("remove restored file");
+            }
         }
-        Row {
-            label: label.to_string(),
-            moves_data,
-            calls,
-            peak_rss_kib,
-            raw_bytes: if moves_data { self.raw_bytes } else { 0 },
-            stored_bytes: None,
+        results.rounds.push(total);
+        match (config.kind, &config.dir) {
+            (Kind::Push, Some(dir)) => results.stored_bytes = Some(tree_bytes(dir)),
+            (Kind::Fetch, _) => eprintln!(
+                "verified: {label}: {} segments byte-identical",
+                self.segments.len()
+            ),
+            _ => {}
         }
     }
 }
@@ -636,39 +698,87 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
-fn table(rows: &[Row]) -> String {
+fn table(rows: &[(&Config, &Results)], raw_bytes: u64) -> String {
     let mut s = String::from(
-        "| configuration | MiB/s | mean ms/segment | p50 ms | p95 ms | peak RSS MiB | stored/raw |\n\
-         |---|---:|---:|---:|---:|---:|---:|\n",
+        "| configuration | MiB/s (median round) | MiB/s range | mean ms/segment | p50 ms | p95 ms | peak RSS MiB | stored/raw |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|\n",
     );
-    for row in rows {
-        let mut sorted = row.calls.clone();
+    for (config, results) in rows {
+        let mut sorted = results.calls.clone();
         sorted.sort();
-        let mean = row.calls.iter().sum::<Duration>() / row.calls.len() as u32;
-        let throughput = if row.moves_data {
-            let busy: Duration = row.calls.iter().sum();
-            format!("{:.1}", mib(row.raw_bytes) / busy.as_secs_f64())
+        let mean = results.calls.iter().sum::<Duration>() / results.calls.len() as u32;
+        let (throughput, range) = if config.kind == Kind::Startup {
+            ("—".to_string(), "—".to_string())
         } else {
-            "—".to_string()
+            let mut speeds: Vec<f64> = results
+                .rounds
+                .iter()
+                .map(|t| mib(raw_bytes) / t.as_secs_f64())
+                .collect();
+            speeds.sort_by(f64::total_cmp);
+            let n = speeds.len();
+            let median = if n % 2 == 1 {
+                speeds[n / 2]
+            } else {
+                (speeds[n / 2 - 1] + speeds[n / 2]) / 2.0
+            };
+            (
+                format!("{median:.0}"),
+                format!("{:.0}–{:.0}", speeds[0], speeds[n - 1]),
+            )
         };
-        let ratio = match row.stored_bytes {
-            Some(stored) if row.raw_bytes > 0 => {
-                format!("{:.3}", stored as f64 / row.raw_bytes as f64)
-            }
-            _ => "—".to_string(),
+        let ratio = match results.stored_bytes {
+            Some(stored) => format!("{:.3}", stored as f64 / raw_bytes as f64),
+            None => "—".to_string(),
         };
         s.push_str(&format!(
-            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
-            row.label,
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+            config.label,
             throughput,
+            range,
             ms(mean),
             ms(percentile(&sorted, 50.0)),
             ms(percentile(&sorted, 95.0)),
-            row.peak_rss_kib as f64 / 1024.0,
+            results.peak_rss_kib as f64 / 1024.0,
             ratio
         ));
     }
     s
+}
+
+/// A positive number from the environment, if the variable is set.
+fn positive_env(name: &str) -> Option<usize> {
+    let value = std::env::var(name).ok()?;
+    let n = value
+        .trim()
+        .parse::<usize>()
+        .ok()
+        .filter(|n| *n > 0)
+        .unwrap_or_else(|| panic!("{name}={value:?}: expected a positive number"));
+    Some(n)
+}
+
+/// (busy, total) jiffies of all CPUs, from /proc/stat.
+fn cpu_times() -> Option<(u64, u64)> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    let fields: Vec<u64> = stat
+        .lines()
+        .next()?
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    let total: u64 = fields.iter().take(8).sum();
+    // idle and iowait are fields 4 and 5.
+    let idle = fields.get(3)? + fields.get(4)?;
+    Some((total - idle, total))
+}
+
+fn cpu_busy_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
+    match (before, after) {
+        (Some((b0, t0)), Some((b1, t1))) if t1 > t0 => (b1 - b0) as f64 / (t1 - t0) as f64,
+        _ => f64::NAN,
+    }
 }
 
 fn machine_summary() -> String {
@@ -859,7 +969,7 @@ fn generate_real_wal(
     cluster.init_and_start(wal_dir);
     if let Some(pgbr) = pgbackrest {
         // stanza-create needs the running server; the pushes later do not.
-        pgbr.create_stanzas(&cluster.root, &["pgbr-zst", "pgbr-gz"]);
+        pgbr.create_stanzas();
     }
 
     let scale = if target >= 40 {
@@ -916,6 +1026,7 @@ fn generate_real_wal(
 // pgBackRest, as a baseline
 
 struct PgBackRest {
+    root: PathBuf,
     config: PathBuf,
 }
 
@@ -923,6 +1034,8 @@ impl PgBackRest {
     const STANZA: &'static str = "bench";
     /// walvault's default compression, for a like-for-like row.
     const ZST3: [&'static str; 2] = ["--compress-type=zst", "--compress-level=3"];
+    const ZST_REPO: &'static str = "pgbr-zst";
+    const GZ_REPO: &'static str = "pgbr-gz";
 
     /// Writes a config naming the cluster in `<root>/data` and keeping
     /// locks and logs inside `root`.
@@ -944,7 +1057,10 @@ impl PgBackRest {
             stanza = Self::STANZA,
         );
         fs::write(&config, text).expect("write pgbackrest.conf");
-        PgBackRest { config }
+        PgBackRest {
+            root: root.to_path_buf(),
+            config,
+        }
     }
 
     fn command(&self, repo: &Path) -> Command {
@@ -955,12 +1071,20 @@ impl PgBackRest {
         cmd
     }
 
-    fn create_stanzas(&self, root: &Path, repos: &[&str]) {
-        for dir in repos {
-            let repo = root.join(dir);
+    /// Makes an empty repository with the stanza created for each of
+    /// [`Self::ZST_REPO`] and [`Self::GZ_REPO`]: see [`Self::template`].
+    fn create_stanzas(&self) {
+        for dir in [Self::ZST_REPO, Self::GZ_REPO] {
+            let repo = self.template(dir);
             fs::create_dir_all(&repo).expect("create pgbackrest repository");
             run_ok(self.command(&repo).arg("stanza-create"));
         }
+    }
+
+    /// The empty repository, with its stanza, that `<root>/<dir>` starts
+    /// from in each round.
+    fn template(&self, dir: &str) -> PathBuf {
+        self.root.join(format!("{dir}.template"))
     }
 }
 
