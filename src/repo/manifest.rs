@@ -93,3 +93,44 @@ impl BackupManifest {
         self.stop_time.parse().ok()
     }
 }
+
+/// A manifest for tests of the pure planners (restore, retention, status):
+/// a backup on `timeline` from `start_lsn` to `stop_lsn`, with its WAL
+/// range derived from them, ending at `stop_time`.
+#[cfg(test)]
+pub fn test_manifest(
+    label: &str,
+    timeline: TimelineId,
+    start_lsn: Lsn,
+    stop_lsn: Lsn,
+    size: crate::wal::WalSegmentSize,
+    stop_time: &str,
+) -> BackupManifest {
+    use crate::wal::WalFileName;
+    // The stop segment is the one holding the last byte before stop_lsn.
+    let stop_segment = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0)).segment_no(size);
+    BackupManifest {
+        manifest_version: MANIFEST_VERSION,
+        label: label.to_owned(),
+        system_identifier: "7000000000000000001".to_owned(),
+        pg_version_num: 150004,
+        pg_major: 15,
+        wal_segment_size: size.bytes(),
+        timeline,
+        start_lsn,
+        stop_lsn,
+        start_wal: WalFileName::segment_file_name(timeline, start_lsn.segment_no(size), size),
+        stop_wal: WalFileName::segment_file_name(timeline, stop_segment, size),
+        start_time: stop_time.to_owned(),
+        stop_time: stop_time.to_owned(),
+        backup_label: String::new(),
+        tablespace_map: None,
+        tablespaces: Vec::new(),
+        directories: Vec::new(),
+        files: Vec::new(),
+        data_size_bytes: 1000,
+        stored_size_bytes: 500,
+        duration_secs: 1.0,
+        created_by: "test".to_owned(),
+    }
+}

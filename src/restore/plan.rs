@@ -747,31 +747,16 @@ mod tests {
         stop: u64,
         stop_time: &str,
     ) -> BackupManifest {
-        let start_lsn = Lsn(start);
-        let stop_lsn = Lsn(stop);
         BackupManifest {
-            manifest_version: 1,
-            label: label.to_owned(),
-            system_identifier: "7000000000000000001".to_owned(),
-            pg_version_num: 150004,
-            pg_major: 15,
-            wal_segment_size: SIZE.bytes(),
-            timeline: tli(timeline),
-            start_lsn,
-            stop_lsn,
-            start_wal: seg_name(timeline, start_lsn.segment_no(SIZE).0),
-            stop_wal: seg_name(timeline, Lsn(stop - 1).segment_no(SIZE).0),
             start_time: "2026-11-21T09:00:00Z".to_owned(),
-            stop_time: stop_time.to_owned(),
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: Vec::new(),
-            directories: Vec::new(),
-            files: Vec::new(),
-            data_size_bytes: 1000,
-            stored_size_bytes: 500,
-            duration_secs: 1.0,
-            created_by: "test".to_owned(),
+            ..crate::repo::manifest::test_manifest(
+                label,
+                tli(timeline),
+                Lsn(start),
+                Lsn(stop),
+                SIZE,
+                stop_time,
+            )
         }
     }
 

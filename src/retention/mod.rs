@@ -336,31 +336,14 @@ mod tests {
     fn manifest(label: &str, timeline: u32, start_segment: u64, stop_time: &str) -> BackupManifest {
         let start_lsn = Lsn(start_segment * SIZE.bytes() + START_OFFSET);
         let stop_lsn = Lsn((start_segment + 1) * SIZE.bytes() + 0x100);
-        let tli = TimelineId(timeline);
-        BackupManifest {
-            manifest_version: crate::repo::manifest::MANIFEST_VERSION,
-            label: label.to_string(),
-            system_identifier: "7".to_string(),
-            pg_version_num: 160_002,
-            pg_major: 16,
-            wal_segment_size: SIZE.bytes(),
-            timeline: tli,
+        crate::repo::manifest::test_manifest(
+            label,
+            TimelineId(timeline),
             start_lsn,
             stop_lsn,
-            start_wal: WalFileName::segment_file_name(tli, start_lsn.segment_no(SIZE), SIZE),
-            stop_wal: WalFileName::segment_file_name(tli, stop_lsn.segment_no(SIZE), SIZE),
-            start_time: stop_time.to_string(),
-            stop_time: stop_time.to_string(),
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: Vec::new(),
-            directories: Vec::new(),
-            files: Vec::new(),
-            data_size_bytes: 1000,
-            stored_size_bytes: 500,
-            duration_secs: 1.0,
-            created_by: "test".to_string(),
-        }
+            SIZE,
+            stop_time,
+        )
     }
 
     /// A complete backup on timeline 1 starting in `start_segment`.

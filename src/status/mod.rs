@@ -677,29 +677,18 @@ mod tests {
 
     /// A manifest on timeline `tli` needing segments `first..=last`.
     fn manifest(label: &str, tli: u32, first: u64, last: u64, stop_time: &str) -> BackupManifest {
+        let start_lsn = Lsn(first * SIZE.bytes() + 0x28);
+        let stop_lsn = Lsn(last * SIZE.bytes() + 0x100);
         BackupManifest {
-            manifest_version: 1,
-            label: label.to_owned(),
-            system_identifier: "7000000000000000001".to_owned(),
-            pg_version_num: 150004,
-            pg_major: 15,
-            wal_segment_size: SIZE.bytes(),
-            timeline: TimelineId(tli),
-            start_lsn: Lsn(first * SIZE.bytes() + 0x28),
-            stop_lsn: Lsn(last * SIZE.bytes() + 0x100),
-            start_wal: seg_name(tli, first),
-            stop_wal: seg_name(tli, last),
             start_time: "2026-11-21T10:00:00Z".to_owned(),
-            stop_time: stop_time.to_owned(),
-            backup_label: String::new(),
-            tablespace_map: None,
-            tablespaces: Vec::new(),
-            directories: Vec::new(),
-            files: Vec::new(),
-            data_size_bytes: 1000,
-            stored_size_bytes: 500,
-            duration_secs: 1.0,
-            created_by: "test".to_owned(),
+            ..crate::repo::manifest::test_manifest(
+                label,
+                TimelineId(tli),
+                start_lsn,
+                stop_lsn,
+                SIZE,
+                stop_time,
+            )
         }
     }
 
