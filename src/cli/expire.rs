@@ -114,10 +114,24 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExpireArgs) -> Exit 
         human_bytes(plan.freed_bytes)
     );
     let mut code = Exit::Ok;
-    if !args.dry_run {
-        if let Err(e) = apply_expire(&repo, &plan).await {
-            report_error(program, &e);
-            code = Exit::Storage;
+    if let Some(l) = &lock {
+        // Never delete without the lock: it may have been taken over (its
+        // lease ran out while planning, or a concurrent takeover won).
+        match l.confirm().await {
+            Ok(true) => {
+                if let Err(e) = apply_expire(&repo, &plan).await {
+                    report_error(program, &e);
+                    code = Exit::Storage;
+                }
+            }
+            Ok(false) => {
+                report_error(program, &"the repository lock was lost before anything was removed; nothing was removed\nHINT: another backup or expire took it over; run expire again when it has finished");
+                code = Exit::Failed;
+            }
+            Err(e) => {
+                report_error(program, &e);
+                code = Exit::Storage;
+            }
         }
     }
     if let Some(l) = lock {

@@ -245,6 +245,18 @@ impl RepoLock {
         self.lost.load(Ordering::SeqCst)
     }
 
+    /// Re-reads the stored lock: `Ok(true)` only if it is still ours. A
+    /// destructive step (expire's deletes) calls this right before it
+    /// starts, instead of trusting the last renewal.
+    pub async fn confirm(&self) -> Result<bool, LockError> {
+        if self.is_lost() {
+            return Ok(false);
+        }
+        Ok(read_lock(&self.repo)
+            .await?
+            .is_some_and(|stored| stored.owner_id == self.info.owner_id))
+    }
+
     /// Stops renewing and deletes the lock if it is still ours. A lock
     /// someone else holds by now is left alone (with a warning).
     pub async fn release(mut self) -> Result<(), LockError> {
@@ -582,6 +594,19 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, LockError::Held { .. }), "{err}");
         lock.release().await.expect("release");
+    }
+
+    #[tokio::test]
+    async fn confirm_sees_a_lock_taken_by_someone_else() {
+        let repo = memory_repo();
+        let (_time, now) = clock(T0);
+        let lock = RepoLock::acquire(&repo, "expire", Duration::from_secs(60), now)
+            .await
+            .unwrap();
+        assert!(lock.confirm().await.unwrap());
+        repo.store().delete(&lock_key()).await.unwrap();
+        assert!(!lock.confirm().await.unwrap(), "a deleted lock is not ours");
+        lock.release().await.unwrap();
     }
 
     #[tokio::test]
