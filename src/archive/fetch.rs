@@ -29,8 +29,6 @@ use crate::storage::StorageError;
 pub struct FetchOptions {
     /// How long to keep retrying a failing repository.
     pub retry_for: Duration,
-    /// Standby mode: PostgreSQL asks again, so failures need not stop recovery.
-    pub standby: bool,
 }
 
 #[derive(Debug)]
@@ -58,12 +56,6 @@ pub enum FetchError {
         #[source]
         source: io::Error,
     },
-}
-
-impl FetchError {
-    pub fn is_corruption(&self) -> bool {
-        matches!(self, FetchError::Repository { source, .. } if source.is_corruption())
-    }
 }
 
 /// Whether the data directory is in standby mode.
@@ -216,7 +208,6 @@ mod tests {
     fn opts(secs: u64) -> FetchOptions {
         FetchOptions {
             retry_for: Duration::from_secs(secs),
-            standby: false,
         }
     }
 

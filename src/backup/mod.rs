@@ -22,7 +22,7 @@ pub mod scan;
 
 use std::collections::VecDeque;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -508,10 +508,4 @@ impl Progress {
             bar.finish_and_clear();
         }
     }
-}
-
-/// Whether `dir` looks like a data directory (used by callers for early,
-/// clear errors).
-pub fn looks_like_data_dir(dir: &Path) -> bool {
-    dir.join("PG_VERSION").is_file() && dir.join("global").is_dir()
 }

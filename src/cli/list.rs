@@ -117,22 +117,16 @@ pub fn build_report(
     }
     let mut timelines = Vec::new();
     for (tli, objects) in by_tli {
-        let mut segments: Vec<(u64, String)> = objects
+        let mut segments: Vec<(u64, WalFileName)> = objects
             .iter()
             .filter(|w| matches!(w.name, WalFileName::Segment { .. }))
-            .filter_map(|w| w.name.segment().map(|s| (s.0, w.name.to_string())))
+            .filter_map(|w| w.name.segment().map(|s| (s.0, w.name)))
             .collect();
-        segments.sort();
+        segments.sort_by_key(|s| s.0);
         let mut gaps = Vec::new();
         for pair in segments.windows(2) {
-            let (a, b) = (pair[0].0, pair[1].0);
-            if b > a + 1 {
-                let size = match objects[0].name {
-                    WalFileName::Segment { size, .. }
-                    | WalFileName::Partial { size, .. }
-                    | WalFileName::Backup { size, .. } => size,
-                    WalFileName::History { .. } => crate::wal::WalSegmentSize::DEFAULT,
-                };
+            let ((a, name), (b, _)) = (pair[0], pair[1]);
+            if let (true, Some(size)) = (b > a + 1, name.size()) {
                 gaps.push(Gap {
                     first_missing: WalFileName::segment_file_name(
                         tli,
@@ -145,8 +139,8 @@ pub fn build_report(
         }
         timelines.push(TimelineRow {
             timeline: tli.0,
-            first_segment: segments.first().map(|s| s.1.clone()),
-            last_segment: segments.last().map(|s| s.1.clone()),
+            first_segment: segments.first().map(|s| s.1.to_string()),
+            last_segment: segments.last().map(|s| s.1.to_string()),
             segments: segments.len(),
             other_files: objects.len() - segments.len(),
             stored_size_bytes: objects.iter().map(|w| w.stored_bytes).sum(),
@@ -270,5 +264,56 @@ fn print_human(r: &ListReport) {
     match &r.recovery_window {
         Some(w) => println!("recoverable: from {} to {}", w.from, w.to),
         None => println!("recoverable: nothing yet (needs a complete backup and archived WAL)"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::{layout, CompressSettings};
+    use crate::storage::memory::MemoryStore;
+    use crate::wal::{SegmentNo, WalSegmentSize};
+
+    fn wal(name: WalFileName) -> WalObject {
+        WalObject {
+            key: layout::wal_key(&name),
+            name,
+            stored_bytes: 10,
+            archived_unix_secs: 1_795_000_000,
+        }
+    }
+
+    #[test]
+    fn gaps_are_named_with_the_segments_own_size() {
+        let repo = Repository::new(Arc::new(MemoryStore::new()), CompressSettings::default());
+        let size = WalSegmentSize::new(1 << 20).unwrap();
+        let tli = TimelineId(2);
+        let seg = |n| {
+            wal(WalFileName::Segment {
+                timeline: tli,
+                segment: SegmentNo(n),
+                size,
+            })
+        };
+        // Sorted by key, the history file comes first on its timeline.
+        let objects = vec![
+            wal(WalFileName::History { timeline: tli }),
+            seg(0x0FFE),
+            seg(0x1002),
+        ];
+        let report = build_report(&repo, None, &[], &objects);
+        let row = &report.wal[0];
+        assert_eq!((row.segments, row.other_files), (2, 1));
+        assert_eq!(row.gaps.len(), 1);
+        // 1 MiB segments: 4096 per xlog id, so 0xFFF is 00000FFF in the name.
+        assert_eq!(row.gaps[0].first_missing, "000000020000000000000FFF");
+        assert_eq!(row.gaps[0].missing_segments, 3);
+        assert_eq!(
+            row.last_segment.as_deref(),
+            Some("000000020000000100000002")
+        );
+        assert!(report.recovery_window.is_none(), "no complete backup yet");
     }
 }

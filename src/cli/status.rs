@@ -83,17 +83,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
             serde_json::to_string_pretty(&health).expect("health serializes")
         );
     } else {
-        let level = serde_json::to_value(&health.level)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        println!("{level}: {}", repo.describe());
+        println!("{}: {}", health.level, repo.describe());
         for r in &health.reasons {
-            let l = serde_json::to_value(&r.level)
-                .ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default();
-            println!("  {:<8} {:<11} {}", l, r.check, r.message);
+            println!("  {:<8} {:<11} {}", r.level.as_str(), r.check, r.message);
         }
     }
     if args.metrics.wanted() {

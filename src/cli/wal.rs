@@ -120,7 +120,6 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
     };
     let opts = FetchOptions {
         retry_for: settings.fetch_retry,
-        standby,
     };
     let started = Instant::now();
     match archive::fetch(&repo, &args.name, &dest, opts).await {

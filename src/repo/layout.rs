@@ -80,11 +80,6 @@ pub fn wal_key(name: &WalFileName) -> Key {
     Key::new(key).expect("WAL file names make valid keys")
 }
 
-/// The prefix under which all WAL of a timeline lives.
-pub fn timeline_prefix(timeline: crate::wal::TimelineId) -> String {
-    format!("wal/{}/", timeline.to_hex())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use walvault::wal::{
-    LongPageHeader, Lsn, SegmentNo, TimelineId, WalFileName, WalSegmentSize, XLP_LONG_HEADER,
+    LongPageHeader, SegmentNo, TimelineId, WalFileName, WalSegmentSize, XLP_LONG_HEADER,
 };
 
 pub const PG15_MAGIC: u16 = 0xD110;
@@ -62,8 +62,4 @@ pub fn write_segment(
     )
     .expect("write segment");
     path
-}
-
-pub fn lsn_zero() -> Lsn {
-    Lsn(0)
 }
