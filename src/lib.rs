@@ -25,6 +25,7 @@
 //!   and `verify --restore`.
 //! - [`check`]: is the cluster archiving into this repository.
 //! - [`metrics`]: Prometheus text format, textfile collector, Pushgateway.
+//! - [`pool`]: bounded parallelism over a list (backup, restore, verify).
 //! - [`config`]: settings from flags, `WALVAULT_*` variables and the config file.
 //! - [`cli`]: clap types, subcommands, exit-status policy.
 //! - [`exit`]: the table of exit codes.
@@ -37,6 +38,7 @@ pub mod config;
 pub mod exit;
 pub mod metrics;
 pub mod pg;
+pub mod pool;
 pub mod repo;
 pub mod restore;
 pub mod retention;

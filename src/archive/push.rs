@@ -102,10 +102,9 @@ pub async fn push(
     let what = format!("WAL file \"{file_name}\"");
 
     let name = if shape.is_segment_sized() {
-        let identity = check_segment(path, file_name, meta.len())?;
+        let (name, identity) = check_segment(path, file_name, meta.len())?;
         repo.bind(&identity, &what).await.map_err(repo_err)?;
-        WalFileName::parse(file_name, identity.wal_segment_size)
-            .map_err(|e| bad(path, e.to_string()))?
+        name
     } else {
         let header = header_for_text_file(repo, data_dir, &what)
             .await
@@ -138,8 +137,13 @@ pub async fn push(
     }
 }
 
-/// Validates a segment or `.partial` file: size, long page header, name.
-fn check_segment(path: &Path, file_name: &str, len: u64) -> Result<ClusterIdentity, PushError> {
+/// Validates a segment or `.partial` file (size, long page header, name)
+/// and returns its parsed name and the cluster identity its header gives.
+fn check_segment(
+    path: &Path,
+    file_name: &str,
+    len: u64,
+) -> Result<(WalFileName, ClusterIdentity), PushError> {
     let mut head = [0u8; LONG_HEADER_LEN];
     {
         use std::io::Read;
@@ -182,11 +186,12 @@ fn check_segment(path: &Path, file_name: &str, len: u64) -> Result<ClusterIdenti
             format!("unknown WAL page magic {:#06X}", header.magic),
         )
     })?;
-    Ok(ClusterIdentity {
+    let identity = ClusterIdentity {
         system_identifier: header.system_identifier,
         wal_segment_size: size,
         pg_major,
-    })
+    };
+    Ok((name, identity))
 }
 
 /// `.history` and `.backup` files carry no system identifier: they go into

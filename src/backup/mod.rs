@@ -20,11 +20,10 @@
 
 pub mod scan;
 
-use std::collections::VecDeque;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio_postgres::Client;
@@ -319,9 +318,6 @@ async fn copy_files(
     total_bytes: u64,
     opts: &BackupOptions,
 ) -> Result<Vec<FileEntry>, BackupError> {
-    let queue = Arc::new(Mutex::new(
-        files.into_iter().enumerate().collect::<VecDeque<_>>(),
-    ));
     let done_bytes = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(total_bytes, done_bytes.clone(), opts.progress_bar);
     // Parallelism comes from the workers; one zstd thread each.
@@ -329,73 +325,44 @@ async fn copy_files(
         workers: 0,
         ..repo.compress()
     };
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..opts.jobs.max(1) {
-        let queue = queue.clone();
-        let repo = repo.clone();
-        let label = label.to_string();
-        let done_bytes = done_bytes.clone();
-        workers.spawn(async move {
-            let mut entries = Vec::new();
-            loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let Some((index, file)) = next else { break };
-                let mut src = match tokio::fs::File::open(&file.abs).await {
-                    Ok(f) => f,
-                    // Dropped or truncated away by the server during the
-                    // backup: WAL replay recreates what is needed.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        return Err(BackupError::Copy {
-                            path: file.rel.clone(),
-                            source: ObjectError::Source(e),
-                        })
-                    }
-                };
-                let key = layout::backup_file_key(&label, index);
-                let info = write_object(repo.store(), &key, PutMode::Create, &mut src, compress)
-                    .await
-                    .map_err(|source| BackupError::Copy {
-                        path: file.rel.clone(),
-                        source,
-                    })?;
-                done_bytes.fetch_add(file.size, Ordering::Relaxed);
-                entries.push(FileEntry {
-                    path: file.rel,
-                    size: info.raw_size,
-                    checksum: info.checksum,
-                    mode: file.mode,
-                    mtime: file.mtime,
-                    object: key.to_string(),
-                    stored_size: info.stored_size,
-                });
-            }
-            Ok::<_, BackupError>(entries)
-        });
-    }
-    let mut all = Vec::new();
-    let mut first_error = None;
-    while let Some(result) = workers.join_next().await {
-        match result {
-            Ok(Ok(entries)) => all.extend(entries),
-            Ok(Err(e)) => {
-                if first_error.is_none() {
-                    first_error = Some(e);
-                    // Stop the others: the backup has failed.
-                    queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
-                }
-            }
-            Err(e) => {
-                first_error
-                    .get_or_insert(BackupError::Precondition(format!("copy task failed: {e}")));
-            }
+    let (repo, label) = (repo.clone(), label.to_string());
+    let items: Vec<(usize, scan::ScannedFile)> = files.into_iter().enumerate().collect();
+    let result = crate::pool::run_bounded(items, opts.jobs, move |(index, file)| {
+        let (repo, key, done_bytes) = (
+            repo.clone(),
+            layout::backup_file_key(&label, index),
+            done_bytes.clone(),
+        );
+        async move {
+            let copy_err = |source| BackupError::Copy {
+                path: file.rel.clone(),
+                source,
+            };
+            let mut src = match tokio::fs::File::open(&file.abs).await {
+                Ok(f) => f,
+                // Dropped or truncated away by the server during the
+                // backup: WAL replay recreates what is needed.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(copy_err(ObjectError::Source(e))),
+            };
+            let info = write_object(repo.store(), &key, PutMode::Create, &mut src, compress)
+                .await
+                .map_err(copy_err)?;
+            done_bytes.fetch_add(file.size, Ordering::Relaxed);
+            Ok(Some(FileEntry {
+                path: file.rel,
+                size: info.raw_size,
+                checksum: info.checksum,
+                mode: file.mode,
+                mtime: file.mtime,
+                object: key.to_string(),
+                stored_size: info.stored_size,
+            }))
         }
-    }
+    })
+    .await;
     progress.finish();
-    match first_error {
-        Some(e) => Err(e),
-        None => Ok(all),
-    }
+    result
 }
 
 /// Waits until every WAL segment from `start_wal` to `stop_wal` is in the

@@ -53,13 +53,42 @@ pub fn init(program: &'static str, verbose: u8) {
         .try_init();
 }
 
-/// Prints a final error: its first line as ERROR, `HINT:` lines as HINT.
+/// Prints a final error: its first line as ERROR, `HINT:` lines as HINT,
+/// and any other lines (a server log excerpt, say) as DETAIL, so one
+/// error reads as one error in a log.
 pub fn report_error(program: &str, error: &dyn fmt::Display) {
-    let text = error.to_string();
-    for line in text.lines() {
-        match line.strip_prefix("HINT: ") {
-            Some(hint) => eprintln!("{program}: HINT: {hint}"),
-            None => eprintln!("{program}: ERROR: {line}"),
-        }
+    for line in error_lines(program, &error.to_string()) {
+        eprintln!("{line}");
+    }
+}
+
+fn error_lines(program: &str, text: &str) -> Vec<String> {
+    text.lines()
+        .enumerate()
+        .map(|(i, line)| match (i, line.strip_prefix("HINT: ")) {
+            (_, Some(hint)) => format!("{program}: HINT: {hint}"),
+            (0, None) => format!("{program}: ERROR: {line}"),
+            (_, None) => format!("{program}: DETAIL: {line}"),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn one_error_one_error_line() {
+        let lines = super::error_lines(
+            "walvault",
+            "restore failed\nHINT: stop the server\nlog line 1\nlog line 2",
+        );
+        assert_eq!(
+            lines,
+            [
+                "walvault: ERROR: restore failed",
+                "walvault: HINT: stop the server",
+                "walvault: DETAIL: log line 1",
+                "walvault: DETAIL: log line 2"
+            ]
+        );
     }
 }

@@ -11,12 +11,11 @@
 //! moves it aside whole (renamed, never deleted), and a directory whose
 //! postmaster.pid names a live process is refused even then.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use crate::repo::manifest::{BackupManifest, FileEntry};
 use crate::repo::object::read_object;
@@ -444,35 +443,17 @@ async fn restore_files(
     files: Vec<FileEntry>,
     jobs: usize,
 ) -> Result<(), RestoreError> {
-    let queue = Arc::new(Mutex::new(files.into_iter().collect::<VecDeque<_>>()));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..jobs.max(1) {
-        let queue = queue.clone();
-        let repo = repo.clone();
-        let pgdata = pgdata.to_path_buf();
-        workers.spawn(async move {
-            loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let Some(entry) = next else { return Ok(()) };
-                restore_one(&repo, &pgdata, &entry).await?;
-            }
-        });
-    }
-    let mut first_error = None;
-    while let Some(result) = workers.join_next().await {
-        let result = result.unwrap_or_else(|e| {
-            Err(RestoreError::Io {
-                op: "restore task",
-                path: pgdata.to_path_buf(),
-                source: io::Error::other(e.to_string()),
-            })
-        });
-        if let Err(e) = result {
-            queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
-            first_error.get_or_insert(e);
+    let (repo, pgdata) = (repo.clone(), pgdata.to_path_buf());
+    crate::pool::run_bounded(files, jobs, move |entry| {
+        let (repo, pgdata) = (repo.clone(), pgdata.clone());
+        async move {
+            restore_one(&repo, &pgdata, &entry)
+                .await
+                .map(|()| None::<()>)
         }
-    }
-    first_error.map_or(Ok(()), Err)
+    })
+    .await
+    .map(|_| ())
 }
 
 async fn restore_one(

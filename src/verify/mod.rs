@@ -16,8 +16,7 @@
 
 pub mod restore;
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
 
 use crate::repo::object::read_object;
 use crate::repo::{layout, ObjectInfo, RepoError, Repository};
@@ -166,40 +165,34 @@ async fn check_objects(
     jobs: usize,
     report: &mut VerifyReport,
 ) -> HashMap<String, Option<ObjectInfo>> {
-    let queue = Arc::new(Mutex::new(keys.into_iter().collect::<VecDeque<_>>()));
-    let mut workers = tokio::task::JoinSet::new();
-    for _ in 0..jobs.max(1) {
-        let queue = queue.clone();
+    let repo = repo.clone();
+    let read = crate::pool::run_bounded(keys, jobs, move |key| {
         let repo = repo.clone();
-        workers.spawn(async move {
-            let mut results = Vec::new();
-            loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
-                let Some(key) = next else { break };
-                let result = read_object(repo.store(), &key, &mut |_: &[u8]| Ok(())).await;
-                results.push((key, result));
-            }
-            results
-        });
-    }
+        async move {
+            let result = read_object(repo.store(), &key, &mut |_: &[u8]| Ok(())).await;
+            Ok::<_, std::convert::Infallible>(Some((key, result)))
+        }
+    })
+    .await;
+    let results = match read {
+        Ok(results) => results,
+        Err(never) => match never {},
+    };
     let mut infos = HashMap::new();
-    while let Some(done) = workers.join_next().await {
-        let Ok(results) = done else { continue };
-        for (key, result) in results {
-            report.objects_checked += 1;
-            match result {
-                Ok(info) => {
-                    report.bytes_checked += info.raw_size;
-                    infos.insert(key.to_string(), Some(info));
-                }
-                Err(e) => {
-                    report.problems.push(Problem {
-                        kind: "object",
-                        subject: key.to_string(),
-                        message: e.to_string(),
-                    });
-                    infos.insert(key.to_string(), None);
-                }
+    for (key, result) in results {
+        report.objects_checked += 1;
+        match result {
+            Ok(info) => {
+                report.bytes_checked += info.raw_size;
+                infos.insert(key.to_string(), Some(info));
+            }
+            Err(e) => {
+                report.problems.push(Problem {
+                    kind: "object",
+                    subject: key.to_string(),
+                    message: e.to_string(),
+                });
+                infos.insert(key.to_string(), None);
             }
         }
     }
