@@ -75,6 +75,11 @@ pub struct GlobalArgs {
     )]
     pub fetch_retry_secs: Option<u64>,
 
+    /// Refuse every write to the repository (what the scratch server of verify --restore fetches with)
+    #[arg(long, env = "WALVAULT_READ_ONLY", global = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub read_only: Option<bool>,
+
     /// More output: -v for progress lines, -vv for debugging
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -89,6 +94,7 @@ pub struct FileConfig {
     pub s3_region: Option<String>,
     pub s3_path_style: Option<bool>,
     pub s3_part_size_mib: Option<usize>,
+    pub s3_timeout_secs: Option<u64>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
     pub compress_level: Option<i32>,
@@ -132,6 +138,8 @@ pub struct Settings {
     pub compress: CompressSettings,
     pub fetch_retry: Duration,
     pub verbose: u8,
+    /// Every write to the repository is refused.
+    pub read_only: bool,
 }
 
 fn load_file(args: &GlobalArgs) -> Result<FileConfig, ConfigError> {
@@ -197,6 +205,16 @@ impl Settings {
             if let (Some(id), Some(secret)) = (file.s3_access_key_id, file.s3_secret_access_key) {
                 s3.static_credentials = Some((id, secret));
             }
+            if let Some(secs) = file.s3_timeout_secs {
+                if secs == 0 {
+                    return Err(ConfigError::Invalid {
+                        name: "s3_timeout_secs",
+                        value: secs.to_string(),
+                        reason: "must be at least 1".to_string(),
+                    });
+                }
+                s3.request_timeout = Duration::from_secs(secs);
+            }
             if let Some(mib) = file.s3_part_size_mib {
                 s3.part_size_bytes = mib << 20;
             }
@@ -219,14 +237,20 @@ impl Settings {
             compress: CompressSettings { level, workers },
             fetch_retry: Duration::from_secs(fetch_retry_secs),
             verbose: args.verbose,
+            read_only: args.read_only.unwrap_or(false),
         })
     }
 
     /// Opens the object store the settings name. No network traffic.
     pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
-        Ok(match &self.repo {
-            RepoLocation::Local(path) => Arc::new(LocalStore::new(path.clone())?),
-            RepoLocation::S3(s3) => Arc::new(S3Store::new(s3.clone())?),
+        use crate::storage::readonly::ReadOnlyStore;
+        Ok(match (&self.repo, self.read_only) {
+            (RepoLocation::Local(path), false) => Arc::new(LocalStore::new(path.clone())?),
+            (RepoLocation::Local(path), true) => {
+                Arc::new(ReadOnlyStore::new(LocalStore::new(path.clone())?))
+            }
+            (RepoLocation::S3(s3), false) => Arc::new(S3Store::new(s3.clone())?),
+            (RepoLocation::S3(s3), true) => Arc::new(ReadOnlyStore::new(S3Store::new(s3.clone())?)),
         })
     }
 

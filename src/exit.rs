@@ -33,6 +33,10 @@ pub enum Exit {
     WrongRepository = 7,
     /// Any other failure.
     Failed = 8,
+    /// The repository has no header (`repository.json`): it was never
+    /// initialized with `walvault init`, or the path, bucket or prefix is
+    /// wrong, or its file system is not mounted. Nothing was written.
+    NotInitialized = 9,
     /// walvault-fetch outside standby mode, when the repository failed or
     /// returned a corrupt object: "missing" (1..125) would let PostgreSQL end
     /// recovery early at the wrong point, so this stops recovery instead

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use crate::repo::object::read_object;
-use crate::repo::{layout, ObjectError, ObjectInfo, Repository};
+use crate::repo::{layout, ObjectError, ObjectInfo, RepoError, Repository};
 use crate::storage::StorageError;
 
 #[derive(Debug, Clone, Copy)]
@@ -49,6 +49,12 @@ pub enum FetchError {
         elapsed_secs: f64,
         #[source]
         source: ObjectError,
+    },
+    #[error("fetch \"{name}\": {source}")]
+    NoRepository {
+        name: String,
+        #[source]
+        source: RepoError,
     },
     #[error("write \"{path}\": {source}")]
     Destination {
@@ -86,8 +92,21 @@ pub async fn fetch(
             Err(Attempt::Destination(path, source)) => {
                 return Err(FetchError::Destination { path, source })
             }
+            // "Missing" makes PostgreSQL end recovery, so it is said only
+            // of a repository that provably exists: one more read, on a
+            // miss only, confirms the header. An unmounted directory, a
+            // missing bucket or a wrong prefix is a failure instead.
             Err(Attempt::Object(ObjectError::Storage(StorageError::NotFound { .. }))) => {
-                return Ok(FetchOutcome::NotFound)
+                match repo.require_header().await {
+                    Ok(_) => return Ok(FetchOutcome::NotFound),
+                    Err(RepoError::Storage(e)) => ObjectError::Storage(e),
+                    Err(source) => {
+                        return Err(FetchError::NoRepository {
+                            name: name.to_string(),
+                            source,
+                        })
+                    }
+                }
             }
             Err(Attempt::Object(e)) => e,
         };
@@ -190,6 +209,16 @@ mod tests {
     async fn repo_with_segment() -> (FaultyStore<MemoryStore>, Repository, Vec<u8>) {
         let store = FaultyStore::new(MemoryStore::new());
         let repo = Repository::new(Arc::new(store.clone()), CompressSettings::default());
+        repo.init(
+            &crate::repo::ClusterIdentity {
+                system_identifier: 7,
+                wal_segment_size: crate::wal::WalSegmentSize::DEFAULT,
+                pg_major: 15,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         let key = layout::wal_key(&layout::parse_any_size(NAME).unwrap());
         let mut src: &[u8] = &data;
@@ -264,5 +293,33 @@ mod tests {
             .await
             .unwrap();
         assert!(matches!(outcome, FetchOutcome::NotFound));
+    }
+
+    /// A repository without its header (an unmounted directory, a wrong
+    /// bucket or prefix) never answers "missing".
+    #[tokio::test]
+    async fn a_miss_without_a_header_is_a_failure_not_missing() {
+        let repo = Repository::new(Arc::new(MemoryStore::new()), CompressSettings::default());
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let err = fetch(&repo, NAME, &dest, opts(60)).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                FetchError::NoRepository {
+                    source: RepoError::NotInitialized { .. },
+                    ..
+                }
+            ),
+            "{err}"
+        );
+        assert!(err.to_string().contains("walvault init"), "{err}");
+        // The header read fails transiently: retried, then a failure.
+        let (store, repo, _) = repo_with_segment().await;
+        store.fail_next(Op::Get, u32::MAX, true);
+        let err = fetch(&repo, "000000010000000000000099", &dest, opts(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Repository { .. }), "{err}");
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncReadExt;
 
-use crate::pg::control::identity_from_data_dir;
+use crate::pg::control::identity_of_data_dir;
 use crate::repo::object::{read_info, write_object};
 use crate::repo::{
     layout, ClusterIdentity, ObjectError, ObjectInfo, RepoError, RepoHeader, Repository,
@@ -71,8 +71,10 @@ fn bad(path: &Path, reason: impl Into<String>) -> PushError {
 
 /// Archives the file at `path` (relative paths are relative to the current
 /// directory, the data directory when PostgreSQL runs the command).
-/// `data_dir` is only read when the repository has no header yet and the
-/// file is not a segment (so the cluster identity must come from there).
+/// The repository must be initialized (`walvault init`): a push never
+/// creates a repository, so a file pushed into an unmounted directory or a
+/// wrong bucket fails instead of starting a new repository. `data_dir` is
+/// read to check a `.history` or `.backup` file's cluster.
 pub async fn push(
     repo: &Repository,
     path: &Path,
@@ -103,7 +105,7 @@ pub async fn push(
 
     let name = if shape.is_segment_sized() {
         let (name, identity) = check_segment(path, file_name, meta.len())?;
-        repo.bind(&identity, &what).await.map_err(repo_err)?;
+        repo.check_bound(&identity, &what).await.map_err(repo_err)?;
         name
     } else {
         let header = header_for_text_file(repo, data_dir, &what)
@@ -195,27 +197,18 @@ fn check_segment(
 }
 
 /// `.history` and `.backup` files carry no system identifier: they go into
-/// a repository that is already bound, or one bound from the data directory.
+/// an initialized repository, checked against the data directory's
+/// identity when it can be read.
 async fn header_for_text_file(
     repo: &Repository,
     data_dir: &Path,
     what: &str,
 ) -> Result<RepoHeader, RepoError> {
-    if let Some(header) = repo.read_header().await? {
-        if let Ok(identity) = identity_from_data_dir(data_dir) {
-            repo.check_identity(&header, &identity, what)?;
-        }
-        return Ok(header);
+    let header = repo.require_header().await?;
+    if let Ok(identity) = identity_of_data_dir(data_dir) {
+        repo.check_identity(&header, &identity, what)?;
     }
-    match identity_from_data_dir(data_dir) {
-        Ok(identity) => repo.bind(&identity, what).await,
-        Err(e) => Err(RepoError::NotInitialized {
-            repo: repo.describe(),
-            hint: format!(
-                "the cluster's identity comes from the first WAL segment pushed, or from the data directory ({e}); run walvault-push from the data directory, as archive_command does"
-            ),
-        }),
-    }
+    Ok(header)
 }
 
 fn check_text_file(path: &Path, name: &WalFileName, len: u64) -> Result<(), PushError> {

@@ -196,7 +196,7 @@ pub async fn run_backup(
         wal_segment_size: facts.wal_segment_size,
         pg_major,
     };
-    repo.bind(
+    repo.check_bound(
         &identity,
         &format!("the cluster at \"{}\"", given.display()),
     )

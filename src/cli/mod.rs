@@ -13,6 +13,7 @@ use crate::exit::Exit;
 pub mod backup;
 pub mod check;
 pub mod expire;
+pub mod init;
 pub mod list;
 pub mod logging;
 pub mod ops;
@@ -33,6 +34,8 @@ pub struct Cli {
 
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
+    /// Create the repository and bind it to a cluster (once, before archiving)
+    Init(init::InitArgs),
     /// Archive one WAL file (what walvault-push does; for archive_command)
     WalPush(wal::PushArgs),
     /// Restore one WAL file (what walvault-fetch does; for restore_command)
@@ -188,6 +191,7 @@ async fn run_command(program: &str, global: &GlobalArgs, command: Command) -> Ex
     match command {
         Command::WalPush(args) => wal::run_push(program, global, &args).await,
         Command::WalFetch(args) => wal::run_fetch(program, global, &args).await,
+        Command::Init(args) => init::run(program, global, &args).await,
         Command::Backup(args) => backup::run(program, global, &args).await,
         Command::List(args) => list::run(program, global, &args).await,
         Command::Restore(args) => restore::run(program, global, &args).await,

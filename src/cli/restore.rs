@@ -73,6 +73,12 @@ pub struct RestoreArgs {
     #[arg(long, value_name = "OID=DIR")]
     pub tablespace_map: Vec<String>,
 
+    /// Whether the restored server archives once started: "preserve" keeps
+    /// the backed-up archive settings (a restored primary goes on archiving
+    /// into its repository); "off" writes archive_mode = off (for copies)
+    #[arg(long, value_enum, default_value_t = ArchiveMode::Preserve, value_name = "MODE")]
+    pub archive_mode: ArchiveMode,
+
     /// Files restored at once [default: the number of cores]
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
@@ -90,9 +96,19 @@ fn shell_word(s: &str) -> String {
     }
 }
 
+/// `--archive-mode`: as pgBackRest's option of that name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ArchiveMode {
+    /// Keep the archive settings of the backed-up configuration.
+    Preserve,
+    /// Write archive_mode = 'off' so the restored server never archives.
+    Off,
+}
+
 /// walvault-fetch with this repository's settings. Credentials are never
 /// written: they come from the environment or the config file, as now.
-pub fn restore_command(global: &GlobalArgs, settings: &Settings) -> String {
+/// With `read_only`, the command refuses every write to the repository.
+pub fn restore_command(global: &GlobalArgs, settings: &Settings, read_only: bool) -> String {
     let fetch = std::env::current_exe()
         .ok()
         .map(|exe| exe.with_file_name("walvault-fetch"))
@@ -100,6 +116,9 @@ pub fn restore_command(global: &GlobalArgs, settings: &Settings) -> String {
         .map(|p| p.display().to_string())
         .unwrap_or_else(|| "walvault-fetch".to_string());
     let mut words = vec![fetch];
+    if read_only {
+        words.push("--read-only".into());
+    }
     if let Some(config) = &global.config {
         let abs = std::fs::canonicalize(config).unwrap_or_else(|_| config.clone());
         words.push("--config".into());
@@ -126,10 +145,43 @@ pub fn restore_command(global: &GlobalArgs, settings: &Settings) -> String {
             }
         }
     }
-    let mut cmd: Vec<String> = words.iter().map(|w| shell_word(w)).collect();
+    plan_command_line(&words)
+}
+
+/// Joins command words for restore_command: each is shell-quoted, and
+/// every literal `%` is doubled, because PostgreSQL replaces `%f`, `%p`
+/// and `%r` and from version 16 refuses any other `%` sequence. Then
+/// `%f %p` is appended.
+pub fn plan_command_line(words: &[String]) -> String {
+    let mut cmd: Vec<String> = words
+        .iter()
+        .map(|w| shell_word(w).replace('%', "%%"))
+        .collect();
     cmd.push("%f".into());
     cmd.push("%p".into());
     cmd.join(" ")
+}
+
+#[cfg(test)]
+mod command_tests {
+    use super::*;
+
+    #[test]
+    fn literal_percent_signs_are_doubled() {
+        let words = vec![
+            "/opt/wal%vault/walvault-fetch".to_string(),
+            "--repo".to_string(),
+            "/srv/100%/repo dir".to_string(),
+        ];
+        assert_eq!(
+            plan_command_line(&words),
+            "'/opt/wal%%vault/walvault-fetch' --repo '/srv/100%%/repo dir' %f %p"
+        );
+        assert_eq!(
+            plan_command_line(&["walvault-fetch".to_string()]),
+            "walvault-fetch %f %p"
+        );
+    }
 }
 
 fn parse_target(args: &RestoreArgs) -> Result<RecoveryTarget, target::TargetError> {
@@ -245,12 +297,14 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
                 .map(|n| n.get())
                 .unwrap_or(2)
         }),
-        restore_command: restore_command(global, &settings),
+        restore_command: restore_command(global, &settings, false),
+        archive_off: args.archive_mode == ArchiveMode::Off,
     };
     let fail = |e: &RestoreError| {
         report_error(program, e);
         match e {
-            RestoreError::Repo(_) => Exit::Storage,
+            RestoreError::Repo(r) => super::wal::repo_exit(r),
+            RestoreError::BadManifest { .. } => Exit::Corrupt,
             _ => Exit::Failed,
         }
     };
@@ -261,6 +315,11 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
     if args.dry_run {
         let lines = crate::restore::apply::recovery_lines(&planned, &opts);
         print_plan(&planned, &lines, &pgdata);
+        if opts.archive_off {
+            println!("  archiving  off: archive_mode = 'off' is written (--archive-mode off)");
+        } else {
+            println!("  archiving  preserved: the restored server archives as the backed-up postgresql.conf and postgresql.auto.conf say (the real restore prints the command); pass --archive-mode off for a copy that must not archive");
+        }
         println!("dry run: nothing was written");
         return Exit::Ok;
     }
@@ -274,6 +333,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
                 );
             }
             print_plan(&report.plan, &report.recovery_lines, &pgdata);
+            println!("  archiving  {}", report.archiving);
             println!(
                 "restored backup {} into \"{}\"; start PostgreSQL to recover{}",
                 report.plan.backup.label,

@@ -140,7 +140,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
             work_dir: args.work_dir.clone(),
             pg_bin: args.pg_bin.clone(),
             run_as: args.run_as.clone(),
-            restore_command: super::restore::restore_command(global, &settings),
+            restore_command: super::restore::restore_command(global, &settings, true),
             jobs,
             timeout: Duration::from_secs(args.timeout_secs),
         };

@@ -38,7 +38,7 @@ pub struct FetchArgs {
     pub pgdata: Option<PathBuf>,
 }
 
-fn repo_exit(e: &RepoError) -> Exit {
+pub(crate) fn repo_exit(e: &RepoError) -> Exit {
     match e {
         RepoError::Storage(_) | RepoError::Object(ObjectError::Storage(_)) => Exit::Storage,
         RepoError::Object(o) if o.is_corruption() => Exit::Corrupt,
@@ -48,7 +48,7 @@ fn repo_exit(e: &RepoError) -> Exit {
         | RepoError::ClusterMismatch { .. }
         | RepoError::SegmentSizeMismatch { .. }
         | RepoError::VersionMismatch { .. } => Exit::WrongRepository,
-        RepoError::NotInitialized { .. } => Exit::Failed,
+        RepoError::NotInitialized { .. } => Exit::NotInitialized,
     }
 }
 
@@ -118,8 +118,16 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
     } else {
         args.dest.clone()
     };
+    // A standby's startup process falls back to streaming replication
+    // between restore_command calls, so a failing repository must not hold
+    // it: no waiting retries there (the S3 client's own quick retries
+    // remain), only outside standby mode, where recovery depends on us.
     let opts = FetchOptions {
-        retry_for: settings.fetch_retry,
+        retry_for: if standby {
+            std::time::Duration::ZERO
+        } else {
+            settings.fetch_retry
+        },
     };
     let started = Instant::now();
     match archive::fetch(&repo, &args.name, &dest, opts).await {
@@ -140,6 +148,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
                     ..
                 } => Exit::Usage,
                 FetchError::Repository { .. } => Exit::Storage,
+                FetchError::NoRepository { source, .. } => repo_exit(source),
                 FetchError::Destination { .. } => Exit::Failed,
             };
             fail(ordinary, &e)

@@ -84,7 +84,79 @@ pub struct FileEntry {
     pub stored_size: u64,
 }
 
+/// Whether `path` is relative and normalised: `/`-separated parts, none
+/// empty, `.` or `..`, and no NUL byte.
+pub fn is_clean_relative_path(path: &str) -> bool {
+    !path.is_empty()
+        && !path.contains('\0')
+        && path
+            .split('/')
+            .all(|part| !part.is_empty() && part != "." && part != "..")
+}
+
+/// Whether `path` is absolute and normalised.
+pub fn is_clean_absolute_path(path: &str) -> bool {
+    match path.strip_prefix('/') {
+        Some("") => false,
+        Some(rest) => is_clean_relative_path(rest),
+        None => false,
+    }
+}
+
 impl BackupManifest {
+    /// Checks what restore will trust: every directory and file path is
+    /// relative and normalised, anything under `pg_tblspc/` lies below a
+    /// tablespace the manifest lists, tablespace locations are absolute and
+    /// normalised, and no path appears twice. A manifest that fails was not
+    /// written by walvault, so restore refuses it before writing anything.
+    pub fn check_paths(&self) -> Result<(), String> {
+        let mut oids = std::collections::BTreeSet::new();
+        for ts in &self.tablespaces {
+            if ts.oid == 0 || !oids.insert(ts.oid) {
+                return Err(format!("tablespace oid {} is invalid or repeated", ts.oid));
+            }
+            if !is_clean_absolute_path(&ts.location) {
+                return Err(format!(
+                    "tablespace {} has location {:?}, which is not an absolute, normalised path",
+                    ts.oid, ts.location
+                ));
+            }
+        }
+        let check = |path: &str, dir: bool| -> Result<(), String> {
+            if !is_clean_relative_path(path) {
+                return Err(format!(
+                    "path {path:?} is not relative and normalised (no leading /, no . or .. parts)"
+                ));
+            }
+            if let Some(rest) = path.strip_prefix("pg_tblspc/") {
+                let oid = rest.split('/').next().and_then(|o| o.parse::<u32>().ok());
+                let listed = oid.is_some_and(|o| oids.contains(&o));
+                // `pg_tblspc/<oid>` itself is the link restore makes; only
+                // directories may name it, files lie below it.
+                if !listed || (!dir && !rest.contains('/')) {
+                    return Err(format!(
+                        "path {path:?} is under pg_tblspc but not below a tablespace the manifest lists"
+                    ));
+                }
+            }
+            Ok(())
+        };
+        let mut seen = std::collections::BTreeSet::new();
+        for d in &self.directories {
+            check(&d.path, true)?;
+            if !seen.insert(d.path.as_str()) {
+                return Err(format!("path {:?} appears twice", d.path));
+            }
+        }
+        for f in &self.files {
+            check(&f.path, false)?;
+            if !seen.insert(f.path.as_str()) {
+                return Err(format!("path {:?} appears twice", f.path));
+            }
+        }
+        Ok(())
+    }
+
     pub fn start_time_ts(&self) -> Option<jiff::Timestamp> {
         self.start_time.parse().ok()
     }
@@ -132,5 +204,94 @@ pub fn test_manifest(
         stored_size_bytes: 500,
         duration_secs: 1.0,
         created_by: "test".to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod path_tests {
+    use super::*;
+    use crate::wal::WalSegmentSize;
+
+    fn manifest_with(dirs: &[&str], files: &[&str], ts: &[(u32, &str)]) -> BackupManifest {
+        let mut m = test_manifest(
+            "20260101T000000Z",
+            TimelineId(1),
+            Lsn(0x1000000),
+            Lsn(0x2000000),
+            WalSegmentSize::DEFAULT,
+            "2026-01-01T00:00:00Z",
+        );
+        m.directories = dirs
+            .iter()
+            .map(|p| DirectoryEntry {
+                path: p.to_string(),
+                mode: 0o700,
+            })
+            .collect();
+        m.files = files
+            .iter()
+            .map(|p| FileEntry {
+                path: p.to_string(),
+                size: 0,
+                checksum: Checksum([0; 32]),
+                mode: 0o600,
+                mtime: 0,
+                object: "backup/x/files/000001".to_string(),
+                stored_size: 0,
+            })
+            .collect();
+        m.tablespaces = ts
+            .iter()
+            .map(|(oid, loc)| TablespaceEntry {
+                oid: *oid,
+                location: loc.to_string(),
+            })
+            .collect();
+        m
+    }
+
+    #[test]
+    fn clean_manifests_pass() {
+        let m = manifest_with(
+            &[
+                "base",
+                "base/1",
+                "pg_tblspc",
+                "pg_tblspc/16384",
+                "pg_tblspc/16384/PG_15_1",
+            ],
+            &[
+                "base/1/1259",
+                "global/pg_control",
+                "pg_tblspc/16384/PG_15_1/5/16385",
+            ],
+            &[(16384, "/srv/ts1")],
+        );
+        m.check_paths().expect("a manifest walvault writes");
+    }
+
+    #[test]
+    fn hostile_paths_are_refused() {
+        for (dirs, files, ts) in [
+            (vec![], vec!["../etc/passwd"], vec![]),
+            (vec![], vec!["/etc/passwd"], vec![]),
+            (vec![], vec!["base/./1"], vec![]),
+            (vec![], vec!["base//1"], vec![]),
+            (vec![], vec!["base/1/"], vec![]),
+            (vec!["base/.."], vec![], vec![]),
+            (vec![], vec!["a\0b"], vec![]),
+            (vec![], vec!["base/1", "base/1"], vec![]),
+            (vec![], vec!["pg_tblspc/99/x"], vec![(16384, "/srv/ts1")]),
+            (vec![], vec!["pg_tblspc/16384"], vec![(16384, "/srv/ts1")]),
+            (vec![], vec![], vec![(16384, "relative/ts")]),
+            (vec![], vec![], vec![(16384, "/srv/../etc")]),
+            (vec![], vec![], vec![(16384, "/a"), (16384, "/b")]),
+        ] {
+            let m = manifest_with(&dirs, &files, &ts);
+            assert!(
+                m.check_paths().is_err(),
+                "{dirs:?} {files:?} {ts:?} must be refused"
+            );
+        }
     }
 }

@@ -33,7 +33,7 @@ pub struct ClusterIdentity {
     pub pg_major: u32,
 }
 
-/// `repository.json`: written once, create-only, by the first push.
+/// `repository.json`: written once, create-only, by `walvault init`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RepoHeader {
@@ -153,54 +153,76 @@ impl Repository {
         Ok(Some(header))
     }
 
+    /// The header; a repository without one is [`RepoError::NotInitialized`]
+    /// (never an empty repository: it may be an unmounted file system or
+    /// a wrong bucket or prefix).
+    pub async fn require_header(&self) -> Result<RepoHeader, RepoError> {
+        self.read_header()
+            .await?
+            .ok_or_else(|| RepoError::NotInitialized {
+                repo: self.describe(),
+                hint: "run \"walvault init --pgdata DIR\" once to bind the repository to its cluster; if it exists already, check that its file system is mounted and that --repo names the right directory, bucket and prefix".to_string(),
+            })
+    }
+
     /// Checks that `identity` (described by `what`, e.g. `WAL file "…"`)
-    /// belongs to this repository, binding the repository to it on first use.
-    /// Concurrent first pushes race on a create-only put: one wins, the others
-    /// read its header and compare.
-    pub async fn bind(
+    /// belongs to this initialized repository.
+    pub async fn check_bound(
         &self,
         identity: &ClusterIdentity,
         what: &str,
     ) -> Result<RepoHeader, RepoError> {
-        let header = match self.read_header().await? {
-            Some(header) => header,
-            None => {
-                let header = RepoHeader {
-                    format: "walvault".to_string(),
-                    format_version: FORMAT_VERSION,
-                    system_identifier: identity.system_identifier.to_string(),
-                    pg_major: identity.pg_major,
-                    wal_segment_size: identity.wal_segment_size.bytes(),
-                    created_at: jiff::Timestamp::now()
-                        .round(jiff::Unit::Second)
-                        .unwrap_or(jiff::Timestamp::now())
-                        .to_string(),
-                    created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
-                };
-                let mut json = serde_json::to_vec_pretty(&header).expect("header serializes");
-                json.push(b'\n');
-                match self
-                    .store
-                    .put_bytes(&layout::header_key(), Bytes::from(json), PutMode::Create)
-                    .await
-                {
-                    Ok(()) => {
-                        tracing::info!(repo = %self.describe(), system_identifier = identity.system_identifier, "repository initialized");
-                        header
-                    }
-                    Err(StorageError::AlreadyExists { .. }) => self
-                        .read_header()
-                        .await?
-                        .ok_or_else(|| RepoError::NotInitialized {
-                            repo: self.describe(),
-                            hint: "the header vanished while being created; try again".to_string(),
-                        })?,
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        };
+        let header = self.require_header().await?;
         self.check_identity(&header, identity, what)?;
         Ok(header)
+    }
+
+    /// `walvault init`: creates the repository root if the backend has one
+    /// to create, and writes the header, create-only, binding the
+    /// repository to `identity`. Idempotent for the same cluster; another
+    /// cluster's repository is refused. Returns the header and whether this
+    /// call created it. Concurrent inits race on the create-only put: one
+    /// wins, the others read its header and compare.
+    pub async fn init(
+        &self,
+        identity: &ClusterIdentity,
+        what: &str,
+    ) -> Result<(RepoHeader, bool), RepoError> {
+        if let Some(header) = self.read_header().await? {
+            self.check_identity(&header, identity, what)?;
+            return Ok((header, false));
+        }
+        self.store.create_root().await?;
+        let header = RepoHeader {
+            format: "walvault".to_string(),
+            format_version: FORMAT_VERSION,
+            system_identifier: identity.system_identifier.to_string(),
+            pg_major: identity.pg_major,
+            wal_segment_size: identity.wal_segment_size.bytes(),
+            created_at: jiff::Timestamp::now()
+                .round(jiff::Unit::Second)
+                .unwrap_or(jiff::Timestamp::now())
+                .to_string(),
+            created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+        };
+        let mut json = serde_json::to_vec_pretty(&header).expect("header serializes");
+        json.push(b'\n');
+        match self
+            .store
+            .put_bytes(&layout::header_key(), Bytes::from(json), PutMode::Create)
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(repo = %self.describe(), system_identifier = identity.system_identifier, "repository initialized");
+                Ok((header, true))
+            }
+            Err(StorageError::AlreadyExists { .. }) => {
+                let header = self.require_header().await?;
+                self.check_identity(&header, identity, what)?;
+                Ok((header, false))
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Compares an identity with a header, naming both sides on mismatch.
@@ -342,12 +364,10 @@ impl Repository {
     }
 
     /// Every archived WAL object, sorted by key (so by timeline, then
-    /// position). Needs the header for the segment size; an unbound
-    /// repository has no WAL.
+    /// position). Needs the header for the segment size; a repository
+    /// without one is [`RepoError::NotInitialized`].
     pub async fn list_wal(&self) -> Result<Vec<WalObject>, RepoError> {
-        let Some(header) = self.read_header().await? else {
-            return Ok(Vec::new());
-        };
+        let header = self.require_header().await?;
         let size = WalSegmentSize::new(header.wal_segment_size).unwrap_or(WalSegmentSize::DEFAULT);
         let objects = self.store.list(Some(layout::WAL_PREFIX)).await?;
         Ok(objects

@@ -131,6 +131,20 @@ fn parse_header(key: &Key, h: &[u8]) -> Result<bool, ObjectError> {
             h[6]
         )));
     }
+    // Flags and reserved bytes are zero in version 1. A later version
+    // that gives them a meaning bumps what a reader must understand, so a
+    // version-1 reader refuses them rather than misread the body.
+    if h[7] != 0 {
+        return Err(format(format!(
+            "envelope flags {:#04x} are not understood by this walvault\nHINT: upgrade walvault to read this repository",
+            h[7]
+        )));
+    }
+    if h[8..HEADER_LEN].iter().any(|&b| b != 0) {
+        return Err(format(
+            "reserved envelope header bytes are set (written by a newer walvault, or damaged)\nHINT: upgrade walvault to read this repository".to_string(),
+        ));
+    }
     match h[5] {
         COMPRESSION_NONE => Ok(false),
         COMPRESSION_ZSTD => Ok(true),
@@ -165,6 +179,12 @@ fn parse_trailer(key: &Key, t: &[u8]) -> Result<Trailer, ObjectError> {
         b.copy_from_slice(&t[i..i + 8]);
         u64::from_le_bytes(b)
     };
+    if t[4..8].iter().any(|&b| b != 0) {
+        return Err(ObjectError::Format {
+            key: key.clone(),
+            reason: "reserved envelope trailer bytes are set (written by a newer walvault, or damaged)\nHINT: upgrade walvault to read this repository".to_string(),
+        });
+    }
     let mut sum = [0u8; 32];
     sum.copy_from_slice(&t[24..56]);
     Ok(Trailer {
@@ -497,6 +517,28 @@ mod tests {
                 .contains("encryption method 1 is not supported"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn flags_and_reserved_bytes_are_refused() {
+        let store = MemoryStore::new();
+        let key = Key::new("obj/flags").unwrap();
+        store_bytes(&store, &key, b"payload", 3).await;
+        let good = store.get_bytes(&key).await.unwrap().to_vec();
+        let trailer_reserved = good.len() - TRAILER_LEN + 5;
+        for (at, expect) in [
+            (7, "envelope flags 0x01"),
+            (8, "reserved envelope header bytes"),
+            (15, "reserved envelope header bytes"),
+            (trailer_reserved, "reserved envelope trailer bytes"),
+        ] {
+            let mut bytes = good.clone();
+            bytes[at] = 1;
+            store.overwrite_raw(&key, Bytes::from(bytes));
+            let err = load(&store, &key).await.unwrap_err();
+            assert!(err.to_string().contains(expect), "byte {at}: {err}");
+            assert!(err.is_corruption(), "byte {at}: {err}");
+        }
     }
 
     #[tokio::test]

@@ -45,6 +45,8 @@ pub struct RestoreOptions {
     pub restore_command: String,
     /// Tablespaces restored somewhere else than where they were: oid → directory.
     pub tablespace_map: BTreeMap<u32, PathBuf>,
+    /// Write `archive_mode = 'off'`: the restored server never archives.
+    pub archive_off: bool,
 }
 
 /// Where each tablespace of a manifest goes: its recorded location unless
@@ -98,6 +100,8 @@ pub enum RestoreError {
     Repo(#[from] RepoError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("backup {label} has a manifest restore cannot trust: {reason}\nHINT: the manifest was not written by walvault or is damaged; restore another backup (--backup LABEL)")]
+    BadManifest { label: String, reason: String },
     #[error("history file \"{name}\" in the repository is damaged: {reason}")]
     BadHistory { name: String, reason: String },
     #[error("data directory \"{path}\" {reason}")]
@@ -134,6 +138,8 @@ pub struct RestoreReport {
     pub plan: RestorePlan,
     pub moved_aside: Option<PathBuf>,
     pub recovery_lines: Vec<(String, String)>,
+    /// Whether, and where, the restored server archives once started.
+    pub archiving: String,
 }
 
 /// Loads what planning needs and plans. Writes nothing.
@@ -189,13 +195,63 @@ pub fn recovery_lines(plan: &RestorePlan, opts: &RestoreOptions) -> Vec<(String,
         (_, None) if !opts.standby => Some(TargetAction::Promote),
         (_, None) => None,
     };
-    plan_recovery_lines(&RecoverySettings {
+    let mut lines = plan_recovery_lines(&RecoverySettings {
         restore_command: opts.restore_command.clone(),
         target: opts.target.clone(),
         target_timeline: plan.target_timeline,
         target_action: action,
         inclusive: opts.inclusive,
-    })
+    });
+    if opts.archive_off {
+        lines.push(("archive_mode".to_owned(), "'off'".to_owned()));
+    }
+    lines
+}
+
+/// What the restored server will do about archiving once started, read
+/// from its postgresql.conf and then postgresql.auto.conf (the later
+/// setting wins, as in PostgreSQL). Include directives are not followed;
+/// the text says so when the files use them.
+pub fn plan_archiving_summary(conf: &str, auto_conf: &str) -> String {
+    let mut mode = "off".to_string();
+    let mut command = String::new();
+    let mut library = String::new();
+    let mut includes = false;
+    for line in conf.lines().chain(auto_conf.lines()) {
+        let line = line.trim();
+        if line.starts_with('#') {
+            continue;
+        }
+        let Some((name, value)) = line.split_once('=').or_else(|| line.split_once(' ')) else {
+            continue;
+        };
+        let name = name.trim().to_ascii_lowercase();
+        let value = value.split(" #").next().unwrap_or("").trim();
+        let value = value
+            .strip_prefix('\'')
+            .and_then(|v| v.strip_suffix('\''))
+            .map(|v| v.replace("''", "'"))
+            .unwrap_or_else(|| value.to_string());
+        match name.as_str() {
+            "archive_mode" => mode = value.to_ascii_lowercase(),
+            "archive_command" => command = value,
+            "archive_library" => library = value,
+            n if n.starts_with("include") => includes = true,
+            _ => {}
+        }
+    }
+    let caveat = if includes {
+        " (the configuration includes other files, which may change this)"
+    } else {
+        ""
+    };
+    if !matches!(mode.as_str(), "on" | "always" | "true" | "yes" | "1") {
+        return format!("off: archive_mode = '{mode}'{caveat}");
+    }
+    if !library.is_empty() {
+        return format!("ON: archive_library '{library}'{caveat}; pass --archive-mode off for a copy that must not archive");
+    }
+    format!("ON: archive_command '{command}' once started{caveat}; pass --archive-mode off for a copy that must not archive")
 }
 
 /// Whether the process in a postmaster.pid file is alive.
@@ -281,7 +337,24 @@ pub async fn apply(
 ) -> Result<RestoreReport, RestoreError> {
     let pgdata = opts.pgdata.clone();
     let manifest = &plan.backup;
+    manifest
+        .check_paths()
+        .map_err(|reason| RestoreError::BadManifest {
+            label: manifest.label.clone(),
+            reason,
+        })?;
     let tablespaces = plan_tablespace_locations(manifest, &opts.tablespace_map)?;
+    for ts in &tablespaces {
+        if !crate::repo::manifest::is_clean_absolute_path(&ts.location) {
+            return Err(RestoreError::Target {
+                path: PathBuf::from(&ts.location),
+                reason: format!(
+                    "(tablespace {}) is not an absolute, normalised path\nHINT: give --tablespace-map {}=/absolute/dir",
+                    ts.oid, ts.oid
+                ),
+            });
+        }
+    }
 
     // Nothing is written until every target directory is known to be free.
     for ts in &tablespaces {
@@ -370,17 +443,26 @@ pub async fn apply(
     };
     write_small(&pgdata.join(signal), b"")?;
 
-    // Everything is on disk before pg_control appears.
+    // Everything is on disk before pg_control appears, on every file
+    // system written to: tablespaces may live on others.
     sync_filesystem(&pgdata)?;
+    for ts in &tablespaces {
+        sync_filesystem(Path::new(&ts.location))?;
+    }
     restore_files(repo, &pgdata, control, 1).await?;
     sync_filesystem(&pgdata)?;
     if let Some(parent) = pgdata.parent() {
         give_to_parent_owner(&pgdata, parent, &tablespaces)?;
     }
+    let archiving = plan_archiving_summary(
+        &fs::read_to_string(pgdata.join("postgresql.conf")).unwrap_or_default(),
+        &fs::read_to_string(&auto_conf).unwrap_or_default(),
+    );
     Ok(RestoreReport {
         plan,
         moved_aside,
         recovery_lines: lines,
+        archiving,
     })
 }
 
@@ -471,10 +553,13 @@ async fn restore_one(
                 .map_err(io_err("create directory", parent))?;
         }
     }
+    // The data directory started empty and walvault made every directory
+    // and link in it; O_NOFOLLOW and create_new make sure no file is
+    // written through a symlink someone else placed.
     let mut file = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
+        .custom_flags(libc::O_NOFOLLOW)
         .mode(file_mode(entry.mode))
         .open(&path)
         .map_err(io_err("create", &path))?;
@@ -505,4 +590,28 @@ async fn restore_one(
         file.sync_all().map_err(io_err("fsync", &path))?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod archiving_tests {
+    use super::plan_archiving_summary;
+
+    #[test]
+    fn later_settings_win_and_off_is_plain() {
+        let conf = "archive_mode = on\narchive_command = 'walvault-push --repo /a %p'\n";
+        let s = plan_archiving_summary(conf, "");
+        assert!(
+            s.contains("ON: archive_command 'walvault-push --repo /a %p'"),
+            "{s}"
+        );
+        let auto = "archive_command = 'walvault-push --repo /b %p'\n";
+        assert!(plan_archiving_summary(conf, auto).contains("/b %p"));
+        let off = "archive_mode = 'off'\n";
+        assert!(plan_archiving_summary(conf, off).starts_with("off"));
+        assert!(plan_archiving_summary("", "").starts_with("off"));
+        assert!(
+            plan_archiving_summary("include 'x.conf'\narchive_mode = on\n", "")
+                .contains("includes other files")
+        );
+    }
 }

@@ -924,7 +924,7 @@ mod tests {
         wal: &[WalObject],
     ) -> Repository {
         let repo = Repository::new(store, CompressSettings::default());
-        repo.bind(
+        repo.init(
             &ClusterIdentity {
                 system_identifier: 7,
                 wal_segment_size: SIZE,

@@ -332,6 +332,7 @@ mod tests {
     async fn local_store_conforms() {
         let dir = tempfile::tempdir().expect("temp dir");
         let store = LocalStore::new(dir.path().join("repo")).expect("local store");
+        store.create_root().await.expect("create root");
         run_all(&store, "conformance").await;
         // No temporary file is left behind by any of the checks.
         let mut leftovers = Vec::new();
@@ -360,6 +361,35 @@ mod tests {
         for bad in ["", "/abs", "a//b", "a/../b", "a/.hidden", "sp ace", "a/"] {
             assert!(Key::new(bad).is_err(), "{bad:?} must be rejected");
         }
+    }
+
+    /// An unmounted or mistyped repository directory is never created by a
+    /// put: the root appears only through `create_root` (`walvault init`).
+    #[tokio::test]
+    async fn missing_local_root_is_never_created() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path().join("not-mounted");
+        let store = LocalStore::new(&root).expect("local store");
+        let key = Key::new("wal/x").unwrap();
+        let err = store
+            .put_bytes(&key, Bytes::from_static(b"x"), PutMode::Create)
+            .await
+            .expect_err("put into a missing root");
+        assert!(err.to_string().contains("does not exist"), "{err}");
+        assert!(
+            store.list(None).await.is_err(),
+            "listing a missing root fails"
+        );
+        assert!(matches!(
+            store.get_bytes(&key).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        assert!(!root.exists(), "nothing was created");
+        store.create_root().await.expect("create root");
+        store
+            .put_bytes(&key, Bytes::from_static(b"x"), PutMode::Create)
+            .await
+            .expect("put after create_root");
     }
 
     #[test]

@@ -114,6 +114,10 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
     fn describe(&self) -> String {
         format!("faulty {}", self.inner.describe())
     }
+
+    async fn create_root(&self) -> Result<()> {
+        self.inner.create_root().await
+    }
 }
 
 struct FaultyWriter<S> {

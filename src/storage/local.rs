@@ -42,7 +42,10 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
-    /// A store rooted at `root`, which is created (mode 0700) if missing.
+    /// A store rooted at `root`. Nothing is created: a missing root is an
+    /// error at the first put or list (an unmounted mount point must never
+    /// quietly become a new repository); only [`ObjectStore::create_root`],
+    /// called by `walvault init`, creates it.
     pub fn new(root: impl Into<PathBuf>) -> Result<LocalStore> {
         let root = root.into();
         if !root.is_absolute() {
@@ -51,11 +54,6 @@ impl LocalStore {
                 root.display()
             )));
         }
-        create_dirs_durably(&root, None).map_err(|source| StorageError::Io {
-            op: "create repository directory",
-            key: root.display().to_string(),
-            source,
-        })?;
         // SAFETY: geteuid has no preconditions.
         let owner = if unsafe { libc::geteuid() } == 0 {
             use std::os::unix::fs::MetadataExt;
@@ -75,6 +73,35 @@ impl LocalStore {
 
     fn path(&self, key: &Key) -> PathBuf {
         self.root.join(key.as_str())
+    }
+
+    /// Fails unless the root directory exists.
+    fn check_root(&self) -> Result<()> {
+        match fs::metadata(&self.root) {
+            Ok(m) if m.is_dir() => Ok(()),
+            Ok(_) => Err(StorageError::Config(format!(
+                "local repository \"{}\" is not a directory",
+                self.root.display()
+            ))),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::Config(format!(
+                "local repository directory \"{}\" does not exist\nHINT: mount the file system that holds it, or create the repository with walvault init",
+                self.root.display()
+            ))),
+            Err(source) => Err(StorageError::Io {
+                op: "stat repository directory",
+                key: self.root.display().to_string(),
+                source,
+            }),
+        }
+    }
+
+    /// Creates the directories of `dir` below the root, never the root.
+    fn create_dirs_below_root(&self, dir: &Path, key: &Key) -> Result<()> {
+        if dir.is_dir() {
+            return Ok(());
+        }
+        self.check_root()?;
+        create_dirs_durably(dir, self.owner).map_err(|e| io_err("create directory for", key, e))
     }
 }
 
@@ -179,8 +206,7 @@ impl ObjectStore for LocalStore {
     async fn put(&self, key: &Key, mode: PutMode) -> Result<Box<dyn ObjectWriter>> {
         let dest = self.path(key);
         if let Some(dir) = dest.parent() {
-            create_dirs_durably(dir, self.owner)
-                .map_err(|e| io_err("create directory for", key, e))?;
+            self.create_dirs_below_root(dir, key)?;
         }
         let tmp = temp_path_for(&dest);
         use std::os::unix::fs::OpenOptionsExt;
@@ -195,8 +221,7 @@ impl ObjectStore for LocalStore {
             // A concurrent delete removed the directory as it emptied.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(dir) = dest.parent() {
-                    create_dirs_durably(dir, self.owner)
-                        .map_err(|e| io_err("create directory for", key, e))?;
+                    self.create_dirs_below_root(dir, key)?;
                 }
                 open()
             }
@@ -217,6 +242,7 @@ impl ObjectStore for LocalStore {
     }
 
     async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        self.check_root()?;
         let prefix = prefix.unwrap_or("");
         // Walk only below the deepest directory the prefix names.
         let start_rel = match prefix.rfind('/') {
@@ -255,6 +281,14 @@ impl ObjectStore for LocalStore {
 
     fn describe(&self) -> String {
         format!("local \"{}\"", self.root.display())
+    }
+
+    async fn create_root(&self) -> Result<()> {
+        create_dirs_durably(&self.root, None).map_err(|source| StorageError::Io {
+            op: "create repository directory",
+            key: self.root.display().to_string(),
+            source,
+        })
     }
 }
 

@@ -28,6 +28,7 @@ pub mod conformance;
 pub mod faulty;
 pub mod local;
 pub mod memory;
+pub mod readonly;
 pub mod s3;
 
 /// A key in the object store: `/`-separated segments of `[A-Za-z0-9._-]`,
@@ -185,6 +186,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// A short description for messages, e.g. `local "/var/lib/walvault"`.
     fn describe(&self) -> String;
+
+    /// Prepares the store's root for `walvault init`, the only caller: a
+    /// local directory is created; a bucket must already exist. No other
+    /// operation ever creates the root.
+    async fn create_root(&self) -> Result<()> {
+        Ok(())
+    }
 
     /// Reads a whole object into memory. Only for small objects (headers,
     /// manifests).

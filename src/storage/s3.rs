@@ -10,7 +10,11 @@
 //!   does not implement conditional writes (501), the backend falls back to a
 //!   HEAD before the write, which is not atomic against a concurrent writer.
 //! - Throttling, 5xx, timeouts and connection failures are retried with
-//!   exponential backoff by the SDK's standard retry strategy.
+//!   exponential backoff by the SDK's standard retry strategy. Every
+//!   request has a connect timeout, a read timeout, a per-attempt timeout
+//!   and an overall timeout (`s3_timeout_secs`, default 20 s per attempt,
+//!   three times that per request), so a stalled server fails a push
+//!   instead of holding archive_command.
 //! - Credentials: static `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` are used
 //!   directly; otherwise the profile files, web identity and container
 //!   providers, and the EC2 instance metadata service only on EC2 (or when
@@ -50,6 +54,11 @@ pub struct S3Settings {
     /// Attempts per request, including the first.
     pub max_attempts: u32,
     pub connect_timeout: Duration,
+    /// Longest wait for one attempt of one request (and for any pause in a
+    /// response body); the whole request, retries included, gets
+    /// [`S3Settings::OPERATION_TIMEOUT_FACTOR`] times this. A stalled server
+    /// thus cannot hold archive_command for minutes.
+    pub request_timeout: Duration,
     /// Access key id and secret from the config file; `None` uses the
     /// standard AWS chain.
     pub static_credentials: Option<(String, String)>,
@@ -57,6 +66,8 @@ pub struct S3Settings {
 
 impl S3Settings {
     pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+    pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
+    pub const OPERATION_TIMEOUT_FACTOR: u32 = 3;
 
     /// Parses `s3://bucket/prefix`.
     pub fn from_url(url: &str) -> Result<S3Settings> {
@@ -79,6 +90,7 @@ impl S3Settings {
             parts_in_flight: 4,
             max_attempts: 4,
             connect_timeout: Duration::from_secs(3),
+            request_timeout: Self::DEFAULT_REQUEST_TIMEOUT,
             static_credentials: None,
         })
     }
@@ -112,7 +124,9 @@ impl S3Store {
             .with_max_backoff(Duration::from_secs(5));
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
-            .read_timeout(Duration::from_secs(60))
+            .read_timeout(settings.request_timeout)
+            .operation_attempt_timeout(settings.request_timeout)
+            .operation_timeout(settings.request_timeout * S3Settings::OPERATION_TIMEOUT_FACTOR)
             .build();
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -234,6 +248,18 @@ where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
     let status = err.raw_response().map(|r| r.status().as_u16());
+    // A missing bucket is a misconfigured repository, never a missing
+    // object: fetch must not answer "not in the archive" for it.
+    if err.as_service_error().and_then(|e| e.code()) == Some("NoSuchBucket") {
+        return StorageError::Remote {
+            op,
+            key: key.to_string(),
+            message:
+                "NoSuchBucket: the bucket does not exist (check the repository URL and endpoint)"
+                    .to_string(),
+            transient: false,
+        };
+    }
     match status {
         Some(404) if op != "list" => return StorageError::NotFound { key: key.clone() },
         Some(412) => return StorageError::AlreadyExists { key: key.clone() },

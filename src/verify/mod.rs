@@ -52,11 +52,8 @@ impl VerifyReport {
 /// Reads every object back and checks backups and WAL continuity.
 pub async fn run_verify(repo: &Repository, jobs: usize) -> Result<VerifyReport, RepoError> {
     let mut report = VerifyReport::default();
-    let header = repo.read_header().await?;
-    let size = header
-        .as_ref()
-        .and_then(|h| WalSegmentSize::new(h.wal_segment_size).ok())
-        .unwrap_or(WalSegmentSize::DEFAULT);
+    let header = repo.require_header().await?;
+    let size = WalSegmentSize::new(header.wal_segment_size).unwrap_or(WalSegmentSize::DEFAULT);
 
     // 1. Every object, in parallel.
     let mut keys: Vec<Key> = Vec::new();

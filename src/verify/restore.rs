@@ -159,6 +159,7 @@ pub async fn run_restore_verify(
         jobs: opts.jobs,
         restore_command: opts.restore_command.clone(),
         tablespace_map: Default::default(),
+        archive_off: true,
     };
     let planned = plan(repo, &restore_opts).await?;
     // Tablespaces go inside the scratch directory too, never over the
@@ -174,24 +175,18 @@ pub async fn run_restore_verify(
     let bin = find_pg_bin(opts.pg_bin.as_ref(), major)?;
     apply(repo, planned, &restore_opts).await?;
 
-    // Settings for a private, non-archiving server. Later lines win.
+    // A private, non-archiving server. These settings go on the server's
+    // command line, which beats postgresql.conf and postgresql.auto.conf
+    // (where ALTER SYSTEM puts archive_mode and archive_command): the
+    // scratch server must never archive its new timeline into the
+    // repository. Its restore_command opens the repository read-only.
     let socket_dir = scratch.path();
     let hba = scratch.path().join("pg_hba_verify.conf");
     std::fs::write(&hba, "local all all trust\n").map_err(setup("write pg_hba"))?;
-    let conf = pgdata.join("postgresql.conf");
-    let mut text = std::fs::read_to_string(&conf).unwrap_or_default();
-    text.push_str(&format!(
-        "\n# walvault verify --restore\nlisten_addresses = ''\nunix_socket_directories = '{}'\nport = 5432\nhba_file = '{}'\n\
-         archive_mode = off\nshared_preload_libraries = ''\nssl = off\nlogging_collector = off\n",
-        socket_dir.display(),
-        hba.display()
-    ));
-    std::fs::write(&conf, text).map_err(setup("write postgresql.conf"))?;
     if let Some((uid, gid)) = owner {
-        for p in [&conf, &hba] {
-            std::os::unix::fs::chown(p, Some(uid), Some(gid)).map_err(setup("chown"))?;
-        }
+        std::os::unix::fs::chown(&hba, Some(uid), Some(gid)).map_err(setup("chown"))?;
     }
+    let server_options = plan_scratch_server_options(socket_dir, &hba);
     let log = scratch.path().join("server.log");
     let server = Server {
         bin: bin.clone(),
@@ -203,6 +198,8 @@ pub async fn run_restore_verify(
         .arg(&pgdata)
         .arg("-l")
         .arg(&log)
+        .arg("-o")
+        .arg(&server_options)
         .args([
             "-w",
             "-t",
@@ -232,6 +229,28 @@ pub async fn run_restore_verify(
         amcheck_unavailable,
         problems,
     })
+}
+
+/// The scratch server's settings, as `postgres` options for `pg_ctl -o`
+/// (pg_ctl hands them to a shell, so values are shell-quoted).
+pub fn plan_scratch_server_options(socket_dir: &Path, hba: &Path) -> String {
+    let quote = |v: &str| format!("'{}'", v.replace('\'', "'\\''"));
+    [
+        ("listen_addresses", String::new()),
+        ("unix_socket_directories", socket_dir.display().to_string()),
+        ("port", "5432".to_string()),
+        ("hba_file", hba.display().to_string()),
+        ("archive_mode", "off".to_string()),
+        ("archive_command", String::new()),
+        ("shared_preload_libraries", String::new()),
+        ("ssl", "off".to_string()),
+        ("logging_collector", "off".to_string()),
+        ("primary_conninfo", String::new()),
+    ]
+    .iter()
+    .map(|(name, value)| format!("-c {}", quote(&format!("{name}={value}"))))
+    .collect::<Vec<_>>()
+    .join(" ")
 }
 
 /// Stops the scratch server on every path out.

@@ -46,15 +46,6 @@ pub enum HistoryError {
         parent: TimelineId,
         previous: TimelineId,
     },
-    /// A switch point lies before the previous line's.
-    #[error(
-        "line {line}: switch point {switch_point} is before the previous switch point {previous}"
-    )]
-    SwitchPointBackwards {
-        line: usize,
-        switch_point: Lsn,
-        previous: Lsn,
-    },
     /// A parent timeline is not below the timeline the history belongs to.
     #[error("line {line}: parent timeline {parent} is not below timeline {timeline} whose history this is")]
     ParentNotBelowTimeline {
@@ -159,13 +150,11 @@ impl TimelineHistory {
                         previous: previous.parent,
                     });
                 }
-                if switch_point < previous.switch_point {
-                    return Err(HistoryError::SwitchPointBackwards {
-                        line,
-                        switch_point,
-                        previous: previous.switch_point,
-                    });
-                }
+                // No check that switch points increase: PostgreSQL's own
+                // reader does not make one, and it writes a switch point
+                // below its parent's when a recovery target on an older
+                // timeline lies physically inside a later timeline's
+                // segment.
             }
             if parent >= timeline {
                 return Err(HistoryError::ParentNotBelowTimeline {
@@ -186,11 +175,30 @@ impl TimelineHistory {
     /// The timeline that owns `lsn` in this history (`tliOfPointInHistory`):
     /// an entry's parent owns everything before its switch point, and
     /// `self.timeline` owns everything from the last switch point on.
+    ///
+    /// Exactly as PostgreSQL does it, also for switch points that do not
+    /// increase: timelines are tried newest first, each owning
+    /// `[previous switch point, its switch point)`, and the newest owns
+    /// everything from the last switch point on.
     pub fn timeline_at(&self, lsn: Lsn) -> TimelineId {
-        self.entries
-            .iter()
-            .find(|entry| entry.switch_point > lsn)
-            .map_or(self.timeline, |entry| entry.parent)
+        let Some(last) = self.entries.last() else {
+            return self.timeline;
+        };
+        if lsn >= last.switch_point {
+            return self.timeline;
+        }
+        for i in (0..self.entries.len()).rev() {
+            let begin = if i == 0 {
+                Lsn(0)
+            } else {
+                self.entries[i - 1].switch_point
+            };
+            if begin <= lsn && lsn < self.entries[i].switch_point {
+                return self.entries[i].parent;
+            }
+        }
+        // Not in any range (PostgreSQL reports an error here): the oldest.
+        self.entries[0].parent
     }
 
     /// Where ancestor `tli` ended (`tliSwitchPoint`); `None` for
@@ -504,21 +512,21 @@ mod tests {
         ));
     }
 
+    /// PostgreSQL writes such a file when a recovery target on timeline 2
+    /// lies inside a segment that timeline 1 already continued past; its
+    /// reader accepts it, and so must walvault, with the same owners.
     #[test]
-    fn switch_points_must_not_go_back() {
-        let e = history_err(5, "1\t0/5000000\n2\t0/4000000\n");
-        assert_eq!(
-            e,
-            HistoryError::SwitchPointBackwards {
-                line: 2,
-                switch_point: lsn("0/4000000"),
-                previous: lsn("0/5000000")
-            }
-        );
-        assert_eq!(
-            e.to_string(),
-            "line 2: switch point 0/4000000 is before the previous switch point 0/5000000"
-        );
+    fn switch_points_may_go_back_as_postgresql_allows() {
+        let h = TimelineHistory::parse(
+            TimelineId(3),
+            "1\t0/5000000\tno recovery target specified\n2\t0/4800000\tafter LSN\n",
+        )
+        .expect("PostgreSQL reads this file, so walvault does");
+        assert_eq!(h.timeline_at(lsn("0/4900000")), TimelineId(3));
+        assert_eq!(h.timeline_at(lsn("0/4800000")), TimelineId(3));
+        assert_eq!(h.timeline_at(lsn("0/47FFFFF")), TimelineId(1));
+        assert_eq!(h.timeline_at(lsn("0/1000000")), TimelineId(1));
+        assert_eq!(h.timeline_at(lsn("1/0")), TimelineId(3));
     }
 
     #[test]

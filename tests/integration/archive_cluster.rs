@@ -61,6 +61,7 @@ fn archive_and_recover(backend: Backend, initdb_args: &[&str]) {
     let args = access.args.join(" ");
 
     let mut primary = PgCluster::init(dir.path(), "primary", initdb_args);
+    crate::harness::init_repo(&access.args, &primary.data);
     primary.append_conf(&format!(
         "wal_level = replica\narchive_mode = on\narchive_command = '{}/walvault-push {args} %p && cp %p {}/%f'\n",
         bin.display(),

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use walvault::wal::WalSegmentSize;
 
 use crate::harness::wal::write_segment;
-use crate::harness::{run, walvault, Ran, TestDir};
+use crate::harness::{init_local_repo, run, walvault, Ran, TestDir};
 
 const SYSID_A: u64 = 7_311_111_111_111_111_111;
 const SYSID_B: u64 = 7_322_222_222_222_222_222;
@@ -50,6 +50,7 @@ fn push_then_fetch_is_quiet_and_byte_identical() {
     for (size, seg) in [(16, 1u64), (16, 0x1FF), (1, 5)] {
         // One repository per segment size: a repository belongs to one cluster.
         let repo = repo.join(format!("{size}"));
+        init_local_repo(&repo, SYSID_A, size << 20);
         let seg_path = write_segment(&wal, SYSID_A, 1, seg, mib(size), 1);
         let name = seg_path.file_name().unwrap().to_str().unwrap().to_string();
         let out = push(&repo, dir.path(), &seg_path);
@@ -81,6 +82,7 @@ fn push_then_fetch_is_quiet_and_byte_identical() {
 fn history_and_backup_files_round_trip() {
     let dir = TestDir::new("history");
     let repo = dir.path().join("repo");
+    init_local_repo(&repo, SYSID_A, 16 << 20);
     let wal = dir.subdir("wal");
     let seg = write_segment(&wal, SYSID_A, 1, 3, mib(16), 1);
     assert_eq!(push(&repo, dir.path(), &seg).code, 0);
@@ -116,6 +118,7 @@ fn history_and_backup_files_round_trip() {
 fn bad_input_is_refused_with_a_clear_error() {
     let dir = TestDir::new("badinput");
     let repo = dir.path().join("repo");
+    init_local_repo(&repo, SYSID_A, 16 << 20);
     let wal = dir.subdir("wal");
 
     // A missing file.
@@ -174,6 +177,7 @@ fn bad_input_is_refused_with_a_clear_error() {
 fn wal_of_another_cluster_is_refused() {
     let dir = TestDir::new("othercluster");
     let repo = dir.path().join("repo");
+    init_local_repo(&repo, SYSID_A, 16 << 20);
     let a = dir.subdir("a");
     let b = dir.subdir("b");
     let seg_a = write_segment(&a, SYSID_A, 1, 1, mib(16), 1);
@@ -198,6 +202,7 @@ fn wal_of_another_cluster_is_refused() {
 fn duplicates_identical_succeed_and_different_fail_untouched() {
     let dir = TestDir::new("duplicates");
     let repo = dir.path().join("repo");
+    init_local_repo(&repo, SYSID_A, 16 << 20);
     let wal = dir.subdir("wal");
     let seg = write_segment(&wal, SYSID_A, 1, 7, mib(16), 1);
     let name = "000000010000000000000007";
@@ -239,6 +244,7 @@ fn duplicates_identical_succeed_and_different_fail_untouched() {
 fn fetch_of_a_missing_file_exits_1_quietly() {
     let dir = TestDir::new("missing");
     let repo = dir.path().join("repo");
+    init_local_repo(&repo, SYSID_A, 16 << 20);
     let dest = dir.path().join("RECOVERYXLOG");
     for name in ["00000002.history", "000000010000000000000042"] {
         let out = fetch(&repo, dir.path(), name, &dest);
@@ -254,6 +260,7 @@ fn fetch_of_a_missing_file_exits_1_quietly() {
 fn corrupt_object_fails_fetch_without_creating_the_destination() {
     let dir = TestDir::new("corrupt");
     let repo = dir.path().join("repo");
+    init_local_repo(&repo, SYSID_A, 16 << 20);
     let wal = dir.subdir("wal");
     let seg = write_segment(&wal, SYSID_A, 1, 8, mib(16), 1);
     assert_eq!(push(&repo, dir.path(), &seg).code, 0);
@@ -383,4 +390,134 @@ fn missing_configuration_is_a_usage_error() {
         "fetch must not read as 'missing': {}",
         out.stderr
     );
+}
+
+/// A repository that is not there is never an empty archive: push and
+/// fetch neither create it nor read its absence as "missing".
+#[test]
+fn a_repository_that_is_not_there_is_never_an_empty_archive() {
+    let dir = TestDir::new("notthere");
+    let wal = dir.subdir("wal");
+    let seg = write_segment(&wal, SYSID_A, 1, 3, mib(16), 1);
+    let history = wal.join("00000002.history");
+    std::fs::write(&history, "1\t0/3000A28\tno recovery target specified\n").unwrap();
+    let unmounted = dir.path().join("mnt/backup");
+    let empty = dir.subdir("empty");
+    for repo in [&unmounted, &empty] {
+        for file in [&seg, &history] {
+            let out = push(repo, dir.path(), file);
+            assert_eq!(out.code, 9, "{}", out.stderr);
+            assert!(
+                out.stderr.contains("not initialized") && out.stderr.contains("walvault init"),
+                "{}",
+                out.stderr
+            );
+            assert_eq!(
+                out.stderr.lines().count(),
+                2,
+                "ERROR and HINT: {}",
+                out.stderr
+            );
+        }
+        let pgdata = dir.subdir("pgdata");
+        std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+        for name in ["000000010000000000000003", "00000002.history"] {
+            let out = fetch(repo, &pgdata, name, Path::new("pg_wal/RECOVERYXLOG"));
+            assert_eq!(out.code, 128, "never 'missing': {}", out.stderr);
+            assert!(out.stderr.contains("walvault init"), "{}", out.stderr);
+            std::fs::write(pgdata.join("standby.signal"), "").unwrap();
+            let out = fetch(repo, &pgdata, name, Path::new("pg_wal/RECOVERYXLOG"));
+            assert_eq!(out.code, 9, "standby: an ordinary failure: {}", out.stderr);
+            std::fs::remove_file(pgdata.join("standby.signal")).unwrap();
+        }
+    }
+    assert!(
+        !unmounted.exists(),
+        "no command created the unmounted mount point"
+    );
+    assert_eq!(
+        std::fs::read_dir(&empty).unwrap().count(),
+        0,
+        "nothing written"
+    );
+}
+
+/// `init` binds the repository to the cluster the data directory names,
+/// is idempotent, and refuses another cluster; a damaged segment pushed
+/// first can no longer bind the repository to the wrong cluster.
+#[test]
+fn init_binds_once_and_a_damaged_first_segment_cannot() {
+    let dir = TestDir::new("init");
+    let repo = dir.path().join("repo");
+    let wal = dir.subdir("wal");
+    // A segment whose system identifier has one flipped byte.
+    let flipped = write_segment(&wal, SYSID_A ^ 0x0100, 1, 1, mib(16), 1);
+    let out = push(&repo, dir.path(), &flipped);
+    assert_eq!(out.code, 9, "{}", out.stderr);
+    init_local_repo(&repo, SYSID_A, 16 << 20);
+    init_local_repo(&repo, SYSID_A, 16 << 20);
+    let header = std::fs::read_to_string(repo.join("repository.json")).unwrap();
+    assert!(header.contains(&SYSID_A.to_string()), "{header}");
+    let out = push(&repo, dir.path(), &flipped);
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    let good = write_segment(&wal, SYSID_A, 1, 2, mib(16), 1);
+    assert_eq!(push(&repo, dir.path(), &good).code, 0);
+    // Another cluster's init is refused and changes nothing.
+    let other = tempfile::tempdir().unwrap();
+    let data = crate::harness::fake_pgdata(other.path(), SYSID_B, 16 << 20);
+    let out = run(walvault("walvault")
+        .args(["--repo", repo.to_str().unwrap(), "init", "--pgdata"])
+        .arg(&data));
+    assert_eq!(out.code, 7, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_to_string(repo.join("repository.json")).unwrap(),
+        header
+    );
+    // Not a data directory, and an unsupported major, are named.
+    let out = run(walvault("walvault")
+        .args(["--repo", repo.to_str().unwrap(), "init", "--pgdata"])
+        .arg(dir.path()));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    std::fs::write(data.join("PG_VERSION"), "11\n").unwrap();
+    let out = run(walvault("walvault")
+        .args([
+            "--repo",
+            other.path().join("r").to_str().unwrap(),
+            "init",
+            "--pgdata",
+        ])
+        .arg(&data));
+    assert_eq!(out.code, 3, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("PostgreSQL 11 is not supported"),
+        "{}",
+        out.stderr
+    );
+    assert!(!other.path().join("r").exists());
+}
+
+/// A bucket that does not exist is a failure, never "missing".
+#[test]
+fn a_missing_bucket_is_a_failure_not_missing() {
+    let dir = TestDir::new("nobucket");
+    let server = crate::harness::S3Server::start(dir.path(), "bucket");
+    let config = dir.path().join("walvault.toml");
+    std::fs::write(&config, server.config_toml("s3://no-such-bucket/p")).unwrap();
+    let pgdata = dir.subdir("pgdata");
+    std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+    let out = run(walvault("walvault-fetch")
+        .arg("--config")
+        .arg(&config)
+        .args(["000000010000000000000001", "pg_wal/RECOVERYXLOG"])
+        .current_dir(&pgdata));
+    assert_eq!(out.code, 128, "{}", out.stderr);
+    // An existing bucket with nothing under the prefix: not initialized.
+    std::fs::write(&config, server.config_toml("s3://bucket/never-initialized")).unwrap();
+    let out = run(walvault("walvault-fetch")
+        .arg("--config")
+        .arg(&config)
+        .args(["000000010000000000000001", "pg_wal/RECOVERYXLOG"])
+        .current_dir(&pgdata));
+    assert_eq!(out.code, 128, "{}", out.stderr);
+    assert!(out.stderr.contains("not initialized"), "{}", out.stderr);
 }

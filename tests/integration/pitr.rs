@@ -56,6 +56,7 @@ impl Setup {
             }
         };
         let mut primary = PgCluster::init(dir.path(), "primary", &[]);
+        crate::harness::init_repo(&repo_args, &primary.data);
         primary.append_conf(&format!(
             "wal_level = replica\narchive_mode = on\narchive_command = '{}/walvault-push {} %p'\n",
             bin.display(),

@@ -204,3 +204,46 @@ pub fn run(cmd: &mut Command) -> Ran {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// `walvault init` of the repository `repo_args` names, for the cluster
+/// in `pgdata`, as the DBA runs it once before archiving starts.
+pub fn init_repo(repo_args: &[String], pgdata: &Path) {
+    let out = run(walvault("walvault")
+        .args(repo_args)
+        .arg("init")
+        .arg("--pgdata")
+        .arg(pgdata));
+    assert_eq!(
+        out.code, 0,
+        "walvault init failed\nstdout: {}\nstderr: {}",
+        out.stdout, out.stderr
+    );
+}
+
+/// A minimal data directory for tests of synthetic WAL: `PG_VERSION` and a
+/// `global/pg_control` with the fields walvault reads, laid out as
+/// PostgreSQL 15 writes them.
+pub fn fake_pgdata(dir: &Path, system_identifier: u64, segment_size: u64) -> PathBuf {
+    let data = dir.join("fake-pgdata");
+    std::fs::create_dir_all(data.join("global")).expect("create fake pgdata");
+    std::fs::write(data.join("PG_VERSION"), "15\n").expect("write PG_VERSION");
+    let mut control = vec![0u8; 8192];
+    control[0..8].copy_from_slice(&system_identifier.to_le_bytes());
+    control[8..12].copy_from_slice(&1300u32.to_le_bytes());
+    // floatFormat, blcksz, relseg_size, xlog_blcksz, xlog_seg_size.
+    let at = 240;
+    control[at..at + 8].copy_from_slice(&1234567.0f64.to_le_bytes());
+    control[at + 8..at + 12].copy_from_slice(&8192u32.to_le_bytes());
+    control[at + 12..at + 16].copy_from_slice(&131072u32.to_le_bytes());
+    control[at + 16..at + 20].copy_from_slice(&8192u32.to_le_bytes());
+    control[at + 20..at + 24].copy_from_slice(&(segment_size as u32).to_le_bytes());
+    std::fs::write(data.join("global/pg_control"), control).expect("write pg_control");
+    data
+}
+
+/// `walvault init` of a local repository for a synthetic cluster.
+pub fn init_local_repo(repo: &Path, system_identifier: u64, segment_size: u64) {
+    let scratch = tempfile::tempdir().expect("temp dir");
+    let data = fake_pgdata(scratch.path(), system_identifier, segment_size);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+}

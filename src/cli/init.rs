@@ -1,0 +1,95 @@
+//! `walvault init --pgdata DIR`: the one command that creates a repository.
+//!
+//! It reads the cluster's identity (system identifier, WAL segment size,
+//! major version) from `global/pg_control` and `PG_VERSION`, so it works
+//! whether the cluster runs or not, and writes the repository header,
+//! create-only. Run again for the same cluster it changes nothing and
+//! succeeds; for another cluster it fails. Every other command refuses a
+//! repository without a header.
+
+use std::path::PathBuf;
+
+use crate::config::{GlobalArgs, RepoLocation};
+use crate::exit::Exit;
+use crate::pg::control::read_control;
+
+use super::logging::report_error;
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    /// The cluster's data directory (the cluster may be running or stopped)
+    #[arg(long, short = 'D', value_name = "DIR")]
+    pub pgdata: PathBuf,
+}
+
+pub async fn run(program: &str, global: &GlobalArgs, args: &InitArgs) -> Exit {
+    let settings = match super::settings(program, global) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let facts = match read_control(&args.pgdata) {
+        Ok(f) => f,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::BadInput;
+        }
+    };
+    if let RepoLocation::Local(root) = &settings.repo {
+        // Run as root (from a setup script), hand a new repository
+        // directory to the cluster's owner: PostgreSQL runs walvault-push
+        // as that user.
+        if !root.exists() {
+            let owner = owner_when_root(&args.pgdata);
+            if let Err(e) = crate::storage::local::create_dirs_durably(root, owner) {
+                report_error(
+                    program,
+                    &format!("create repository directory \"{}\": {e}", root.display()),
+                );
+                return Exit::Storage;
+            }
+        }
+    }
+    let repo = match settings.open_repository() {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Usage;
+        }
+    };
+    let what = format!("the cluster at \"{}\"", args.pgdata.display());
+    match repo.init(&facts.identity(), &what).await {
+        Ok((_, created)) => {
+            println!(
+                "{} {}: PostgreSQL {} cluster {}, {} WAL segments",
+                if created {
+                    "initialized"
+                } else {
+                    "already initialized for this cluster; nothing changed:"
+                },
+                repo.describe(),
+                facts.pg_major,
+                facts.system_identifier,
+                super::human_bytes(facts.wal_segment_size.bytes())
+            );
+            Exit::Ok
+        }
+        Err(e) => {
+            report_error(program, &e);
+            super::wal::repo_exit(&e)
+        }
+    }
+}
+
+/// The data directory's owner, when walvault runs as root and the owner
+/// is someone else.
+fn owner_when_root(data_dir: &std::path::Path) -> Option<(u32, u32)> {
+    use std::os::unix::fs::MetadataExt;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    std::fs::metadata(data_dir)
+        .ok()
+        .map(|m| (m.uid(), m.gid()))
+        .filter(|(uid, _)| *uid != 0)
+}
