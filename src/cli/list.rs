@@ -51,6 +51,10 @@ pub struct BackupRow {
 #[derive(Debug, Serialize)]
 pub struct TimelineRow {
     pub timeline: u32,
+    /// The timeline this one branched from, and where (from its history
+    /// file); `null` for a timeline without one.
+    pub parent: Option<u32>,
+    pub branch_point: Option<String>,
     pub first_segment: Option<String>,
     pub last_segment: Option<String>,
     pub segments: usize,
@@ -87,6 +91,7 @@ pub fn build_report(
     header_sysid: Option<String>,
     backups: &[BackupListing],
     wal: &[WalObject],
+    histories: &BTreeMap<TimelineId, crate::wal::TimelineHistory>,
 ) -> ListReport {
     let rows = backups
         .iter()
@@ -137,8 +142,11 @@ pub fn build_report(
                 });
             }
         }
+        let branch = histories.get(&tli).and_then(|h| h.entries.last());
         timelines.push(TimelineRow {
             timeline: tli.0,
+            parent: branch.map(|e| e.parent.0),
+            branch_point: branch.map(|e| e.switch_point.to_string()),
             first_segment: segments.first().map(|s| s.1.to_string()),
             last_segment: segments.last().map(|s| s.1.to_string()),
             segments: segments.len(),
@@ -176,17 +184,24 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ListArgs) -> Exit {
         let header = repo.read_header().await?;
         let backups = repo.list_backups().await?;
         let wal = repo.list_wal().await?;
-        Ok::<_, crate::repo::RepoError>((header, backups, wal))
+        let histories = repo.read_histories(&wal).await?;
+        Ok::<_, crate::repo::RepoError>((header, backups, wal, histories))
     }
     .await;
-    let (header, backups, wal) = match loaded {
+    let (header, backups, wal, histories) = match loaded {
         Ok(x) => x,
         Err(e) => {
             report_error(program, &e);
             return Exit::Storage;
         }
     };
-    let report = build_report(&repo, header.map(|h| h.system_identifier), &backups, &wal);
+    let report = build_report(
+        &repo,
+        header.map(|h| h.system_identifier),
+        &backups,
+        &wal,
+        &histories,
+    );
     if args.json {
         println!(
             "{}",
@@ -235,8 +250,8 @@ fn print_human(r: &ListReport) {
         println!("no archived WAL");
     } else {
         println!(
-            "{:>3}  {:<24} {:<24} {:>8} {:>10}  {:<27} GAPS",
-            "TLI", "FIRST", "LAST", "FILES", "STORED", "NEWEST ARCHIVED"
+            "{:>3}  {:<18} {:<24} {:<24} {:>8} {:>10}  {:<27} GAPS",
+            "TLI", "BRANCHED FROM", "FIRST", "LAST", "FILES", "STORED", "NEWEST ARCHIVED"
         );
         for t in &r.wal {
             let gaps = if t.gaps.is_empty() {
@@ -248,9 +263,14 @@ fn print_human(r: &ListReport) {
                     .collect::<Vec<_>>()
                     .join(", ")
             };
+            let branched = match (t.parent, &t.branch_point) {
+                (Some(parent), Some(at)) => format!("{parent} at {at}"),
+                _ => "-".to_string(),
+            };
             println!(
-                "{:>3}  {:<24} {:<24} {:>8} {:>10}  {:<27} {}",
+                "{:>3}  {:<18} {:<24} {:<24} {:>8} {:>10}  {:<27} {}",
                 t.timeline,
+                branched,
                 t.first_segment.as_deref().unwrap_or("-"),
                 t.last_segment.as_deref().unwrap_or("-"),
                 t.segments + t.other_files,
@@ -303,7 +323,7 @@ mod tests {
             seg(0x0FFE),
             seg(0x1002),
         ];
-        let report = build_report(&repo, None, &[], &objects);
+        let report = build_report(&repo, None, &[], &objects, &BTreeMap::new());
         let row = &report.wal[0];
         assert_eq!((row.segments, row.other_files), (2, 1));
         assert_eq!(row.gaps.len(), 1);

@@ -363,6 +363,38 @@ impl Repository {
         Ok(listings)
     }
 
+    /// The parsed history file of every timeline that has one in `wal`.
+    /// A history file that does not parse is an error naming it.
+    pub async fn read_histories(
+        &self,
+        wal: &[WalObject],
+    ) -> Result<
+        std::collections::BTreeMap<crate::wal::TimelineId, crate::wal::TimelineHistory>,
+        RepoError,
+    > {
+        let mut out = std::collections::BTreeMap::new();
+        for w in wal {
+            if let crate::wal::WalFileName::History { timeline } = w.name {
+                let mut text = Vec::new();
+                object::read_object(self.store(), &w.key, &mut |p: &[u8]| {
+                    text.extend_from_slice(p);
+                    Ok(())
+                })
+                .await?;
+                let text = String::from_utf8_lossy(&text);
+                let history = crate::wal::TimelineHistory::parse(timeline, &text).map_err(|e| {
+                    RepoError::HeaderCorrupt {
+                        key: w.key.to_string(),
+                        repo: self.describe(),
+                        reason: e.to_string(),
+                    }
+                })?;
+                out.insert(timeline, history);
+            }
+        }
+        Ok(out)
+    }
+
     /// Every archived WAL object, sorted by key (so by timeline, then
     /// position). Needs the header for the segment size; a repository
     /// without one is [`RepoError::NotInitialized`].

@@ -169,6 +169,13 @@ pub enum PlanError {
         archive_end: Lsn,
     },
 
+    #[error("recovery target {target} is ambiguous: more than one timeline passed it after they diverged ({candidates})\nHINT: say which history you want with --target-timeline N, e.g. --target-timeline {example}; walvault list shows each timeline's parent and branch point")]
+    AmbiguousTimeline {
+        target: String,
+        candidates: String,
+        example: TimelineId,
+    },
+
     #[error("target LSN {target} is past the end of the archived WAL on the restore path ({archive_end}, in {last_wal})\nHINT: wait until the WAL holding it is archived (pg_switch_wal() on the server forces the current file out), or choose an earlier target")]
     LsnBeyondArchive {
         target: Lsn,
@@ -185,13 +192,185 @@ pub enum PlanError {
 }
 
 /// Decides the whole restore; see the module documentation for the model.
+///
+/// Without an explicit target timeline, a time, LSN or transaction target
+/// is planned on every timeline the repository knows. Timelines that reach
+/// the target and agree on what it holds are fine (the newest is
+/// followed); two that both pass it after they diverged make the target
+/// ambiguous, which is refused with [`PlanError::AmbiguousTimeline`]
+/// rather than resolved silently. Other targets follow the latest
+/// timeline, as `recovery_target_timeline = 'latest'` would.
 pub fn plan_restore(input: &PlanInput) -> Result<RestorePlan, PlanError> {
     if input.backups.is_empty() {
         return Err(PlanError::NoBackups);
     }
-    let target_timeline = input
-        .target_timeline
-        .unwrap_or_else(|| plan_latest_timeline(input.backups, input.wal, input.histories));
+    if let Some(timeline) = input.target_timeline {
+        return plan_on_timeline(input, timeline);
+    }
+    let latest = plan_latest_timeline(input.backups, input.wal, input.histories);
+    if !matches!(
+        input.target,
+        RecoveryTarget::Time(_) | RecoveryTarget::Lsn(_) | RecoveryTarget::Xid(_)
+    ) {
+        return plan_on_timeline(input, latest);
+    }
+    let reachers: Vec<RestorePlan> = known_timelines(input)
+        .into_iter()
+        .rev()
+        .filter_map(|timeline| plan_on_timeline(input, timeline).ok())
+        .collect();
+    if reachers.is_empty() {
+        // No timeline reaches it: the latest one says why.
+        return plan_on_timeline(input, latest);
+    }
+    if let Some(error) = plan_ambiguity(input, &reachers) {
+        return Err(error);
+    }
+    Ok(reachers.into_iter().next().expect("not empty"))
+}
+
+/// Every timeline the repository shows: histories, segments, backups.
+fn known_timelines(input: &PlanInput) -> BTreeSet<TimelineId> {
+    let mut set = BTreeSet::new();
+    for (tli, history) in input.histories {
+        set.insert(*tli);
+        set.extend(history.entries.iter().map(|entry| entry.parent));
+    }
+    for object in input.wal {
+        if let WalFileName::Segment { timeline, .. } = object.name {
+            set.insert(timeline);
+        }
+    }
+    set.extend(input.backups.iter().map(|backup| backup.timeline));
+    set
+}
+
+/// The timeline whose WAL holds `lsn` on a path: the step containing it
+/// (the first step also owns everything before it).
+fn owner_on_path(path: &[TimelineStep], lsn: Lsn) -> TimelineId {
+    path.iter()
+        .rev()
+        .find(|(_, begin, _)| *begin <= lsn)
+        .or(path.first())
+        .map(|(tli, _, _)| *tli)
+        .unwrap_or(TimelineId::FIRST)
+}
+
+/// The first LSN at which two paths are on different timelines' WAL.
+fn divergence(a: &[TimelineStep], b: &[TimelineStep]) -> Option<Lsn> {
+    let mut points: Vec<Lsn> = a.iter().chain(b).map(|(_, begin, _)| *begin).collect();
+    points.push(Lsn(0));
+    points.sort();
+    points
+        .into_iter()
+        .find(|lsn| owner_on_path(a, *lsn) != owner_on_path(b, *lsn))
+}
+
+/// The time PostgreSQL recorded as the recovery target where a timeline
+/// branched at `at` ("before 2026-…" or "after 2026-…" in a history file),
+/// if it was a time target.
+fn branch_target_time(input: &PlanInput, at: Lsn) -> Option<Timestamp> {
+    input
+        .histories
+        .values()
+        .flat_map(|history| history.entries.iter())
+        .filter(|entry| entry.switch_point == at)
+        .find_map(|entry| {
+            let reason = entry.reason.trim();
+            let time = reason
+                .strip_prefix("before ")
+                .or_else(|| reason.strip_prefix("after "))?;
+            super::target::parse_target_time(time).ok()
+        })
+}
+
+/// Whether `plan`'s path holds archived WAL of its own from `from` on
+/// (archived at or after `since`, when given): a segment whose timeline
+/// owns, on this path, the part of it at or after `from`.
+fn has_own_wal_after(
+    plan: &RestorePlan,
+    input: &PlanInput,
+    from: Lsn,
+    since: Option<Timestamp>,
+) -> bool {
+    let size = input.wal_segment_size;
+    input.wal.iter().any(|object| match object.name {
+        WalFileName::Segment {
+            timeline, segment, ..
+        } => {
+            segment >= from.segment_no(size)
+                && owner_on_path(&plan.timeline_path, segment.start_lsn(size).max(from)) == timeline
+                && since.is_none_or(|t| {
+                    Timestamp::from_second(object.archived_unix_secs).is_ok_and(|a| a >= t)
+                })
+        }
+        _ => false,
+    })
+}
+
+/// The refusal when two timelines that reach the target passed it after
+/// they diverged, so they hold different states for it.
+fn plan_ambiguity(input: &PlanInput, reachers: &[RestorePlan]) -> Option<PlanError> {
+    let mut involved: BTreeMap<TimelineId, &RestorePlan> = BTreeMap::new();
+    for (i, a) in reachers.iter().enumerate() {
+        for b in &reachers[i + 1..] {
+            let Some(d) = divergence(&a.timeline_path, &b.timeline_path) else {
+                continue;
+            };
+            let both_passed = match input.target {
+                RecoveryTarget::Lsn(lsn) => *lsn >= d,
+                RecoveryTarget::Time(time) => match branch_target_time(input, d) {
+                    Some(branched_at) => *time > branched_at,
+                    None => {
+                        has_own_wal_after(a, input, d, Some(*time))
+                            && has_own_wal_after(b, input, d, Some(*time))
+                    }
+                },
+                RecoveryTarget::Xid(_) => {
+                    has_own_wal_after(a, input, d, None) && has_own_wal_after(b, input, d, None)
+                }
+                _ => false,
+            };
+            if both_passed {
+                involved.insert(a.target_timeline, a);
+                involved.insert(b.target_timeline, b);
+            }
+        }
+    }
+    if involved.is_empty() {
+        return None;
+    }
+    let candidates: Vec<String> = involved
+        .values()
+        .map(|plan| {
+            let branch = match plan.timeline_path.len() {
+                0 | 1 => String::new(),
+                n => {
+                    let (parent, _, end) = plan.timeline_path[n - 2];
+                    format!(
+                        ", branched from timeline {parent} at {}",
+                        end.unwrap_or(Lsn(0))
+                    )
+                }
+            };
+            format!(
+                "timeline {}{branch}, archived to {}",
+                plan.target_timeline, plan.last_wal
+            )
+        })
+        .collect();
+    Some(PlanError::AmbiguousTimeline {
+        target: input.target.to_string(),
+        candidates: candidates.join("; "),
+        example: *involved.keys().next().expect("not empty"),
+    })
+}
+
+/// Plans the restore along one timeline.
+fn plan_on_timeline(
+    input: &PlanInput,
+    target_timeline: TimelineId,
+) -> Result<RestorePlan, PlanError> {
     let (backup, timeline_path) = match input.backup {
         BackupChoice::Label(label) => {
             let backup = find_backup(input.backups, label)?;
@@ -339,20 +518,33 @@ pub fn plan_timeline_path(
         .position(|entry| entry.parent == backup.timeline)
         .ok_or_else(not_descendant)?;
     let entries = &history.entries[fork..];
+    // PostgreSQL looks a position up newest timeline first, so a timeline
+    // ends at the lowest switch point at or after its own: a later branch
+    // made from an earlier point cuts it short. Timelines cut to nothing
+    // are skipped. (Switch points normally increase; PostgreSQL writes one
+    // that goes back when a recovery target on an older timeline lies
+    // inside a later timeline's segment.)
+    let mut ends: Vec<Lsn> = entries.iter().map(|entry| entry.switch_point).collect();
+    for i in (0..ends.len().saturating_sub(1)).rev() {
+        ends[i] = ends[i].min(ends[i + 1]);
+    }
     let mut path = Vec::with_capacity(entries.len() + 1);
     let mut start = backup.start_lsn;
-    for (index, entry) in entries.iter().enumerate() {
-        if index == 0 && entry.switch_point < backup.stop_lsn {
+    for (index, (entry, end)) in entries.iter().zip(ends).enumerate() {
+        if index == 0 && end < backup.stop_lsn {
             return Err(PlanError::TimelineForkedBeforeBackup {
                 timeline: target,
                 backup_timeline: backup.timeline,
-                switch_point: entry.switch_point,
+                switch_point: end,
                 label: backup.label.clone(),
                 stop_lsn: backup.stop_lsn,
             });
         }
-        path.push((entry.parent, start, Some(entry.switch_point)));
-        start = entry.switch_point;
+        if index > 0 && end <= start {
+            continue;
+        }
+        path.push((entry.parent, start, Some(end)));
+        start = end;
     }
     path.push((target, start, None));
     Ok(path)
@@ -1571,9 +1763,13 @@ mod tests {
         assert_eq!(plan.target_timeline, tli(2));
         assert_eq!(plan.last_wal, seg_name(1, 5));
         assert_eq!(plan.wal_files, 4);
+        // Past the switch point only timeline 1 (whose full copy of 5
+        // holds WAL beyond it) reaches the LSN, so it is followed...
+        let past = case.clone_with(RecoveryTarget::Lsn(Lsn(5 * SEG + 0x100)));
+        assert_eq!(past.ok().target_timeline, tli(1));
+        // ...while timeline 2, when asked for, ends at the switch point.
         assert_eq!(
-            case.clone_with(RecoveryTarget::Lsn(Lsn(5 * SEG + 0x100)))
-                .err(),
+            past.timeline(2).err(),
             PlanError::LsnBeyondArchive {
                 target: Lsn(5 * SEG + 0x100),
                 archive_end: Lsn(5 * SEG + 0x100),
@@ -1802,5 +1998,104 @@ mod tests {
             assert!(!first.ends_with('.') && !hint.ends_with('.'), "{msg}");
             assert!(!hint.contains('\n'), "{msg}");
         }
+    }
+
+    /// Timeline 2 branched from timeline 1 in segment 5, and both went on:
+    /// a target both passed after the branch is refused, one before it or
+    /// reached by one timeline only is followed.
+    fn branched(reason: &str) -> Case {
+        let a = backup(
+            "a",
+            1,
+            2 * SEG + 0x28,
+            3 * SEG + 0x100,
+            "2026-11-21T10:03:30Z",
+        );
+        let mut wal = segments(1, 1, 8);
+        wal.extend((5..=7).map(|n| segment(2, n, &format!("2026-11-21T10:2{n}:00Z"))));
+        Case::new(vec![a], wal).history(2, &format!("1\t0/5000100\t{reason}\n"))
+    }
+
+    #[test]
+    fn ambiguous_lsn_targets_are_refused() {
+        let case = branched("after LSN 0/5000100");
+        let err = case.clone_with(RecoveryTarget::Lsn(Lsn(6 * SEG))).err();
+        assert!(matches!(err, PlanError::AmbiguousTimeline { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("timeline 1, archived to 000000010000000000000008"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("timeline 2, branched from timeline 1 at 0/5000100"),
+            "{msg}"
+        );
+        assert!(msg.contains("--target-timeline"), "{msg}");
+        // Before the branch both hold the same WAL: the newest is followed.
+        let before = case.clone_with(RecoveryTarget::Lsn(Lsn(4 * SEG))).ok();
+        assert_eq!(before.target_timeline, tli(2));
+        // Only timeline 1 reaches this far.
+        let far = case
+            .clone_with(RecoveryTarget::Lsn(Lsn(8 * SEG + 0x800000)))
+            .ok();
+        assert_eq!(far.target_timeline, tli(1));
+        // Said explicitly, either timeline is planned.
+        for t in [1, 2] {
+            let plan = case
+                .clone_with(RecoveryTarget::Lsn(Lsn(6 * SEG)))
+                .timeline(t)
+                .ok();
+            assert_eq!(plan.target_timeline, tli(t));
+        }
+    }
+
+    #[test]
+    fn ambiguous_time_targets_are_refused() {
+        // The branch's time is known from its history: targets up to it
+        // are the same on both timelines.
+        let case = branched("before 2026-11-21 10:05:30+00");
+        assert_eq!(
+            case.clone_with(time("2026-11-21T10:05:00Z"))
+                .ok()
+                .target_timeline,
+            tli(2)
+        );
+        let err = case.clone_with(time("2026-11-21T10:07:30Z")).err();
+        assert!(matches!(err, PlanError::AmbiguousTimeline { .. }), "{err}");
+        // Unknown branch time: both archived WAL past the branch after the
+        // target, so it may lie on either.
+        let case = branched("after LSN 0/5000100");
+        let err = case.clone_with(time("2026-11-21T10:07:30Z")).err();
+        assert!(matches!(err, PlanError::AmbiguousTimeline { .. }), "{err}");
+        // Past everything timeline 1 archived: only timeline 2 reaches it.
+        assert_eq!(
+            case.clone_with(time("2026-11-21T10:20:00Z"))
+                .ok()
+                .target_timeline,
+            tli(2)
+        );
+    }
+
+    #[test]
+    fn ambiguous_xid_targets_are_refused_unless_one_side_stopped() {
+        let case = branched("after LSN 0/5000100");
+        let err = case.clone_with(RecoveryTarget::Xid("1234".into())).err();
+        assert!(matches!(err, PlanError::AmbiguousTimeline { .. }), "{err}");
+        // A failover: timeline 1 stopped at the branch (its last segment
+        // only as .partial), so only timeline 2 goes on.
+        let a = backup(
+            "a",
+            1,
+            2 * SEG + 0x28,
+            3 * SEG + 0x100,
+            "2026-11-21T10:03:30Z",
+        );
+        let mut wal = segments(1, 1, 4);
+        wal.push(partial(1, 5, "2026-11-21T10:05:00Z"));
+        wal.extend(segments(2, 5, 7));
+        let case = Case::new(vec![a], wal)
+            .history(2, "1\t0/5000100\tno recovery target specified\n")
+            .target(RecoveryTarget::Xid("1234".into()));
+        assert_eq!(case.ok().target_timeline, tli(2));
     }
 }

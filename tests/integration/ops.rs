@@ -199,8 +199,27 @@ fn verify_restore_status_and_metrics_end_to_end() {
         out.stdout
     );
 
+    // Archiving set with ALTER SYSTEM lives in postgresql.auto.conf, which
+    // PostgreSQL reads last: the scratch server must still never archive.
+    let archive_command = p.sql("SHOW archive_command");
+    p.sql(&format!(
+        "ALTER SYSTEM SET archive_command = '{}'",
+        archive_command.replace('\'', "''")
+    ));
+    p.sql("ALTER SYSTEM SET archive_mode = 'on'");
+    p.sql("SELECT pg_reload_conf()");
     setup.backup(p);
     p.switch_and_wait_archived(120);
+    let repo = setup.local_repo.clone().unwrap();
+    let objects = || {
+        let mut files: Vec<PathBuf> = files_under(&repo)
+            .into_iter()
+            .filter(|f| !f.starts_with(repo.join("status")))
+            .collect();
+        files.sort();
+        files
+    };
+    let objects_before = objects();
 
     // verify --restore, run from the test's own copy of the binaries so the
     // restore_command it writes is reachable by the postgres user.
@@ -249,6 +268,11 @@ fn verify_restore_status_and_metrics_end_to_end() {
         })
         .collect();
     assert!(leftovers.is_empty(), "the scratch cluster was removed");
+    assert_eq!(
+        objects_before,
+        objects(),
+        "verify --restore wrote nothing into the repository but its status record"
+    );
 
     // Now GOOD: a fresh backup, fresh WAL, a fresh successful verification.
     let out = setup.walvault(&["status"]);

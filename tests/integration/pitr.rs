@@ -166,7 +166,25 @@ fn full_cycle_to_time(backend: Backend) {
     p.sql("DROP TABLE t");
     p.switch_and_wait_archived(120);
 
-    let restored = setup.restore_and_start("restored", &["--target-time", &target]);
+    // A copy that must not archive into the production repository.
+    let (out, _) = setup.restore(
+        "restored",
+        &["--target-time", &target, "--archive-mode", "off"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("archiving  off: archive_mode = 'off'"),
+        "the plan says the copy will not archive: {}",
+        out.stdout
+    );
+    let mut restored = PgCluster::existing(
+        setup.dir.path(),
+        "restored",
+        setup.dir.path().join("restored"),
+    );
+    restored.start();
+    restored.wait_promoted(180);
+    assert_eq!(restored.sql("SHOW archive_mode"), "off");
     assert_eq!(
         ids(&restored),
         "100:1-100",
@@ -223,8 +241,31 @@ fn other_targets(backend: Backend) {
         "--target-immediate: the backup's own moment"
     );
     drop(r);
-    let r = setup.restore_and_start("end", &[]);
-    assert_eq!(ids(&r), "30:1-30", "no target: the end of the archive");
+    // The restore to the backup's end branched timeline 4 from timeline 3
+    // at a point before timeline 3's own branch point: PostgreSQL wrote a
+    // history file whose switch points go back, and walvault-push took it.
+    let out = setup.walvault(&["list", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let tl4 = json["wal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["timeline"] == 4)
+        .unwrap_or_else(|| panic!("timeline 4's history was archived: {}", out.stdout));
+    assert_eq!(tl4["parent"], 3, "{tl4}");
+    // The end of the archive follows the newest timeline, 4, as
+    // recovery_target_timeline = 'latest' would, and the plan says so;
+    // timeline 4 holds nothing after the backup's end.
+    let (out, _) = setup.restore("end-latest", &["--dry-run"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("on timeline 4"), "{}", out.stdout);
+    let r = setup.restore_and_start("end", &["--target-timeline", "1"]);
+    assert_eq!(
+        ids(&r),
+        "30:1-30",
+        "no target: the end of the archive on timeline 1"
+    );
 }
 
 #[test]
@@ -518,4 +559,71 @@ fn tablespaces_restore_to_a_new_place_and_list_describes_the_repository() {
         "{}",
         human.stdout
     );
+}
+
+/// After a PITR promoted timeline 2 while timeline 1 had gone on, a target
+/// both timelines passed after they diverged is refused, naming both and
+/// `--target-timeline`; `list` shows where timeline 2 branched.
+#[test]
+fn ambiguous_targets_after_a_branch_are_refused() {
+    let setup = Setup::new("pitr-ambiguous", Backend::Local);
+    let p = &setup.primary;
+    p.sql("CREATE TABLE t(id int primary key, note text)");
+    setup.backup(p);
+    p.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 10) g");
+    let lsn_a = p.sql("SELECT pg_current_wal_insert_lsn()");
+    p.sql("INSERT INTO t SELECT g, 'b' FROM generate_series(11, 20) g");
+    let lsn_b = p.sql("SELECT pg_current_wal_insert_lsn()");
+    std::thread::sleep(Duration::from_millis(1100));
+    let time_b = server_now(p);
+    std::thread::sleep(Duration::from_millis(1100));
+    p.sql("INSERT INTO t SELECT g, 'c' FROM generate_series(21, 30) g");
+    p.switch_and_wait_archived(120);
+
+    // Branch at lsn_a: timeline 2 writes rows of its own and archives them.
+    let r = setup.restore_and_start("branch", &["--target-lsn", &lsn_a]);
+    assert_eq!(ids(&r), "10:1-10");
+    r.sql("INSERT INTO t SELECT g, 'tl2' FROM generate_series(101, 110) g");
+    r.switch_and_wait_archived(120);
+    drop(r);
+
+    for target in [
+        ["--target-lsn", lsn_b.as_str()],
+        ["--target-time", time_b.as_str()],
+    ] {
+        let (out, pgdata) = setup.restore("ambiguous", &target);
+        assert_eq!(out.code, 8, "{target:?}: {}\n{}", out.stdout, out.stderr);
+        assert!(
+            out.stderr.contains("is ambiguous")
+                && out.stderr.contains("timeline 1,")
+                && out
+                    .stderr
+                    .contains("timeline 2, branched from timeline 1 at")
+                && out.stderr.contains("--target-timeline"),
+            "{target:?}: {}",
+            out.stderr
+        );
+        assert!(!pgdata.exists(), "nothing was written");
+    }
+    let r1 = setup.restore_and_start("tl1", &["--target-lsn", &lsn_b, "--target-timeline", "1"]);
+    assert_eq!(ids(&r1), "20:1-20", "timeline 1 at lsn_b");
+    drop(r1);
+    let r2 = setup.restore_and_start("tl2", &["--target-time", &time_b, "--target-timeline", "2"]);
+    assert_eq!(
+        ids(&r2),
+        "10:1-10",
+        "timeline 2 had not written its rows by time_b"
+    );
+    drop(r2);
+    // Before the branch both timelines agree: no --target-timeline needed.
+    let out = setup.walvault(&["list", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let tl2 = json["wal"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["timeline"] == 2)
+        .expect("timeline 2 listed");
+    assert_eq!(tl2["parent"], 1, "{tl2}");
+    assert!(tl2["branch_point"].as_str().unwrap().contains('/'), "{tl2}");
 }
