@@ -68,6 +68,8 @@ pub enum BackupError {
     },
     #[error("{0}")]
     Precondition(String),
+    #[error("backup {label} lost the repository lock before writing its manifest; the backup stays incomplete and the next expire removes it\nHINT: another backup or expire took the lock over (its lease ended: is this host's clock or storage very slow?); run the backup again")]
+    LockLost { label: String },
     #[error(transparent)]
     Repo(#[from] RepoError),
     #[error("scan data directory \"{path}\": {source}")]
@@ -171,9 +173,13 @@ async fn new_label(repo: &Repository) -> Result<String, BackupError> {
 }
 
 /// Runs a backup.
+/// `lock`, the repository lock the caller holds, is confirmed to be still
+/// ours right before the manifest is written; a backup that lost it
+/// stays incomplete.
 pub async fn run_backup(
     repo: &Repository,
     opts: &BackupOptions,
+    lock: Option<&crate::repo::lock::RepoLock>,
 ) -> Result<BackupSummary, BackupError> {
     let started = Instant::now();
     let client = conn::connect(opts.dbname.as_deref()).await?;
@@ -291,6 +297,17 @@ pub async fn run_backup(
         created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
     };
     manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+    if let Some(lock) = lock {
+        let ours = lock
+            .confirm()
+            .await
+            .map_err(|e| BackupError::Precondition(format!("confirm the repository lock: {e}")))?;
+        if !ours {
+            return Err(BackupError::LockLost {
+                label: manifest.label.clone(),
+            });
+        }
+    }
     let info = repo.write_manifest(&manifest).await?;
     Ok(BackupSummary {
         label,

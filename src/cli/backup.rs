@@ -76,7 +76,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         }
     };
     let started = std::time::Instant::now();
-    let result = run_backup(&repo, &opts).await;
+    let result = run_backup(&repo, &opts, Some(&lock)).await;
     if let Err(e) = lock.release().await {
         report_error(program, &e);
     }

@@ -43,9 +43,15 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExpireArgs) -> Exit 
         Ok(r) => r,
         Err(code) => return code,
     };
+    // A backup that lost its lock may still be writing: it renews nothing
+    // for a whole lease before its lock counts as stale, so its objects
+    // are left alone until they have been quiet for two leases plus the
+    // clock skew walvault tolerates between hosts.
     let policy = RetentionPolicy {
         keep_full: args.keep_full,
         keep_days: args.keep_days,
+        incomplete_grace_secs: 2 * args.lock_lease_secs as i64
+            + crate::repo::lock::MAX_CLOCK_SKEW_SECS,
     };
     let lock = if args.dry_run {
         None
@@ -104,6 +110,12 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExpireArgs) -> Exit 
             human_bytes(plan.remove_wal.iter().map(|w| w.stored_bytes).sum()),
             first.name,
             last.name
+        );
+    }
+    for label in &plan.kept_incomplete {
+        println!(
+            "keeping incomplete backup {label}: {}",
+            crate::retention::INCOMPLETE_RECENT_REASON
         );
     }
     println!(

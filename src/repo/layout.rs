@@ -32,6 +32,16 @@ pub fn is_backup_label(label: &str) -> bool {
         && suffix.bytes().all(|c| c.is_ascii_digit())
 }
 
+/// The order backups were created in: the time stamp, then the number of
+/// the same-second suffix (none is 1). Sorting labels as strings would put
+/// `…Z-10` before `…Z-2`, and keys put `…Z-2/` before `…Z/`.
+pub fn label_order(label: &str) -> (&str, u64) {
+    match label.split_once('-') {
+        Some((stamp, n)) => (stamp, n.parse().unwrap_or(u64::MAX)),
+        None => (label, 1),
+    }
+}
+
 pub fn backup_prefix(label: &str) -> String {
     format!("backup/{label}/")
 }
@@ -83,6 +93,26 @@ pub fn wal_key(name: &WalFileName) -> Key {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_made_in_one_second_sort_in_creation_order() {
+        let mut labels = vec![
+            "20260101T000000Z-10",
+            "20260101T000001Z",
+            "20260101T000000Z-2",
+            "20260101T000000Z",
+        ];
+        labels.sort_by_key(|l| label_order(l));
+        assert_eq!(
+            labels,
+            [
+                "20260101T000000Z",
+                "20260101T000000Z-2",
+                "20260101T000000Z-10",
+                "20260101T000001Z"
+            ]
+        );
+    }
 
     #[test]
     fn keys_follow_the_documented_layout() {

@@ -16,6 +16,8 @@
 //!   `lease_until`; a lock whose lease has ended (its holder crashed or hung)
 //!   is stale and the next acquirer takes it over, logging a warning that
 //!   names the stale holder.
+//! - **Clock skew.** Leases are compared with [`MAX_CLOCK_SKEW_SECS`] of
+//!   slack, as the holder's clock wrote them and the reader's judges them.
 //! - **Takeover is not atomic.** Object stores have no conditional delete,
 //!   so a takeover re-reads the stale lock, checks it still has the same
 //!   owner, deletes it, and creates its own create-only. Two processes
@@ -45,6 +47,14 @@ pub const LOCK_KEY: &str = "lock/repository.lock";
 /// so slow storage gets two more tries before it ends, and a crashed
 /// holder blocks the next backup or expire for at most five minutes.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(300);
+
+/// How far apart the clocks of two hosts sharing a repository may be. A
+/// lease is written with the holder's clock and judged with the reader's,
+/// so a lock is stale only once its lease ended this long ago by the
+/// reader's clock: a holder whose clock runs behind ours by up to this
+/// much never loses a live lock. Keep hosts on NTP; a skew beyond this
+/// could let a live lock be taken over.
+pub const MAX_CLOCK_SKEW_SECS: i64 = 120;
 
 /// How many times acquiring starts over when the lock changes under it
 /// (released or taken over between two reads) before giving up.
@@ -165,7 +175,7 @@ impl RepoLock {
                 // Released between our put and our read.
                 continue;
             };
-            if current.lease_until > clock() {
+            if current.lease_until.saturating_add(MAX_CLOCK_SKEW_SECS) > clock() {
                 return Err(LockError::Held {
                     info: current,
                     repo: repo.describe(),

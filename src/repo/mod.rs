@@ -270,6 +270,9 @@ pub struct BackupListing {
     pub manifest: Option<manifest::BackupManifest>,
     pub object_count: usize,
     pub stored_bytes: u64,
+    /// The modification time of its newest object (Unix seconds): how
+    /// recently an incomplete backup wrote anything.
+    pub newest_object_unix_secs: i64,
 }
 
 /// An archived WAL object.
@@ -327,7 +330,8 @@ impl Repository {
         serde_json::from_value(probe).map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Every backup, complete or not, oldest first (labels sort by time).
+    /// Every backup, complete or not, oldest first (in creation order, see
+    /// [`layout::label_order`]).
     pub async fn list_backups(&self) -> Result<Vec<BackupListing>, RepoError> {
         let objects = self.store.list(Some(layout::BACKUP_PREFIX)).await?;
         let mut listings: Vec<BackupListing> = Vec::new();
@@ -345,12 +349,16 @@ impl Repository {
                     manifest: None,
                     object_count: 0,
                     stored_bytes: 0,
+                    newest_object_unix_secs: 0,
                 });
                 has_manifest.push(false);
             }
             let last = listings.len() - 1;
             listings[last].object_count += 1;
             listings[last].stored_bytes += meta.size_bytes;
+            listings[last].newest_object_unix_secs = listings[last]
+                .newest_object_unix_secs
+                .max(meta.modified_unix_secs);
             if meta.key == layout::manifest_key(label) {
                 has_manifest[last] = true;
             }
@@ -360,6 +368,8 @@ impl Repository {
                 listing.manifest = Some(self.read_manifest(&listing.label).await?);
             }
         }
+        // Key order puts "…Z-2/" before "…Z/": order by creation instead.
+        listings.sort_by(|a, b| layout::label_order(&a.label).cmp(&layout::label_order(&b.label)));
         Ok(listings)
     }
 

@@ -602,7 +602,12 @@ pub fn plan_latest_backup<'b>(
 
 /// Orders backups newest first: by stop LSN, then stop time, then label.
 fn newest_first(a: &BackupManifest, b: &BackupManifest) -> std::cmp::Ordering {
-    (b.stop_lsn, b.stop_time_ts(), &b.label).cmp(&(a.stop_lsn, a.stop_time_ts(), &a.label))
+    use crate::repo::layout::label_order;
+    (b.stop_lsn, b.stop_time_ts(), label_order(&b.label)).cmp(&(
+        a.stop_lsn,
+        a.stop_time_ts(),
+        label_order(&a.label),
+    ))
 }
 
 /// The newest of `compatible` (sorted newest first) that ended strictly

@@ -38,7 +38,15 @@ pub struct RetentionPolicy {
     pub keep_full: Option<usize>,
     /// Keep what is needed to recover to any moment of the last D days.
     pub keep_days: Option<u32>,
+    /// An incomplete backup that wrote an object less than this long ago
+    /// may still be running (a backup that lost its lock but not its
+    /// process): it is kept until it has been quiet this long.
+    pub incomplete_grace_secs: i64,
 }
+
+/// Why an incomplete backup is kept for now.
+pub const INCOMPLETE_RECENT_REASON: &str =
+    "incomplete but wrote an object recently: it may still be running";
 
 /// A backup the plan removes, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +75,9 @@ pub struct ExpirePlan {
     pub wal_kept_from: Option<Lsn>,
     /// Stored bytes of the removed backups and WAL objects.
     pub freed_bytes: u64,
+    /// Incomplete backups kept because they wrote recently
+    /// ([`RetentionPolicy::incomplete_grace_secs`]).
+    pub kept_incomplete: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -111,9 +122,10 @@ pub fn plan_expire(
         .collect();
     // `None` (no readable time) sorts first, as the oldest.
     complete.sort_by(|a, b| {
-        a.time
-            .cmp(&b.time)
-            .then_with(|| a.listing.label.cmp(&b.listing.label))
+        a.time.cmp(&b.time).then_with(|| {
+            crate::repo::layout::label_order(&a.listing.label)
+                .cmp(&crate::repo::layout::label_order(&b.listing.label))
+        })
     });
 
     let window = policy.keep_days.map(|days| Window {
@@ -154,17 +166,20 @@ pub fn plan_expire(
             });
         }
     }
-    remove_backups.extend(
-        backups
-            .iter()
-            .filter(|b| b.manifest.is_none())
-            .map(|b| RemovedBackup {
-                label: b.label.clone(),
-                complete: false,
-                stored_bytes: b.stored_bytes,
-                reason: INCOMPLETE_REASON.to_string(),
-            }),
-    );
+    let now_secs = now.as_second();
+    let (quiet, recent): (Vec<&BackupListing>, Vec<&BackupListing>) = backups
+        .iter()
+        .filter(|b| b.manifest.is_none())
+        .partition(|b| {
+            now_secs.saturating_sub(b.newest_object_unix_secs) >= policy.incomplete_grace_secs
+        });
+    let kept_incomplete: Vec<String> = recent.iter().map(|b| b.label.clone()).collect();
+    remove_backups.extend(quiet.into_iter().map(|b| RemovedBackup {
+        label: b.label.clone(),
+        complete: false,
+        stored_bytes: b.stored_bytes,
+        reason: INCOMPLETE_REASON.to_string(),
+    }));
 
     let remove_wal: Vec<WalObject> = match wal_kept_from {
         Some(keep_from) => wal
@@ -187,6 +202,7 @@ pub fn plan_expire(
         remove_wal,
         wal_kept_from,
         freed_bytes,
+        kept_incomplete,
     })
 }
 
@@ -362,6 +378,7 @@ mod tests {
             manifest: Some(manifest(label, timeline, start_segment, stop_time)),
             object_count: 3,
             stored_bytes: 1000,
+            newest_object_unix_secs: 0,
         }
     }
 
@@ -371,6 +388,7 @@ mod tests {
             manifest: None,
             object_count: 2,
             stored_bytes: 300,
+            newest_object_unix_secs: 0,
         }
     }
 
@@ -416,6 +434,7 @@ mod tests {
 
     fn full(n: usize) -> RetentionPolicy {
         RetentionPolicy {
+            incomplete_grace_secs: 0,
             keep_full: Some(n),
             keep_days: None,
         }
@@ -423,6 +442,7 @@ mod tests {
 
     fn days(d: u32) -> RetentionPolicy {
         RetentionPolicy {
+            incomplete_grace_secs: 0,
             keep_full: None,
             keep_days: Some(d),
         }
@@ -465,6 +485,7 @@ mod tests {
         assert!(err.to_string().contains("\nHINT: "));
         // keep-full 0 is refused even beside a valid keep-days.
         let both = RetentionPolicy {
+            incomplete_grace_secs: 0,
             keep_full: Some(0),
             keep_days: Some(3),
         };
@@ -635,6 +656,7 @@ mod tests {
         let backups = four_backups();
         // keep-full 1 keeps {4}; keep-days 4 keeps {2, 3, 4}.
         let policy = RetentionPolicy {
+            incomplete_grace_secs: 0,
             keep_full: Some(1),
             keep_days: Some(4),
         };
@@ -649,6 +671,7 @@ mod tests {
 
         // keep-full 3 keeps {2, 3, 4}; keep-days 1 keeps {3, 4}.
         let policy = RetentionPolicy {
+            incomplete_grace_secs: 0,
             keep_full: Some(3),
             keep_days: Some(1),
         };
@@ -661,6 +684,7 @@ mod tests {
 
         // keep-full 4 keeps all; keep-days 1 would keep {3, 4}.
         let policy = RetentionPolicy {
+            incomplete_grace_secs: 0,
             keep_full: Some(4),
             keep_days: Some(1),
         };
@@ -702,6 +726,22 @@ mod tests {
             ]
         );
         assert_eq!(plan.freed_bytes, 2 * 1000 + 2 * 300);
+    }
+
+    #[test]
+    fn a_recently_written_incomplete_backup_is_kept() {
+        let mut backups = four_backups();
+        let mut running = incomplete("20260309T120000Z");
+        running.newest_object_unix_secs = ts(NOW).as_second() - 100;
+        backups.push(running);
+        let mut policy = full(4);
+        policy.incomplete_grace_secs = 720;
+        let plan = plan_expire(&policy, &backups, &[], ts(NOW)).expect("plan");
+        assert!(plan.remove_backups.is_empty(), "{:?}", plan.remove_backups);
+        assert_eq!(plan.kept_incomplete, ["20260309T120000Z"]);
+        policy.incomplete_grace_secs = 100;
+        let plan = plan_expire(&policy, &backups, &[], ts(NOW)).expect("plan");
+        assert_eq!(removed_labels(&plan), ["20260309T120000Z"]);
     }
 
     #[test]
@@ -841,6 +881,7 @@ mod tests {
             }
             wal.push(history(2));
             let policy = RetentionPolicy {
+                incomplete_grace_secs: 0,
                 keep_full: (rng.below(2) == 0).then(|| 1 + rng.below(4) as usize),
                 keep_days: match rng.below(3) {
                     0 => None,
@@ -1071,6 +1112,7 @@ mod tests {
             remove_wal: Vec::new(),
             wal_kept_from: None,
             freed_bytes: 0,
+            kept_incomplete: Vec::new(),
         };
         let err = apply_expire(&repo, &plan).await.unwrap_err();
         assert!(err.to_string().contains("backup/../etc/"), "{err}");

@@ -525,7 +525,10 @@ fn check_wal_gaps(complete: &[&BackupManifest], wal: &[WalObject], reasons: &mut
         return;
     }
     for (gap, mut hurt) in gaps {
-        hurt.sort_by(|a, b| b.label.cmp(&a.label));
+        hurt.sort_by(|a, b| {
+            crate::repo::layout::label_order(&b.label)
+                .cmp(&crate::repo::layout::label_order(&a.label))
+        });
         let labels: Vec<&str> = hurt.iter().map(|m| m.label.as_str()).collect();
         let name = |s: SegmentNo| WalFileName::segment_file_name(gap.timeline, s, gap.size);
         let segments = archived.get(&gap.timeline).unwrap_or(&empty);
@@ -698,6 +701,7 @@ mod tests {
             manifest: Some(manifest(label, tli, first, last, stop_time)),
             object_count: 3,
             stored_bytes: 600,
+            newest_object_unix_secs: 0,
         }
     }
 
@@ -707,6 +711,7 @@ mod tests {
             manifest: None,
             object_count: 2,
             stored_bytes: 100,
+            newest_object_unix_secs: 0,
         }
     }
 

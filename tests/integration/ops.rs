@@ -383,4 +383,54 @@ fn expire_keeps_what_retained_backups_need_and_respects_the_lock() {
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
     let r = setup.restore_and_start("after-expire", &[]);
     assert_eq!(r.sql("SELECT count(*) FROM t"), "30");
+    drop(r);
+
+    // A backup whose lock is taken over while it runs never writes its
+    // manifest; the next expire keeps its objects while they are fresh.
+    let mut backup = setup.command(&[
+        "backup",
+        "--pgdata",
+        p.data.to_str().unwrap(),
+        "--dbname",
+        &Setup::conninfo(p),
+        "--no-progress",
+    ]);
+    let child = backup
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    crate::harness::wait_for("the backup's lock", 60, || lock.exists());
+    let now = jiff::Timestamp::now().as_second();
+    let taken = serde_json::json!({"owner_id": "taker", "command": "expire", "host": "db2", "pid": 1, "acquired_at": now - 7200, "lease_until": now - 3600});
+    std::fs::write(&lock, taken.to_string()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_ne!(out.status.code(), Some(0), "{stderr}");
+    assert!(
+        stderr.contains("lost the repository lock before writing its manifest"),
+        "{stderr}"
+    );
+    let out = setup.walvault(&["list", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    let statuses: Vec<&str> = json["backups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(statuses, ["complete", "incomplete"], "{}", out.stdout);
+    let out = setup.walvault(&["expire", "--keep-full", "1"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stdout.contains("keeping incomplete backup")
+            && out.stdout.contains("may still be running"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(
+        std::fs::read_dir(repo.join("backup")).unwrap().count(),
+        2,
+        "the fresh incomplete backup was kept"
+    );
 }
