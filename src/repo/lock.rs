@@ -567,7 +567,7 @@ mod tests {
             .expect("acquire");
         // Its holder hangs: the clock passes the end of its lease, which is
         // the first stale moment.
-        time.store(T0 + 60, Ordering::SeqCst);
+        time.store(T0 + 60 + MAX_CLOCK_SKEW_SECS, Ordering::SeqCst);
         let now = {
             let time = time.clone();
             move || time.load(Ordering::SeqCst)
@@ -576,7 +576,7 @@ mod tests {
             .await
             .expect("takeover");
         assert_ne!(new.info().owner_id, old.info().owner_id);
-        assert_eq!(new.info().acquired_at, T0 + 60);
+        assert_eq!(new.info().acquired_at, T0 + 60 + MAX_CLOCK_SKEW_SECS);
         let held = stored(&repo).await.expect("a lock");
         assert_eq!(held.owner_id, new.info().owner_id);
         assert_eq!(held.command, "expire");
@@ -764,7 +764,7 @@ mod tests {
         assert!(put_lock(&repo, &crashed, PutMode::Create)
             .await
             .expect("put"));
-        time.store(T0 + 61, Ordering::SeqCst);
+        time.store(T0 + 61 + MAX_CLOCK_SKEW_SECS, Ordering::SeqCst);
         let now_a = {
             let time = time.clone();
             move || time.load(Ordering::SeqCst)
@@ -825,7 +825,7 @@ mod tests {
         let rt = runtime();
         let left = rt.block_on(stored(&repo)).map(|l| l.owner_id);
         assert_eq!(left, Some(owner_id));
-        time.store(T0 + 60, Ordering::SeqCst);
+        time.store(T0 + 60 + MAX_CLOCK_SKEW_SECS, Ordering::SeqCst);
         let now = move || time.load(Ordering::SeqCst);
         let next = rt
             .block_on(RepoLock::acquire(
@@ -916,7 +916,7 @@ mod tests {
             host: "gone".to_string(),
             pid: 1,
             acquired_at: T0 - 100,
-            lease_until: T0 - 40,
+            lease_until: T0 - 40 - MAX_CLOCK_SKEW_SECS,
         };
         assert!(put_lock(&repo, &stale, PutMode::Create).await.expect("put"));
         let (_time, now) = clock(T0);

@@ -171,7 +171,9 @@ pub fn plan_expire(
         .iter()
         .filter(|b| b.manifest.is_none())
         .partition(|b| {
-            now_secs.saturating_sub(b.newest_object_unix_secs) >= policy.incomplete_grace_secs
+            policy.incomplete_grace_secs <= 0
+                || now_secs.saturating_sub(b.newest_object_unix_secs)
+                    >= policy.incomplete_grace_secs
         });
     let kept_incomplete: Vec<String> = recent.iter().map(|b| b.label.clone()).collect();
     remove_backups.extend(quiet.into_iter().map(|b| RemovedBackup {
