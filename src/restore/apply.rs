@@ -100,6 +100,8 @@ pub enum RestoreError {
     Repo(#[from] RepoError),
     #[error(transparent)]
     Plan(#[from] PlanError),
+    #[error("backup {label} was removed by expire while it was being restored; the data directory is incomplete\nHINT: restore again (with --force to move this attempt aside); another backup will be chosen")]
+    BackupExpired { label: String },
     #[error("backup {label} has a manifest restore cannot trust: {reason}\nHINT: the manifest was not written by walvault or is damaged; restore another backup (--backup LABEL)")]
     BadManifest { label: String, reason: String },
     #[error("history file \"{name}\" in the repository is damaged: {reason}")]
@@ -410,7 +412,9 @@ pub async fn apply(
         .iter()
         .cloned()
         .partition(|f| f.path == "global/pg_control");
-    restore_files(repo, &pgdata, rest, opts.jobs).await?;
+    if let Err(e) = restore_files(repo, &pgdata, rest, opts.jobs).await {
+        return Err(explain_vanished(repo, &manifest.label, e).await);
+    }
 
     write_small(
         &pgdata.join("backup_label"),
@@ -464,6 +468,31 @@ pub async fn apply(
         recovery_lines: lines,
         archiving,
     })
+}
+
+/// A backup file that vanished mid-restore because `expire` removed the
+/// backup (its manifest goes first) is said so, not reported as damage.
+async fn explain_vanished(repo: &Repository, label: &str, e: RestoreError) -> RestoreError {
+    let vanished = matches!(
+        &e,
+        RestoreError::Object {
+            source: ObjectError::Storage(crate::storage::StorageError::NotFound { .. }),
+            ..
+        }
+    );
+    if vanished
+        && matches!(
+            repo.store()
+                .head(&crate::repo::layout::manifest_key(label))
+                .await,
+            Err(crate::storage::StorageError::NotFound { .. })
+        )
+    {
+        return RestoreError::BackupExpired {
+            label: label.to_string(),
+        };
+    }
+    e
 }
 
 fn write_small(path: &Path, data: &[u8]) -> Result<(), RestoreError> {
