@@ -150,6 +150,13 @@ async fn fetch_once(
     let tmp = temp_path(dest);
     let mut file = create_temp(&tmp).map_err(|e| Attempt::Destination(tmp.clone(), e))?;
     let guard = RemoveOnDrop(Some(tmp.clone()));
+    // Locked while this process lives; fetches killed with -9 leave
+    // unlocked temporary files, which the next fetch removes.
+    crate::storage::local::lock_exclusive(&file)
+        .map_err(|e| Attempt::Destination(tmp.clone(), e))?;
+    if let Some(dir) = dest.parent() {
+        crate::storage::local::sweep_abandoned_temps(dir, crate::storage::local::ABANDONED_AFTER);
+    }
     let mut sink = |piece: &[u8]| file.write_all(piece);
     let info = match read_object(repo.store(), key, &mut sink).await {
         Ok(info) => info,

@@ -135,6 +135,18 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExpireArgs) -> Exit 
                     report_error(program, &e);
                     code = Exit::Storage;
                 }
+                // What killed pushes, fetches and backups left behind:
+                // temporary files whose writer is gone, and multipart
+                // uploads older than the incomplete-backup grace.
+                let grace = Duration::from_secs(policy.incomplete_grace_secs.max(0) as u64);
+                match repo.store().remove_abandoned(grace).await {
+                    Ok(0) => {}
+                    Ok(n) => println!("removed {n} leftover(s) of interrupted writes"),
+                    Err(e) => report_error(
+                        program,
+                        &format!("remove leftovers of interrupted writes: {e}"),
+                    ),
+                }
             }
             Ok(false) => {
                 report_error(program, &"the repository lock was lost before anything was removed; nothing was removed\nHINT: another backup or expire took it over; run expire again when it has finished");

@@ -118,6 +118,10 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
     async fn create_root(&self) -> Result<()> {
         self.inner.create_root().await
     }
+
+    async fn remove_abandoned(&self, min_age: std::time::Duration) -> Result<usize> {
+        self.inner.remove_abandoned(min_age).await
+    }
 }
 
 struct FaultyWriter<S> {

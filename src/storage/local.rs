@@ -165,6 +165,103 @@ pub(crate) fn durable_rename(tmp: &Path, dest: &Path, create_only: bool) -> io::
     Ok(())
 }
 
+/// A temporary file left this long by a writer whose lock is gone is
+/// abandoned. The age guards the moment between creating a temporary file
+/// and locking it.
+pub const ABANDONED_AFTER: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Takes an exclusive `flock` on an open file, without waiting. The kernel
+/// drops it when the process dies, however it dies (`kill -9` included),
+/// which is what tells a live writer's temporary file from a leftover.
+pub(crate) fn lock_exclusive(file: &File) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a valid descriptor owned by `file`.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether a directory entry is one of walvault's temporary files: the
+/// store's `.<name>.<pid>.<n>.tmp` or fetch's `.<name>.walvault-<pid>.tmp`.
+fn is_temp_name(name: &str) -> bool {
+    let Some(stem) = name.strip_prefix('.').and_then(|n| n.strip_suffix(".tmp")) else {
+        return false;
+    };
+    if let Some((_, pid)) = stem.rsplit_once(".walvault-") {
+        return !pid.is_empty() && pid.bytes().all(|b| b.is_ascii_digit());
+    }
+    let mut parts = stem.rsplitn(3, '.');
+    let numeric =
+        |p: Option<&str>| p.is_some_and(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()));
+    numeric(parts.next()) && numeric(parts.next()) && parts.next().is_some_and(|n| !n.is_empty())
+}
+
+/// Removes walvault temporary files in `dir` whose writer is gone (no lock
+/// held on them) and that are older than `min_age`. Never touches a file
+/// a live writer holds. Returns how many it removed; errors are ignored
+/// (a leftover is retried on a later call).
+pub fn sweep_abandoned_temps(dir: &Path, min_age: std::time::Duration) -> usize {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return 0;
+    };
+    let mut removed = 0;
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if !is_temp_name(name) {
+            continue;
+        }
+        let path = entry.path();
+        let old_enough = fs::symlink_metadata(&path)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age >= min_age);
+        if !old_enough {
+            continue;
+        }
+        let Ok(file) = File::open(&path) else {
+            continue;
+        };
+        if lock_exclusive(&file).is_ok() && fs::remove_file(&path).is_ok() {
+            removed += 1;
+        }
+    }
+    removed
+}
+
+/// Walks `root` and sweeps every directory ([`sweep_abandoned_temps`]),
+/// then removes directories under `backup/` left empty (a backup killed
+/// before its first object was complete). Returns the files removed.
+fn sweep_tree(root: &Path, min_age: std::time::Duration) -> usize {
+    let mut removed = 0;
+    let mut stack = vec![root.to_path_buf()];
+    let mut dirs = Vec::new();
+    while let Some(dir) = stack.pop() {
+        removed += sweep_abandoned_temps(&dir, min_age);
+        if let Ok(entries) = fs::read_dir(&dir) {
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    stack.push(entry.path());
+                    dirs.push(entry.path());
+                }
+            }
+        }
+    }
+    // Deepest first; rmdir refuses a directory that is not empty.
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+    let backup = root.join("backup");
+    for dir in dirs {
+        if dir.starts_with(&backup) && dir != backup {
+            let _ = fs::remove_dir(&dir);
+        }
+    }
+    removed
+}
+
 /// A temporary name beside `dest`, starting with `.` so it is never a key.
 pub(crate) fn temp_path_for(dest: &Path) -> PathBuf {
     let name = dest
@@ -173,6 +270,60 @@ pub(crate) fn temp_path_for(dest: &Path) -> PathBuf {
         .unwrap_or("object");
     let n = TEMP_COUNTER.fetch_add(1, Ordering::Relaxed);
     dest.with_file_name(format!(".{name}.{}.{n}.tmp", std::process::id()))
+}
+
+#[cfg(test)]
+mod sweep_tests {
+    use super::*;
+
+    #[test]
+    fn only_walvault_temporary_names_are_swept() {
+        for name in [
+            ".000000010000000000000001.4242.0.tmp",
+            ".manifest.1.17.tmp",
+            ".RECOVERYXLOG.walvault-4242.tmp",
+        ] {
+            assert!(is_temp_name(name), "{name}");
+        }
+        for name in [
+            "000000010000000000000001",
+            ".hidden",
+            ".x.tmp",
+            ".a.b.tmp",
+            ".1.2.tmp",
+            "xlogtemp.123",
+            ".other-tool.tmp",
+        ] {
+            assert!(!is_temp_name(name), "{name}");
+        }
+    }
+
+    #[test]
+    fn a_locked_temporary_file_is_never_swept_and_an_abandoned_one_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let live = dir.path().join(".a.1.1.tmp");
+        let dead = dir.path().join(".a.2.1.tmp");
+        let young = dir.path().join(".a.3.1.tmp");
+        let held = File::create(&live).unwrap();
+        lock_exclusive(&held).unwrap();
+        drop(File::create(&dead).unwrap());
+        drop(File::create(&young).unwrap());
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+        for p in [&live, &dead] {
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .set_modified(old)
+                .unwrap();
+        }
+        assert_eq!(sweep_abandoned_temps(dir.path(), ABANDONED_AFTER), 1);
+        assert!(live.exists(), "a live writer's file stays");
+        assert!(!dead.exists(), "an abandoned file goes");
+        assert!(young.exists(), "a file too young to judge stays");
+        drop(held);
+        assert_eq!(sweep_abandoned_temps(dir.path(), ABANDONED_AFTER), 1);
+    }
 }
 
 #[async_trait]
@@ -228,9 +379,15 @@ impl ObjectStore for LocalStore {
             other => other,
         }
         .map_err(|e| io_err("create", key, e))?;
+        // Held until the writer is gone: a temporary file nobody holds a
+        // lock on belongs to a writer that died, and a later call removes it.
+        lock_exclusive(&file).map_err(|e| io_err("lock", key, e))?;
         if let Some((uid, gid)) = self.owner {
             std::os::unix::fs::fchown(&file, Some(uid), Some(gid))
                 .map_err(|e| io_err("chown", key, e))?;
+        }
+        if let Some(dir) = dest.parent() {
+            sweep_abandoned_temps(dir, ABANDONED_AFTER);
         }
         Ok(Box::new(LocalWriter {
             key: key.clone(),
@@ -281,6 +438,20 @@ impl ObjectStore for LocalStore {
 
     fn describe(&self) -> String {
         format!("local \"{}\"", self.root.display())
+    }
+
+    /// Locally the lock on each temporary file tells a dead writer from a
+    /// live one, so `min_age` is not needed beyond [`ABANDONED_AFTER`].
+    async fn remove_abandoned(&self, _min_age: std::time::Duration) -> Result<usize> {
+        self.check_root()?;
+        let root = self.root.clone();
+        tokio::task::spawn_blocking(move || sweep_tree(&root, ABANDONED_AFTER))
+            .await
+            .map_err(|e| StorageError::Io {
+                op: "sweep temporary files",
+                key: self.root.display().to_string(),
+                source: io::Error::other(e),
+            })
     }
 
     async fn create_root(&self) -> Result<()> {
@@ -373,9 +544,12 @@ impl ObjectWriter for LocalWriter {
             ));
         };
         file.sync_all().map_err(|e| io_err("fsync", &self.key, e))?;
-        drop(file);
         let create_only = self.mode == PutMode::Create;
-        match durable_rename(&self.tmp, &self.dest, create_only) {
+        // The file (and its lock) stays open until it is in place, so no
+        // sweep takes it for a leftover meanwhile.
+        let renamed = durable_rename(&self.tmp, &self.dest, create_only);
+        drop(file);
+        match renamed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(StorageError::AlreadyExists {

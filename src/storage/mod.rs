@@ -187,6 +187,15 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// A short description for messages, e.g. `local "/var/lib/walvault"`.
     fn describe(&self) -> String;
 
+    /// Removes what writers that died (killed, crashed) left behind and no
+    /// reader can see: temporary files of the local backend whose writer's
+    /// lock is gone, multipart uploads of S3 started more than `min_age`
+    /// ago. Never touches what a live writer holds. Returns how many
+    /// leftovers it removed.
+    async fn remove_abandoned(&self, _min_age: std::time::Duration) -> Result<usize> {
+        Ok(0)
+    }
+
     /// Prepares the store's root for `walvault init`, the only caller: a
     /// local directory is created; a bucket must already exist. No other
     /// operation ever creates the root.

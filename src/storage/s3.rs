@@ -444,6 +444,64 @@ impl ObjectStore for S3Store {
         }
     }
 
+    async fn remove_abandoned(&self, min_age: Duration) -> Result<usize> {
+        let prefix = if self.settings.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.settings.prefix)
+        };
+        let cutoff = std::time::SystemTime::now()
+            .checked_sub(min_age)
+            .unwrap_or(std::time::UNIX_EPOCH);
+        let mut removed = 0;
+        let mut key_marker: Option<String> = None;
+        let mut upload_marker: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_multipart_uploads()
+                .bucket(&self.settings.bucket)
+                .prefix(&prefix)
+                .set_key_marker(key_marker.clone())
+                .set_upload_id_marker(upload_marker.clone())
+                .send()
+                .await
+                .map_err(|e| map_err("list", &Key::new("multipart").expect("valid key"), e))?;
+            for upload in page.uploads() {
+                let started = upload
+                    .initiated()
+                    .and_then(|t| std::time::SystemTime::try_from(*t).ok());
+                let (Some(key), Some(id), Some(started)) =
+                    (upload.key(), upload.upload_id(), started)
+                else {
+                    continue;
+                };
+                if started > cutoff {
+                    continue;
+                }
+                let aborted = self
+                    .client
+                    .abort_multipart_upload()
+                    .bucket(&self.settings.bucket)
+                    .key(key)
+                    .upload_id(id)
+                    .send()
+                    .await;
+                if aborted.is_ok() {
+                    removed += 1;
+                }
+            }
+            if page.is_truncated() != Some(true) {
+                return Ok(removed);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            upload_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && upload_marker.is_none() {
+                return Ok(removed);
+            }
+        }
+    }
+
     fn describe(&self) -> String {
         let mut s = format!(
             "s3 \"s3://{}/{}\"",
@@ -638,10 +696,18 @@ impl S3Writer {
         if create {
             req = req.if_none_match("*");
         }
-        req.send()
-            .await
-            .map(|_| ())
-            .map_err(|e| map_err("complete multipart upload", &self.key, e))?;
+        match req.clone().send().await {
+            Ok(_) => {}
+            // No conditional completion on this server: the HEAD above is
+            // the documented fallback (not atomic against a racing writer).
+            Err(e) if create && e.raw_response().map(|r| r.status().as_u16()) == Some(501) => {
+                req.set_if_none_match(None)
+                    .send()
+                    .await
+                    .map_err(|e| map_err("complete multipart upload", &self.key, e))?;
+            }
+            Err(e) => return Err(map_err("complete multipart upload", &self.key, e)),
+        }
         self.upload_id = None;
         Ok(())
     }
