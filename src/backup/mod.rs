@@ -152,6 +152,9 @@ async fn server_facts(client: &Client) -> Result<ServerFacts, BackupError> {
 }
 
 /// A label from the current UTC time, unique in the repository.
+/// A new label, claimed by writing the backup's writer object
+/// create-only, so two backups starting in the same second never share
+/// one: the second gets `-2`, and so on.
 async fn new_label(repo: &Repository) -> Result<String, BackupError> {
     let base = jiff::Timestamp::now()
         .strftime("%Y%m%dT%H%M%SZ")
@@ -164,7 +167,7 @@ async fn new_label(repo: &Repository) -> Result<String, BackupError> {
             .await
             .map_err(RepoError::from)?
             .is_empty();
-        if !taken {
+        if !taken && repo.claim_label(&label).await? {
             break;
         }
         label = format!("{base}-{n}");

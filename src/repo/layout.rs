@@ -50,6 +50,12 @@ pub fn manifest_key(label: &str) -> Key {
     Key::new(format!("backup/{label}/manifest")).expect("labels make valid keys")
 }
 
+/// Who is writing a backup: written first, create-only, so it also claims
+/// the label. Lets expire tell a dead writer on this host from a live one.
+pub fn writer_key(label: &str) -> Key {
+    Key::new(format!("backup/{label}/writer")).expect("labels make valid keys")
+}
+
 pub fn backup_file_key(label: &str, index: usize) -> Key {
     Key::new(format!("backup/{label}/files/{index:06}")).expect("labels make valid keys")
 }

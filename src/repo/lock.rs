@@ -439,7 +439,7 @@ fn new_owner_id() -> String {
 }
 
 /// This machine's host name, for messages naming the holder.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     let mut buf = [0u8; 256];
     // SAFETY: `buf` is valid for writes of `buf.len()` bytes, and
     // gethostname writes at most that many.

@@ -273,6 +273,39 @@ pub struct BackupListing {
     /// The modification time of its newest object (Unix seconds): how
     /// recently an incomplete backup wrote anything.
     pub newest_object_unix_secs: i64,
+    /// For an incomplete backup: whether its writer process still runs,
+    /// when that can be known (it ran on this host); `None` otherwise.
+    pub writer_alive: Option<bool>,
+}
+
+/// `backup/<label>/writer`: the process writing a backup.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WriterInfo {
+    pub host: String,
+    pub pid: u32,
+    pub started_at: String,
+}
+
+impl WriterInfo {
+    /// This process.
+    pub fn current() -> WriterInfo {
+        WriterInfo {
+            host: lock::host_name(),
+            pid: std::process::id(),
+            started_at: jiff::Timestamp::now().to_string(),
+        }
+    }
+
+    /// Whether the writer still runs: known only on its own host.
+    pub fn alive(&self) -> Option<bool> {
+        if self.host != lock::host_name() {
+            return None;
+        }
+        let pid = i32::try_from(self.pid).ok()?;
+        // SAFETY: kill with signal 0 only checks that the process exists.
+        let alive = unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
+        Some(alive)
+    }
 }
 
 /// An archived WAL object.
@@ -301,6 +334,42 @@ impl Repository {
             self.compress,
         )
         .await?)
+    }
+
+    /// Claims `label` for a new backup by writing its writer object,
+    /// create-only: `Ok(false)` when the label is taken.
+    pub async fn claim_label(&self, label: &str) -> Result<bool, RepoError> {
+        let json = serde_json::to_vec(&WriterInfo::current()).expect("writer info serializes");
+        let mut src: &[u8] = &json;
+        match object::write_object(
+            self.store(),
+            &layout::writer_key(label),
+            PutMode::Create,
+            &mut src,
+            self.compress,
+        )
+        .await
+        {
+            Ok(_) => Ok(true),
+            Err(ObjectError::Storage(StorageError::AlreadyExists { .. })) => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// A backup's writer object, if it has a readable one.
+    pub async fn read_writer(&self, label: &str) -> Option<WriterInfo> {
+        let mut json = Vec::new();
+        object::read_object(
+            self.store(),
+            &layout::writer_key(label),
+            &mut |p: &[u8]| {
+                json.extend_from_slice(p);
+                Ok(())
+            },
+        )
+        .await
+        .ok()?;
+        serde_json::from_slice(&json).ok()
     }
 
     /// Reads and checks a backup's manifest.
@@ -350,6 +419,7 @@ impl Repository {
                     object_count: 0,
                     stored_bytes: 0,
                     newest_object_unix_secs: 0,
+                    writer_alive: None,
                 });
                 has_manifest.push(false);
             }
@@ -366,6 +436,11 @@ impl Repository {
         for (listing, complete) in listings.iter_mut().zip(has_manifest) {
             if complete {
                 listing.manifest = Some(self.read_manifest(&listing.label).await?);
+            } else {
+                listing.writer_alive = self
+                    .read_writer(&listing.label)
+                    .await
+                    .and_then(|w| w.alive());
             }
         }
         // Key order puts "…Z-2/" before "…Z/": order by creation instead.

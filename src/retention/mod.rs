@@ -170,10 +170,14 @@ pub fn plan_expire(
     let (quiet, recent): (Vec<&BackupListing>, Vec<&BackupListing>) = backups
         .iter()
         .filter(|b| b.manifest.is_none())
-        .partition(|b| {
-            policy.incomplete_grace_secs <= 0
-                || now_secs.saturating_sub(b.newest_object_unix_secs)
-                    >= policy.incomplete_grace_secs
+        .partition(|b| match b.writer_alive {
+            // Its writer ran on this host: known dead or alive.
+            Some(alive) => !alive,
+            None => {
+                policy.incomplete_grace_secs <= 0
+                    || now_secs.saturating_sub(b.newest_object_unix_secs)
+                        >= policy.incomplete_grace_secs
+            }
         });
     let kept_incomplete: Vec<String> = recent.iter().map(|b| b.label.clone()).collect();
     remove_backups.extend(quiet.into_iter().map(|b| RemovedBackup {
@@ -381,6 +385,7 @@ mod tests {
             object_count: 3,
             stored_bytes: 1000,
             newest_object_unix_secs: 0,
+            writer_alive: None,
         }
     }
 
@@ -391,6 +396,7 @@ mod tests {
             object_count: 2,
             stored_bytes: 300,
             newest_object_unix_secs: 0,
+            writer_alive: None,
         }
     }
 
@@ -735,13 +741,27 @@ mod tests {
         let mut backups = four_backups();
         let mut running = incomplete("20260309T120000Z");
         running.newest_object_unix_secs = ts(NOW).as_second() - 100;
-        backups.push(running);
+        backups.push(running.clone());
         let mut policy = full(4);
         policy.incomplete_grace_secs = 720;
         let plan = plan_expire(&policy, &backups, &[], ts(NOW)).expect("plan");
         assert!(plan.remove_backups.is_empty(), "{:?}", plan.remove_backups);
         assert_eq!(plan.kept_incomplete, ["20260309T120000Z"]);
         policy.incomplete_grace_secs = 100;
+        let plan = plan_expire(&policy, &backups, &[], ts(NOW)).expect("plan");
+        assert_eq!(removed_labels(&plan), ["20260309T120000Z"]);
+        // A writer known to run on this host is kept, a dead one removed,
+        // whatever the times say.
+        backups.pop();
+        running.writer_alive = Some(true);
+        backups.push(running.clone());
+        let plan = plan_expire(&policy, &backups, &[], ts(NOW)).expect("plan");
+        assert_eq!(plan.kept_incomplete, ["20260309T120000Z"]);
+        backups.pop();
+        running.writer_alive = Some(false);
+        running.newest_object_unix_secs = ts(NOW).as_second();
+        backups.push(running);
+        policy.incomplete_grace_secs = 720;
         let plan = plan_expire(&policy, &backups, &[], ts(NOW)).expect("plan");
         assert_eq!(removed_labels(&plan), ["20260309T120000Z"]);
     }

@@ -702,6 +702,7 @@ mod tests {
             object_count: 3,
             stored_bytes: 600,
             newest_object_unix_secs: 0,
+            writer_alive: None,
         }
     }
 
@@ -712,6 +713,7 @@ mod tests {
             object_count: 2,
             stored_bytes: 100,
             newest_object_unix_secs: 0,
+            writer_alive: None,
         }
     }
 
