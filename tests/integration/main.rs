@@ -9,6 +9,7 @@ mod harness;
 
 mod archive_cluster;
 mod archive_errors;
+mod faults;
 mod ops;
 mod pitr;
 mod s3_storage;

@@ -11,6 +11,7 @@
 #![allow(dead_code)]
 
 pub mod pg;
+pub mod proxy;
 pub mod s3;
 pub mod wal;
 
