@@ -60,6 +60,12 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         wal_wait: Duration::from_secs(args.wal_wait_secs),
         progress_bar: !args.no_progress,
     };
+    // The header first: an uninitialized repository is refused, and the
+    // store learns how create-only writes (the lock's) are kept safe.
+    if let Err(e) = repo.require_header().await {
+        report_error(program, &e);
+        return super::wal::repo_exit(&e);
+    }
     // One backup or expire at a time per repository.
     let lock = match RepoLock::acquire(
         &repo,

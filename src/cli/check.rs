@@ -17,6 +17,11 @@ pub struct CheckArgs {
     /// How long to wait for the switched segment to reach the repository
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout_secs: u64,
+
+    /// Probe the repository's storage instead: does it keep create-only
+    /// writes from overwriting? Records the result in the repository header
+    #[arg(long)]
+    pub storage: bool,
 }
 
 pub async fn run(program: &str, global: &GlobalArgs, args: &CheckArgs) -> Exit {
@@ -24,6 +29,29 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &CheckArgs) -> Exit {
         Ok(x) => x,
         Err(code) => return code,
     };
+    if args.storage {
+        return match repo.reprobe().await {
+            Ok((probe, before)) => {
+                println!("storage: {}", repo.describe());
+                println!("  conditional create, single PUT:  {}", probe.put);
+                println!("  conditional create, multipart:   {}", probe.multipart);
+                let now = probe.mode.as_str();
+                match before.as_deref() {
+                    Some(b) if b == now => println!("  recorded in the header: {now} (unchanged)"),
+                    b => println!(
+                        "  recorded in the header: {now} (was {})",
+                        b.unwrap_or("not recorded")
+                    ),
+                }
+                super::init::print_create_only(&Some(now.to_string()), &None);
+                Exit::Ok
+            }
+            Err(e) => {
+                report_error(program, &e);
+                super::wal::repo_exit(&e)
+            }
+        };
+    }
     match run_check(
         &repo,
         &settings,

@@ -53,6 +53,12 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExpireArgs) -> Exit 
         incomplete_grace_secs: 2 * args.lock_lease_secs as i64
             + crate::repo::lock::MAX_CLOCK_SKEW_SECS,
     };
+    // The header first: an uninitialized repository is refused, and the
+    // store learns how create-only writes (the lock's) are kept safe.
+    if let Err(e) = repo.require_header().await {
+        report_error(program, &e);
+        return super::wal::repo_exit(&e);
+    }
     let lock = if args.dry_run {
         None
     } else {

@@ -58,7 +58,8 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &InitArgs) -> Exit {
     };
     let what = format!("the cluster at \"{}\"", args.pgdata.display());
     match repo.init(&facts.identity(), &what).await {
-        Ok((_, created)) => {
+        Ok((header, created)) => {
+            print_create_only(&header.create_only, &header.create_only_probe);
             println!(
                 "{} {}: PostgreSQL {} cluster {}, {} WAL segments",
                 if created {
@@ -77,6 +78,19 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &InitArgs) -> Exit {
             report_error(program, &e);
             super::wal::repo_exit(&e)
         }
+    }
+}
+
+/// Says how create-only writes are protected on this storage, and warns
+/// plainly when the server does not honour conditional writes.
+pub(crate) fn print_create_only(mode: &Option<String>, probe: &Option<String>) {
+    let found = probe.as_deref().unwrap_or("not probed");
+    match mode.as_deref() {
+        Some("head-check") => {
+            println!("create-only writes: head-check ({found})");
+            eprintln!("walvault: WARNING: this storage does not honour If-None-Match: *, so walvault checks with a HEAD before each create and another after it; two writers of the same name in the same instant can still both succeed, the later replacing the earlier (see README, \"S3\")");
+        }
+        _ => println!("create-only writes: atomic ({found})"),
     }
 }
 

@@ -132,6 +132,10 @@ struct Renewal {
 }
 
 impl RepoLock {
+    /// Callers read the repository header first ([`Repository::require_header`]):
+    /// it refuses an uninitialized repository and tells the store how to
+    /// keep this create-only put from overwriting on its server.
+    ///
     /// Takes the repository lock for `command`, or fails with
     /// [`LockError::Held`] naming the holder. A stale lock (lease ended
     /// according to `now`) is taken over, with a warning. `lease` counts

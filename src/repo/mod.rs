@@ -11,7 +11,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::storage::{ObjectStore, PutMode, StorageError};
+use crate::storage::{CreateOnly, CreateOnlyProbe, ObjectStore, PutMode, StorageError};
 use crate::wal::WalSegmentSize;
 
 pub mod layout;
@@ -46,6 +46,15 @@ pub struct RepoHeader {
     pub wal_segment_size: u64,
     pub created_at: String,
     pub created_by: String,
+    /// How create-only puts are kept from overwriting on this storage
+    /// ("atomic" or "head-check", see [`CreateOnly`]), as probed by `init`
+    /// or `check --storage`. Absent in headers written before the probe
+    /// existed: treated as "atomic", which local storage always is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_only: Option<String>,
+    /// What the probe found, in words, and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_only_probe: Option<String>,
 }
 
 impl RepoHeader {
@@ -150,6 +159,16 @@ impl Repository {
         if header.format != "walvault" || header.system_identifier().is_none() {
             return Err(corrupt("not a walvault header".to_string()));
         }
+        match header.create_only.as_deref().map(CreateOnly::parse) {
+            None => {}
+            Some(Some(mode)) => self.store.use_create_only(mode),
+            Some(None) => {
+                return Err(corrupt(format!(
+                    "unknown create_only method {:?}",
+                    header.create_only
+                )))
+            }
+        }
         Ok(Some(header))
     }
 
@@ -183,6 +202,10 @@ impl Repository {
     /// cluster's repository is refused. Returns the header and whether this
     /// call created it. Concurrent inits race on the create-only put: one
     /// wins, the others read its header and compare.
+    ///
+    /// A new repository's storage is probed first
+    /// ([`ObjectStore::probe_create_only`]) and the result recorded in the
+    /// header; every later command reads it with the header.
     pub async fn init(
         &self,
         identity: &ClusterIdentity,
@@ -193,6 +216,8 @@ impl Repository {
             return Ok((header, false));
         }
         self.store.create_root().await?;
+        let probe = self.store.probe_create_only().await?;
+        self.store.use_create_only(probe.mode);
         let header = RepoHeader {
             format: "walvault".to_string(),
             format_version: FORMAT_VERSION,
@@ -204,6 +229,8 @@ impl Repository {
                 .unwrap_or(jiff::Timestamp::now())
                 .to_string(),
             created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+            create_only: Some(probe.mode.as_str().to_string()),
+            create_only_probe: Some(describe_probe(&probe)),
         };
         let mut json = serde_json::to_vec_pretty(&header).expect("header serializes");
         json.push(b'\n');
@@ -223,6 +250,27 @@ impl Repository {
             }
             Err(e) => Err(e.into()),
         }
+    }
+
+    /// `walvault check --storage`: probes the storage again and, when the
+    /// result differs from the header's, records the new one (the header
+    /// is the one object walvault ever rewrites, and only here).
+    pub async fn reprobe(&self) -> Result<(CreateOnlyProbe, Option<String>), RepoError> {
+        let mut header = self.require_header().await?;
+        let probe = self.store.probe_create_only().await?;
+        let before = header.create_only.clone();
+        let now = Some(probe.mode.as_str().to_string());
+        if before.as_deref().unwrap_or("atomic") != probe.mode.as_str() || before.is_none() {
+            header.create_only = now;
+            header.create_only_probe = Some(describe_probe(&probe));
+            let mut json = serde_json::to_vec_pretty(&header).expect("header serializes");
+            json.push(b'\n');
+            self.store
+                .put_bytes(&layout::header_key(), Bytes::from(json), PutMode::Overwrite)
+                .await?;
+            self.store.use_create_only(probe.mode);
+        }
+        Ok((probe, before))
     }
 
     /// Compares an identity with a header, naming both sides on mismatch.
@@ -260,6 +308,18 @@ impl Repository {
         }
         Ok(())
     }
+}
+
+/// The probe's findings in one line, for the header.
+pub fn describe_probe(probe: &CreateOnlyProbe) -> String {
+    format!(
+        "single PUT: {}; multipart: {}; probed {}",
+        probe.put,
+        probe.multipart,
+        jiff::Timestamp::now()
+            .round(jiff::Unit::Second)
+            .unwrap_or(jiff::Timestamp::now())
+    )
 }
 
 /// A backup as found in the repository.

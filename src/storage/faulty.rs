@@ -122,6 +122,14 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
     async fn remove_abandoned(&self, min_age: std::time::Duration) -> Result<usize> {
         self.inner.remove_abandoned(min_age).await
     }
+
+    async fn probe_create_only(&self) -> Result<super::CreateOnlyProbe> {
+        self.inner.probe_create_only().await
+    }
+
+    fn use_create_only(&self, mode: super::CreateOnly) {
+        self.inner.use_create_only(mode)
+    }
 }
 
 struct FaultyWriter<S> {

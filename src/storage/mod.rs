@@ -96,6 +96,49 @@ pub enum PutMode {
     Create,
 }
 
+/// How a backend keeps [`PutMode::Create`] from overwriting.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CreateOnly {
+    /// Atomically: a hard link locally, `If-None-Match: *` honoured by
+    /// the S3 server.
+    Atomic,
+    /// The fallback for S3 servers that answer `If-None-Match: *` with 501
+    /// or ignore it: a HEAD before the write refuses an existing object,
+    /// and a HEAD after it checks that the object is the one just written.
+    /// Two writers of one key within the same moment can still both
+    /// succeed, the later replacing the earlier (docs/ARCHITECTURE.md).
+    HeadCheck,
+}
+
+impl CreateOnly {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CreateOnly::Atomic => "atomic",
+            CreateOnly::HeadCheck => "head-check",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CreateOnly> {
+        match s {
+            "atomic" => Some(CreateOnly::Atomic),
+            "head-check" => Some(CreateOnly::HeadCheck),
+            _ => None,
+        }
+    }
+}
+
+/// What probing a server's conditional create found, for a single PUT
+/// and for a multipart completion.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CreateOnlyProbe {
+    /// "refused the second create (honoured)", "answered 501 (not
+    /// implemented)" or "overwrote the object (ignored)".
+    pub put: String,
+    pub multipart: String,
+    /// What walvault uses for this repository as a result.
+    pub mode: CreateOnly,
+}
+
 /// What `head` and `list` report of an object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ObjectMeta {
@@ -195,6 +238,22 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     async fn remove_abandoned(&self, _min_age: std::time::Duration) -> Result<usize> {
         Ok(0)
     }
+
+    /// Probes whether the server keeps create-only puts from overwriting,
+    /// by creating a probe object twice (with a single PUT and with a
+    /// multipart upload) and removing it. Local and memory stores are
+    /// atomic by construction.
+    async fn probe_create_only(&self) -> Result<CreateOnlyProbe> {
+        Ok(CreateOnlyProbe {
+            put: "atomic by construction".to_string(),
+            multipart: "atomic by construction".to_string(),
+            mode: CreateOnly::Atomic,
+        })
+    }
+
+    /// Tells the backend which create-only method the repository header
+    /// recorded for it.
+    fn use_create_only(&self, _mode: CreateOnly) {}
 
     /// Prepares the store's root for `walvault init`, the only caller: a
     /// local directory is created; a bucket must already exist. No other

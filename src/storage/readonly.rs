@@ -59,6 +59,10 @@ impl<S: ObjectStore> ObjectStore for ReadOnlyStore<S> {
     async fn create_root(&self) -> Result<()> {
         Err(refused("create", "repository"))
     }
+
+    fn use_create_only(&self, mode: super::CreateOnly) {
+        self.inner.use_create_only(mode)
+    }
 }
 
 #[cfg(test)]

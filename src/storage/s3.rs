@@ -37,7 +37,8 @@ use bytes::{Bytes, BytesMut};
 use tokio::task::JoinHandle;
 
 use super::{
-    Key, ObjectMeta, ObjectReader, ObjectStore, ObjectWriter, PutMode, Result, StorageError,
+    CreateOnly, CreateOnlyProbe, Key, ObjectMeta, ObjectReader, ObjectStore, ObjectWriter, PutMode,
+    Result, StorageError,
 };
 
 /// Settings for the S3 backend, resolved by `config`.
@@ -100,9 +101,91 @@ impl S3Settings {
 pub struct S3Store {
     client: Client,
     settings: S3Settings,
+    /// Set when the repository header records that this server does not
+    /// honour `If-None-Match: *` ([`CreateOnly::HeadCheck`]).
+    head_check: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl S3Store {
+    /// Completes a one-part multipart upload over an existing object with
+    /// `If-None-Match: *`, for [`ObjectStore::probe_create_only`].
+    async fn probe_multipart(&self, object_key: &str) -> Result<&'static str> {
+        let key = Key(object_key.to_string());
+        let upload = self
+            .client
+            .create_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(object_key)
+            .send()
+            .await
+            .map_err(|e| map_err("probe", &key, e))?;
+        let Some(id) = upload.upload_id() else {
+            return Err(StorageError::Remote {
+                op: "probe",
+                key: object_key.to_string(),
+                message: "CreateMultipartUpload returned no upload id".to_string(),
+                transient: false,
+            });
+        };
+        let abort = || async {
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.settings.bucket)
+                .key(object_key)
+                .upload_id(id)
+                .send()
+                .await;
+        };
+        let part = match self
+            .client
+            .upload_part()
+            .bucket(&self.settings.bucket)
+            .key(object_key)
+            .upload_id(id)
+            .part_number(1)
+            .body(ByteStream::from_static(b"walvault create-only probe 3"))
+            .send()
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => {
+                abort().await;
+                return Err(map_err("probe", &key, e));
+            }
+        };
+        let done = CompletedPart::builder()
+            .part_number(1)
+            .set_e_tag(part.e_tag().map(str::to_string))
+            .build();
+        let completed = self
+            .client
+            .complete_multipart_upload()
+            .bucket(&self.settings.bucket)
+            .key(object_key)
+            .upload_id(id)
+            .if_none_match("*")
+            .multipart_upload(CompletedMultipartUpload::builder().parts(done).build())
+            .send()
+            .await;
+        let status = http_status;
+        Ok(match completed {
+            Ok(_) => "overwrote the object (ignored)",
+            Err(e) if status(&e) == Some(412) => {
+                abort().await;
+                "refused the second create (honoured)"
+            }
+            Err(e) if status(&e) == Some(501) => {
+                abort().await;
+                "answered 501 (not implemented)"
+            }
+            Err(e) => {
+                abort().await;
+                return Err(map_err("probe", &key, e));
+            }
+        })
+    }
+
     /// Builds the client. No network traffic happens here.
     pub fn new(settings: S3Settings) -> Result<S3Store> {
         if settings.part_size_bytes < 5 << 20 {
@@ -148,6 +231,7 @@ impl S3Store {
         }
         Ok(S3Store {
             client: Client::from_conf(builder.build()),
+            head_check: Default::default(),
             settings,
         })
     }
@@ -238,6 +322,11 @@ fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
         current = e.source();
     }
     parts.join(": ")
+}
+
+/// The HTTP status of a failed request, when there was a response.
+fn http_status<E>(e: &SdkError<E, aws_sdk_s3::config::http::HttpResponse>) -> Option<u16> {
+    e.raw_response().map(|r| r.status().as_u16())
 }
 
 /// Maps an SDK error to a storage error: 404 is NotFound, 412 is
@@ -444,6 +533,83 @@ impl ObjectStore for S3Store {
         }
     }
 
+    fn use_create_only(&self, mode: CreateOnly) {
+        self.head_check.store(
+            mode == CreateOnly::HeadCheck,
+            std::sync::atomic::Ordering::Relaxed,
+        );
+    }
+
+    async fn probe_create_only(&self) -> Result<CreateOnlyProbe> {
+        let n = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let key = Key::new(format!("probe/create-only-{}-{n}", std::process::id()))?;
+        let object_key = self.object_key(&key);
+        let status_of = http_status;
+        let single = |body: &'static [u8]| {
+            self.client
+                .put_object()
+                .bucket(&self.settings.bucket)
+                .key(&object_key)
+                .if_none_match("*")
+                .body(ByteStream::from_static(body))
+                .send()
+        };
+        let cleanup = || async {
+            let _ = self.delete(&key).await;
+        };
+        // 1. The first create must succeed (with the header, or without it
+        // where the server does not implement it).
+        let first = single(b"walvault create-only probe 1").await;
+        if let Err(e) = &first {
+            if status_of(e) != Some(501) {
+                let err = map_err("probe", &key, first.unwrap_err());
+                cleanup().await;
+                return Err(err);
+            }
+            self.client
+                .put_object()
+                .bucket(&self.settings.bucket)
+                .key(&object_key)
+                .body(ByteStream::from_static(b"walvault create-only probe 1"))
+                .send()
+                .await
+                .map_err(|e| map_err("probe", &key, e))?;
+        }
+        // 2. A second single-PUT create of the same key.
+        let put = match single(b"walvault create-only probe 2").await {
+            Err(e) if status_of(&e) == Some(412) => "refused the second create (honoured)",
+            Err(e) if status_of(&e) == Some(501) => "answered 501 (not implemented)",
+            Ok(_) => "overwrote the object (ignored)",
+            Err(e) => {
+                let err = map_err("probe", &key, e);
+                cleanup().await;
+                return Err(err);
+            }
+        };
+        // 3. A multipart create of the same key.
+        let multipart = match self.probe_multipart(&object_key).await {
+            Ok(found) => found,
+            Err(e) => {
+                cleanup().await;
+                return Err(e);
+            }
+        };
+        cleanup().await;
+        let honoured = |s: &str| s.ends_with("(honoured)");
+        Ok(CreateOnlyProbe {
+            mode: if honoured(put) && honoured(multipart) {
+                CreateOnly::Atomic
+            } else {
+                CreateOnly::HeadCheck
+            },
+            put: put.to_string(),
+            multipart: multipart.to_string(),
+        })
+    }
+
     async fn remove_abandoned(&self, min_age: Duration) -> Result<usize> {
         let prefix = if self.settings.prefix.is_empty() {
             String::new()
@@ -631,6 +797,12 @@ impl S3Writer {
         }
     }
 
+    fn head_check(&self) -> bool {
+        self.store
+            .head_check
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     async fn put_single(&mut self, data: Bytes) -> Result<()> {
         let create = self.mode == PutMode::Create;
         let request = |conditional: bool| {
@@ -645,6 +817,30 @@ impl S3Writer {
             }
             req
         };
+        if create && self.head_check() {
+            if self.exists().await? {
+                return Err(StorageError::AlreadyExists {
+                    key: self.key.clone(),
+                });
+            }
+            let out = request(true).send().await.or_else(|e| {
+                match e.raw_response().map(|r| r.status().as_u16()) {
+                    Some(501) => Err(None),
+                    _ => Err(Some(e)),
+                }
+            });
+            let etag = match out {
+                Ok(out) => out.e_tag().map(str::to_string),
+                Err(Some(e)) => return Err(map_err("put", &self.key, e)),
+                Err(None) => request(false)
+                    .send()
+                    .await
+                    .map_err(|e| map_err("put", &self.key, e))?
+                    .e_tag()
+                    .map(str::to_string),
+            };
+            return self.check_still_ours(etag).await;
+        }
         match request(create).send().await {
             Ok(_) => Ok(()),
             Err(e) if create && e.raw_response().map(|r| r.status().as_u16()) == Some(501) => {
@@ -660,6 +856,30 @@ impl S3Writer {
                     .map_err(|e| map_err("put", &self.key, e))
             }
             Err(e) => Err(map_err("put", &self.key, e)),
+        }
+    }
+
+    /// The head-check fallback's second half: the object under the key is
+    /// the one this writer just stored (same ETag), or a concurrent writer
+    /// replaced it, which is reported as the key already existing.
+    async fn check_still_ours(&self, etag: Option<String>) -> Result<()> {
+        let Some(etag) = etag else {
+            return Ok(());
+        };
+        let head = self
+            .client()
+            .head_object()
+            .bucket(self.bucket())
+            .key(&self.object_key)
+            .send()
+            .await
+            .map_err(|e| map_err("head", &self.key, e))?;
+        if head.e_tag() == Some(etag.as_str()) {
+            Ok(())
+        } else {
+            Err(StorageError::AlreadyExists {
+                key: self.key.clone(),
+            })
         }
     }
 
@@ -696,15 +916,25 @@ impl S3Writer {
         if create {
             req = req.if_none_match("*");
         }
+        let head_check = self.head_check();
         match req.clone().send().await {
+            Ok(out) if create && head_check => {
+                self.upload_id = None;
+                return self.check_still_ours(out.e_tag().map(str::to_string)).await;
+            }
             Ok(_) => {}
             // No conditional completion on this server: the HEAD above is
             // the documented fallback (not atomic against a racing writer).
             Err(e) if create && e.raw_response().map(|r| r.status().as_u16()) == Some(501) => {
-                req.set_if_none_match(None)
+                let out = req
+                    .set_if_none_match(None)
                     .send()
                     .await
                     .map_err(|e| map_err("complete multipart upload", &self.key, e))?;
+                if head_check {
+                    self.upload_id = None;
+                    return self.check_still_ours(out.e_tag().map(str::to_string)).await;
+                }
             }
             Err(e) => return Err(map_err("complete multipart upload", &self.key, e)),
         }

@@ -9,6 +9,7 @@ mod harness;
 
 mod archive_cluster;
 mod archive_errors;
+mod create_only;
 mod faults;
 mod ops;
 mod pitr;

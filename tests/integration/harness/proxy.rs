@@ -34,10 +34,24 @@ const FAULTS: [Fault; 5] = [
     Fault::Stall,
 ];
 
+/// How the proxy treats `If-None-Match: *` (conditional create).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Conditional {
+    /// Forwarded: the server's own behaviour.
+    Forward,
+    /// Removed before forwarding, as a server that ignores it. The header
+    /// is signed, so in every conditional mode the proxy forwards requests
+    /// without their signature, to an S3 server that checks none.
+    Ignore,
+    /// Answered 501 Not Implemented by the proxy itself.
+    NotImplemented,
+}
+
 pub struct FaultProxy {
     pub endpoint: String,
     stop: Arc<AtomicBool>,
     percent: Arc<AtomicU32>,
+    conditional: Arc<AtomicU32>,
     counts: Arc<Mutex<BTreeMap<Fault, u64>>>,
 }
 
@@ -51,10 +65,16 @@ impl FaultProxy {
         let stop = Arc::new(AtomicBool::new(false));
         let percent = Arc::new(AtomicU32::new(fault_percent));
         let counts = Arc::new(Mutex::new(BTreeMap::new()));
+        let conditional = Arc::new(AtomicU32::new(0));
         let state = Arc::new(AtomicU64::new(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1));
         let upstream = upstream.to_string();
         {
-            let (stop, percent, counts) = (stop.clone(), percent.clone(), counts.clone());
+            let (stop, percent, counts, conditional) = (
+                stop.clone(),
+                percent.clone(),
+                counts.clone(),
+                conditional.clone(),
+            );
             std::thread::spawn(move || {
                 while !stop.load(Ordering::SeqCst) {
                     match listener.accept() {
@@ -69,7 +89,14 @@ impl FaultProxy {
                             *counts.lock().unwrap().entry(fault).or_default() += 1;
                             let upstream = upstream.clone();
                             let cut = (roll >> 16) as usize;
-                            std::thread::spawn(move || serve(client, &upstream, fault, cut));
+                            let mode = conditional.load(Ordering::SeqCst);
+                            std::thread::spawn(move || {
+                                if mode != 0 && fault == Fault::Pass {
+                                    serve_conditional(client, &upstream, mode);
+                                } else {
+                                    serve(client, &upstream, fault, cut);
+                                }
+                            });
                         }
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
@@ -80,8 +107,18 @@ impl FaultProxy {
             endpoint: format!("http://127.0.0.1:{port}"),
             stop,
             percent,
+            conditional,
             counts,
         }
+    }
+
+    pub fn set_conditional(&self, mode: Conditional) {
+        let n = match mode {
+            Conditional::Forward => 0,
+            Conditional::Ignore => 1,
+            Conditional::NotImplemented => 2,
+        };
+        self.conditional.store(n, Ordering::SeqCst);
     }
 
     pub fn set_fault_percent(&self, percent: u32) {
@@ -229,4 +266,56 @@ fn serve(mut client: TcpStream, upstream: &str, fault: Fault, cut: usize) {
             let _ = up.join();
         }
     }
+}
+
+/// One request per connection, its conditional header treated as `mode`
+/// says (1: removed, 2: answered 501), then forwarded with
+/// `Connection: close` and the response copied back to the end.
+fn serve_conditional(mut client: TcpStream, upstream: &str, mode: u32) {
+    let Some(request) = read_request(&mut client) else {
+        return;
+    };
+    let head_end = request
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(request.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&request[..head_end]).into_owned();
+    let conditional = head
+        .lines()
+        .any(|l| l.to_ascii_lowercase().starts_with("if-none-match:"));
+    if mode == 2 && conditional {
+        let body = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>NotImplemented</Code><Message>A header you provided implies functionality that is not implemented</Message></Error>";
+        let _ = write!(
+            client,
+            "HTTP/1.1 501 Not Implemented\r\nContent-Type: application/xml\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = client.shutdown(Shutdown::Both);
+        return;
+    }
+    let mut lines: Vec<&str> = head
+        .trim_end_matches("\r\n")
+        .split("\r\n")
+        .filter(|l| {
+            let l = l.to_ascii_lowercase();
+            // The server behind checks no signature: requests go unsigned.
+            !l.starts_with("connection:")
+                && !l.starts_with("authorization:")
+                && !(mode == 1 && l.starts_with("if-none-match:"))
+        })
+        .collect();
+    lines.insert(1, "Connection: close");
+    let mut out = lines.join("\r\n").into_bytes();
+    out.extend_from_slice(b"\r\n\r\n");
+    out.extend_from_slice(&request[head_end..]);
+    let Ok(mut server) = TcpStream::connect(upstream) else {
+        reset(&client);
+        return;
+    };
+    if server.write_all(&out).is_err() {
+        reset(&client);
+        return;
+    }
+    let _ = std::io::copy(&mut server, &mut client);
+    let _ = client.shutdown(Shutdown::Both);
 }

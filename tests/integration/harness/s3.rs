@@ -41,6 +41,16 @@ pub fn s3s_fs_binary() -> PathBuf {
 impl S3Server {
     /// Starts a server storing under `<base>/s3` with one bucket, `bucket`.
     pub fn start(base: &Path, bucket: &str) -> S3Server {
+        S3Server::start_with(base, bucket, true)
+    }
+
+    /// A server that checks no signature, so a proxy may change signed
+    /// headers (to play a server that ignores a header).
+    pub fn start_without_auth(base: &Path, bucket: &str) -> S3Server {
+        S3Server::start_with(base, bucket, false)
+    }
+
+    fn start_with(base: &Path, bucket: &str, auth: bool) -> S3Server {
         let root = base.join("s3");
         std::fs::create_dir_all(root.join(bucket)).expect("create bucket dir");
         let mut last_err = String::new();
@@ -48,9 +58,12 @@ impl S3Server {
             let port = free_port();
             let log =
                 std::fs::File::create(base.join(format!("s3s-fs-{port}.log"))).expect("s3 log");
-            let mut child = Command::new(s3s_fs_binary())
-                .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-                .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            let mut cmd = Command::new(s3s_fs_binary());
+            cmd.args(["--host", "127.0.0.1", "--port", &port.to_string()]);
+            if auth {
+                cmd.args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY]);
+            }
+            let mut child = cmd
                 .arg(&root)
                 .stdout(Stdio::null())
                 .stderr(log)
