@@ -521,3 +521,186 @@ fn a_missing_bucket_is_a_failure_not_missing() {
     assert_eq!(out.code, 128, "{}", out.stderr);
     assert!(out.stderr.contains("not initialized"), "{}", out.stderr);
 }
+
+/// Every file under `dir` with its bytes, to show nothing changed.
+fn snapshot(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            if e.file_type().unwrap().is_dir() {
+                stack.push(e.path());
+            } else {
+                out.push((e.path(), std::fs::read(e.path()).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// The shape every refusal has: an ERROR line, at most a HINT after it,
+/// and never a panic.
+fn assert_one_error(what: &str, out: &Ran, code: i32, words: &str) {
+    assert_eq!(out.code, code, "{what}: {}", out.stderr);
+    let lines: Vec<&str> = out.stderr.lines().collect();
+    assert!(
+        !lines.is_empty()
+            && lines[0].contains(": ERROR: ")
+            && lines.len() <= 3
+            && lines[1..]
+                .iter()
+                .all(|l| l.contains(": HINT: ") || l.contains(": DETAIL: ")),
+        "{what}: {}",
+        out.stderr
+    );
+    assert!(!out.stderr.contains("panicked"), "{what}: {}", out.stderr);
+    assert!(
+        out.stderr.to_lowercase().contains(&words.to_lowercase()),
+        "{what}: expected {words:?} in {}",
+        out.stderr
+    );
+}
+
+/// Bad input, exhaustively: each case gets its documented exit code and
+/// one error (with its hint), leaves the repository unchanged, and never
+/// panics.
+#[test]
+fn bad_input_exhaustively() {
+    let dir = TestDir::new("badinput-all");
+    let repo = dir.path().join("repo");
+    init_local_repo(&repo, SYSID_A, 16 << 20);
+    let wal = dir.subdir("wal");
+    let good = write_segment(&wal, SYSID_A, 1, 1, mib(16), 1);
+    assert_eq!(push(&repo, dir.path(), &good).code, 0);
+    let before = snapshot(&repo);
+    let good_bytes = std::fs::read(&good).unwrap();
+    let name = |n: u64| format!("0000000100000000000000{n:02X}");
+
+    let mut cases: Vec<(&str, std::path::PathBuf, &str)> = Vec::new();
+    let empty = wal.join(name(2));
+    std::fs::write(&empty, b"").unwrap();
+    cases.push(("empty file", empty, "too short"));
+    let truncated = wal.join(name(3));
+    std::fs::write(&truncated, &good_bytes[..20]).unwrap();
+    cases.push(("truncated in the header", truncated, "too short"));
+    let mut flipped = write_segment(&wal, SYSID_A, 1, 4, mib(16), 1);
+    let mut bytes = std::fs::read(&flipped).unwrap();
+    bytes[0] ^= 0x40; // the page magic
+    std::fs::write(&flipped, &bytes).unwrap();
+    cases.push((
+        "flipped byte in the page magic",
+        flipped.clone(),
+        "not a WAL segment",
+    ));
+    flipped = write_segment(&wal, SYSID_A, 1, 5, mib(16), 1);
+    let mut bytes = std::fs::read(&flipped).unwrap();
+    bytes[8] ^= 0x01; // the page address
+    std::fs::write(&flipped, &bytes).unwrap();
+    cases.push((
+        "flipped byte in the page address",
+        flipped,
+        "does not match its name",
+    ));
+    let random = wal.join(name(6));
+    let mut x: u64 = 0x1234_5678;
+    let noise: Vec<u8> = (0..16 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect();
+    std::fs::write(&random, &noise).unwrap();
+    cases.push(("random bytes", random, "not a WAL segment"));
+    let directory = wal.join(name(7));
+    std::fs::create_dir(&directory).unwrap();
+    cases.push(("a directory", directory, "not a regular file"));
+    let traversal = wal.join("../../etc/passwd");
+    cases.push(("path traversal", traversal, "not a WAL file name"));
+    let long = wal.join("0".repeat(255));
+    std::fs::write(&long, b"x").unwrap();
+    cases.push(("over-long name", long, "not a WAL file name"));
+    let garbage_history = wal.join("00000005.history");
+    std::fs::write(&garbage_history, &noise[..4096]).unwrap();
+    cases.push(("binary .history", garbage_history, "not a"));
+    let bad_history = wal.join("00000006.history");
+    std::fs::write(&bad_history, "7\t0/3000000\tparent above the child\n").unwrap();
+    cases.push((
+        "impossible .history",
+        bad_history,
+        "not a timeline history file",
+    ));
+    let bad_backup = wal.join("000000010000000000000001.00000028.backup");
+    std::fs::write(&bad_backup, "LABEL: no locations\n").unwrap();
+    cases.push(("garbage .backup", bad_backup, "not a backup history file"));
+    for (what, path, words) in &cases {
+        let out = push(&repo, dir.path(), path);
+        assert_one_error(what, &out, 3, words);
+    }
+
+    // An unreadable file, as PostgreSQL's user (root reads everything).
+    if crate::harness::is_root() {
+        let bin = dir.install_binaries();
+        let locked = wal.join(name(8));
+        std::fs::copy(&good, &locked).unwrap();
+        std::os::unix::fs::chown(&locked, Some(0), Some(0)).unwrap();
+        std::fs::set_permissions(&locked, std::os::unix::fs::PermissionsExt::from_mode(0o000))
+            .unwrap();
+        crate::harness::give_to_postgres(&repo);
+        let out = run(crate::harness::as_postgres(bin.join("walvault-push"))
+            .arg("--repo")
+            .arg(&repo)
+            .arg(&locked)
+            .current_dir(dir.path()));
+        assert_one_error("unreadable file", &out, 3, "permission denied");
+    }
+
+    // Fetch: names that are not WAL names never reach the repository.
+    let pgdata = dir.subdir("pgdata");
+    std::fs::create_dir_all(pgdata.join("pg_wal")).unwrap();
+    for bad in [
+        "../000000010000000000000001",
+        "000000010000000000000001/../../x",
+        &"0".repeat(300),
+        "",
+    ] {
+        let out = fetch(&repo, &pgdata, bad, Path::new("pg_wal/RECOVERYXLOG"));
+        assert_eq!(out.code, 128, "{bad:?}: {}", out.stderr);
+        assert!(!out.stderr.contains("panicked"), "{}", out.stderr);
+    }
+    assert_eq!(snapshot(&repo), before, "no refusal changed the repository");
+
+    // A corrupt header, and one of a newer format: push refuses (7), and
+    // fetch never calls a file missing.
+    let header = repo.join("repository.json");
+    let original = std::fs::read(&header).unwrap();
+    let next = write_segment(&wal, SYSID_A, 1, 9, mib(16), 1);
+    for (what, text, words) in [
+        (
+            "corrupt repository.json",
+            "{ this is not json".to_string(),
+            "unreadable",
+        ),
+        (
+            "newer repository format",
+            String::from_utf8_lossy(&original)
+                .replace("\"format_version\": 1", "\"format_version\": 99"),
+            "upgrade walvault",
+        ),
+    ] {
+        std::fs::write(&header, &text).unwrap();
+        let before = snapshot(&repo);
+        let out = push(&repo, dir.path(), &next);
+        assert_one_error(what, &out, 7, words);
+        let out = fetch(&repo, &pgdata, &name(9), Path::new("pg_wal/RECOVERYXLOG"));
+        assert_eq!(out.code, 128, "{what}: {}", out.stderr);
+        assert_eq!(snapshot(&repo), before, "{what}: nothing changed");
+    }
+    std::fs::write(&header, &original).unwrap();
+    assert_eq!(push(&repo, dir.path(), &next).code, 0);
+}
