@@ -631,8 +631,23 @@ impl ObjectStore for S3Store {
                 .set_key_marker(key_marker.clone())
                 .set_upload_id_marker(upload_marker.clone())
                 .send()
-                .await
-                .map_err(|e| map_err("list", &Key::new("multipart").expect("valid key"), e))?;
+                .await;
+            let page = match page {
+                Ok(page) => page,
+                // Servers without ListMultipartUploads: nothing to find
+                // here; a bucket lifecycle rule has to do it.
+                Err(e) if http_status(&e) == Some(501) => {
+                    tracing::warn!(repo = %self.describe(), "this S3 server cannot list multipart uploads, so walvault cannot abort those a killed process left; add a lifecycle rule (AbortIncompleteMultipartUpload) to the bucket");
+                    return Ok(removed);
+                }
+                Err(e) => {
+                    return Err(map_err(
+                        "list",
+                        &Key::new("multipart").expect("valid key"),
+                        e,
+                    ))
+                }
+            };
             for upload in page.uploads() {
                 let started = upload
                     .initiated()

@@ -217,3 +217,145 @@ async fn check_objects(
     report.problems.sort_by(|a, b| a.subject.cmp(&b.subject));
     infos
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    use async_trait::async_trait;
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::repo::manifest::{test_manifest, FileEntry};
+    use crate::repo::object::write_object;
+    use crate::repo::{ClusterIdentity, CompressSettings};
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::{
+        ObjectMeta, ObjectReader, ObjectStore, ObjectWriter, PutMode, StorageError,
+    };
+    use crate::wal::{Lsn, SegmentNo, TimelineId};
+
+    const SEG: u64 = 16 << 20;
+
+    /// Plays an expire that runs while verify reads: the first read of an
+    /// object of backup `label` removes that backup, manifest first, and
+    /// finds the object gone.
+    #[derive(Debug)]
+    struct ExpireRacing {
+        inner: MemoryStore,
+        label: String,
+        fired: AtomicBool,
+    }
+
+    #[async_trait]
+    impl ObjectStore for ExpireRacing {
+        async fn get(&self, key: &Key) -> crate::storage::Result<ObjectReader> {
+            let prefix = layout::backup_prefix(&self.label);
+            if key.as_str().starts_with(&prefix) && !self.fired.swap(true, Ordering::SeqCst) {
+                self.inner
+                    .delete(&layout::manifest_key(&self.label))
+                    .await?;
+                for meta in self.inner.list(Some(&prefix)).await? {
+                    self.inner.delete(&meta.key).await?;
+                }
+                return Err(StorageError::NotFound { key: key.clone() });
+            }
+            self.inner.get(key).await
+        }
+        async fn get_range(&self, key: &Key, o: u64, l: u64) -> crate::storage::Result<Bytes> {
+            self.inner.get_range(key, o, l).await
+        }
+        async fn head(&self, key: &Key) -> crate::storage::Result<ObjectMeta> {
+            self.inner.head(key).await
+        }
+        async fn put(
+            &self,
+            key: &Key,
+            mode: PutMode,
+        ) -> crate::storage::Result<Box<dyn ObjectWriter>> {
+            self.inner.put(key, mode).await
+        }
+        async fn list(&self, prefix: Option<&str>) -> crate::storage::Result<Vec<ObjectMeta>> {
+            self.inner.list(prefix).await
+        }
+        async fn delete(&self, key: &Key) -> crate::storage::Result<()> {
+            self.inner.delete(key).await
+        }
+        fn describe(&self) -> String {
+            "racing".to_string()
+        }
+    }
+
+    async fn put(repo: &Repository, key: &Key, data: &[u8]) {
+        let mut src = data;
+        write_object(
+            repo.store(),
+            key,
+            PutMode::Create,
+            &mut src,
+            CompressSettings::default(),
+        )
+        .await
+        .expect("write");
+    }
+
+    #[tokio::test]
+    async fn an_expire_running_beside_verify_is_not_damage() {
+        let store = Arc::new(ExpireRacing {
+            inner: MemoryStore::new(),
+            label: "20260101T000000Z".to_string(),
+            fired: AtomicBool::new(false),
+        });
+        let repo = Repository::new(store.clone(), CompressSettings::default());
+        let size = WalSegmentSize::DEFAULT;
+        repo.init(
+            &ClusterIdentity {
+                system_identifier: 7_000_000_000_000_000_001,
+                wal_segment_size: size,
+                pg_major: 15,
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+        for (label, segment) in [("20260101T000000Z", 2u64), ("20260102T000000Z", 4)] {
+            let mut m = test_manifest(
+                label,
+                TimelineId(1),
+                Lsn(segment * SEG + 0x28),
+                Lsn(segment * SEG + 0x100),
+                size,
+                "2026-01-01T00:00:00Z",
+            );
+            let object = layout::backup_file_key(label, 0);
+            put(&repo, &object, b"file contents").await;
+            m.files.push(FileEntry {
+                path: "base/1/1".to_string(),
+                size: 13,
+                checksum: crate::stream::Checksum::of(b"file contents"),
+                mode: 0o600,
+                mtime: 0,
+                object: object.to_string(),
+                stored_size: 0,
+            });
+            repo.write_manifest(&m).await.unwrap();
+        }
+        for segment in 2..=5 {
+            let name = WalFileName::Segment {
+                timeline: TimelineId(1),
+                segment: SegmentNo(segment),
+                size,
+            };
+            put(&repo, &layout::wal_key(&name), b"wal").await;
+        }
+        let report = run_verify(&repo, 2).await.unwrap();
+        assert!(store.fired.load(Ordering::SeqCst), "the race happened");
+        assert!(report.ok(), "{:?}", report.problems);
+        assert!(report.objects_vanished >= 1, "{}", report.objects_vanished);
+        assert_eq!(
+            report.backups_checked, 1,
+            "the expired backup is not judged"
+        );
+    }
+}

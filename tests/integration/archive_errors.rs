@@ -368,6 +368,32 @@ fn unreachable_s3_fails_within_seconds() {
     );
     assert!(out.stderr.contains("failed after"), "{}", out.stderr);
     assert!(!dir.path().join("RECOVERYXLOG").exists());
+
+    // In standby mode no waiting retry, however long --fetch-retry-secs:
+    // the startup process should go back to streaming at once.
+    let standby = dir.subdir("standby");
+    std::fs::write(standby.join("standby.signal"), "").unwrap();
+    let started = Instant::now();
+    let out = run(walvault("walvault-fetch")
+        .args([
+            "--repo",
+            "s3://bucket/prefix",
+            "--s3-endpoint",
+            &endpoint,
+            "--s3-path-style",
+            "--fetch-retry-secs",
+            "60",
+        ])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .args(["000000010000000000000001", "RECOVERYXLOG"])
+        .current_dir(&standby));
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "standby fetch took {:?}",
+        started.elapsed()
+    );
 }
 
 #[test]

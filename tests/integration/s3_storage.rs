@@ -37,3 +37,46 @@ async fn s3_store_without_prefix_conforms() {
     let all = store.list(None).await.expect("list");
     assert!(all.iter().all(|m| m.key.as_str().starts_with("c/")));
 }
+
+/// A multipart upload left open by a writer that never finished (its
+/// process was killed: no abort ran) does not make `remove_abandoned`
+/// (which expire calls) fail. s3s-fs cannot list multipart uploads, so
+/// here that is all it can show; the finished object is untouched.
+#[tokio::test]
+async fn abandoned_multipart_uploads_do_not_break_expire() {
+    use walvault::storage::{Key, PutMode};
+    let dir = TestDir::new("s3-abandoned");
+    let server = S3Server::start(dir.path(), "bucket");
+    let mut settings = S3Settings::from_url("s3://bucket/p").unwrap();
+    settings.endpoint = Some(server.endpoint.clone());
+    settings.path_style = true;
+    settings.region = Some("us-east-1".to_string());
+    settings.static_credentials = Some((s3::ACCESS_KEY.to_string(), s3::SECRET_KEY.to_string()));
+    settings.part_size_bytes = 5 << 20;
+    let store = S3Store::new(settings).unwrap();
+    let kept = Key::new("kept").unwrap();
+    store
+        .put_bytes(&kept, bytes::Bytes::from_static(b"done"), PutMode::Create)
+        .await
+        .unwrap();
+    let mut writer = store
+        .put(&Key::new("killed").unwrap(), PutMode::Create)
+        .await
+        .unwrap();
+    // More than a part: the upload is started and its first part sent.
+    writer
+        .write(bytes::Bytes::from(vec![7u8; 6 << 20]))
+        .await
+        .unwrap();
+    // As if the process died here: no commit, no abort, no drop.
+    std::mem::forget(writer);
+    store
+        .remove_abandoned(std::time::Duration::ZERO)
+        .await
+        .expect("a server without ListMultipartUploads is not an error");
+    assert_eq!(&store.get_bytes(&kept).await.unwrap()[..], b"done");
+    assert!(
+        store.head(&Key::new("killed").unwrap()).await.is_err(),
+        "the unfinished upload never became an object"
+    );
+}
