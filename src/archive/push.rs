@@ -21,8 +21,8 @@ use crate::repo::{
 use crate::storage::{PutMode, StorageError};
 use crate::stream::{Checksum, Hasher};
 use crate::wal::{
-    parse_backup_history, pg_major_for_wal_magic, LongPageHeader, TimelineHistory, WalFileName,
-    WalSegmentSize, LONG_HEADER_LEN,
+    parse_backup_history, pg_major_for_wal_magic, LongPageHeader, PageHeaderError, TimelineHistory,
+    WalFileName, WalSegmentSize, LONG_HEADER_LEN,
 };
 
 /// History and backup-history files are a few lines of text.
@@ -158,10 +158,19 @@ fn check_segment(
             )
         })?;
     }
-    let header = LongPageHeader::parse(&head).map_err(|e| PushError::BadInput {
-        path: path.to_path_buf(),
-        reason: format!("is not a WAL segment: {e}"),
-        hint: "\nHINT: only files from pg_wal can be archived".to_string(),
+    let header = LongPageHeader::parse(&head).map_err(|e| match e {
+        PageHeaderError::UnsupportedMajor { .. } => PushError::BadInput {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+            hint:
+                "\nHINT: archive this cluster with a tool that supports its version, or upgrade it"
+                    .to_string(),
+        },
+        _ => PushError::BadInput {
+            path: path.to_path_buf(),
+            reason: format!("is not a WAL segment: {e}"),
+            hint: "\nHINT: only files from pg_wal can be archived".to_string(),
+        },
     })?;
     let size = WalSegmentSize::new(header.segment_size as u64).map_err(|e| {
         bad(

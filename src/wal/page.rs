@@ -31,13 +31,14 @@ pub const MAX_WAL_BLOCK_SIZE: u32 = 64 * 1024;
 
 /// `XLOG_PAGE_MAGIC` of each supported PostgreSQL major version. The value
 /// changes whenever the WAL format does, so it identifies the server.
-pub const WAL_PAGE_MAGICS: [(u16, u32); 6] = [
+pub const WAL_PAGE_MAGICS: [(u16, u32); 7] = [
     (0xD101, 12),
     (0xD106, 13),
     (0xD10D, 14),
     (0xD110, 15),
     (0xD113, 16),
     (0xD116, 17),
+    (0xD118, 18),
 ];
 
 /// The PostgreSQL major version that writes WAL pages with `magic`, or
@@ -59,6 +60,10 @@ pub enum PageHeaderError {
     /// `xlp_magic` is not one of [`WAL_PAGE_MAGICS`].
     #[error("unknown WAL page magic 0x{magic:04X}")]
     UnknownMagic { magic: u16 },
+    /// `xlp_magic` is a PostgreSQL WAL magic of a major walvault does not
+    /// support (PostgreSQL 11 or older, or newer than the newest known).
+    #[error("is WAL of PostgreSQL {which} (page magic 0x{magic:04X}); walvault supports PostgreSQL 12 to 18")]
+    UnsupportedMajor { magic: u16, which: &'static str },
     /// `xlp_info` has bits PostgreSQL does not define.
     #[error("invalid WAL page info bits 0x{info:04X}: only 0x{XLP_ALL_FLAGS:04X} may be set")]
     InvalidInfoBits { info: u16 },
@@ -166,8 +171,23 @@ impl LongPageHeader {
             block_size: read_u32::<AT_BLCKSZ>(h),
         };
         if pg_major_for_wal_magic(header.magic).is_none() {
-            return Err(PageHeaderError::UnknownMagic {
-                magic: header.magic,
+            // PostgreSQL's magics have counted up from 0xD000 (9.0 era):
+            // one below 12's is an older server, one a little above 18's a
+            // newer one.
+            let (oldest, newest) = (
+                WAL_PAGE_MAGICS[0].0,
+                WAL_PAGE_MAGICS[WAL_PAGE_MAGICS.len() - 1].0,
+            );
+            return Err(match header.magic {
+                m if (0xD000..oldest).contains(&m) => PageHeaderError::UnsupportedMajor {
+                    magic: m,
+                    which: "11 or older",
+                },
+                m if m > newest && m <= newest + 0x20 => PageHeaderError::UnsupportedMajor {
+                    magic: m,
+                    which: "19 or newer",
+                },
+                m => PageHeaderError::UnknownMagic { magic: m },
             });
         }
         if header.info & !XLP_ALL_FLAGS != 0 {
@@ -313,6 +333,7 @@ mod tests {
             (0xD110, 15),
             (0xD113, 16),
             (0xD116, 17),
+            (0xD118, 18),
         ] {
             assert_eq!(pg_major_for_wal_magic(magic), Some(major));
             let mut p = page();
@@ -343,6 +364,19 @@ mod tests {
             LongPageHeader::parse(&p),
             Err(PageHeaderError::UnknownMagic { magic: 0x16D1 })
         );
+    }
+
+    #[test]
+    fn unsupported_majors_are_named() {
+        for (magic, which) in [(0xD098u16, "11 or older"), (0xD11A, "19 or newer")] {
+            let mut p = page();
+            p[0..2].copy_from_slice(&magic.to_le_bytes());
+            let e = LongPageHeader::parse(&p).unwrap_err();
+            assert_eq!(e, PageHeaderError::UnsupportedMajor { magic, which });
+            assert!(e
+                .to_string()
+                .contains("walvault supports PostgreSQL 12 to 18"));
+        }
     }
 
     #[test]

@@ -14,3 +14,4 @@ mod faults;
 mod ops;
 mod pitr;
 mod s3_storage;
+mod versions;

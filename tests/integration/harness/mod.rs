@@ -28,6 +28,26 @@ pub fn pg_bin(name: &str) -> PathBuf {
     Path::new(&dir).join(name)
 }
 
+/// Where the server programs of PostgreSQL `major` are: the npm builds
+/// scripts/install-pg-majors caches (WALVAULT_PG_CACHE), or Debian's for 15.
+pub fn pg_server_bin(major: u32) -> PathBuf {
+    let cache =
+        std::env::var("WALVAULT_PG_CACHE").unwrap_or_else(|_| "/var/cache/walvault/pg".to_string());
+    let cached = Path::new(&cache).join(major.to_string()).join("bin");
+    if cached.join("postgres").is_file() {
+        return cached;
+    }
+    let debian = PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"));
+    if debian.join("postgres").is_file() {
+        return debian;
+    }
+    panic!(
+        "no PostgreSQL {major} server binaries in {} or {}: run scripts/install-pg-majors (scripts/test does)",
+        cached.display(),
+        debian.display()
+    );
+}
+
 pub fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc::geteuid() == 0 }

@@ -8,6 +8,10 @@ use std::process::Command;
 use super::{as_postgres, give_to_postgres, pg_bin, run_ok};
 
 pub struct PgCluster {
+    /// Where this cluster's server programs (initdb, pg_ctl, postgres) are;
+    /// clients (psql, pgbench) are always PostgreSQL 15's from apt, which
+    /// work against every server from 12 to 18.
+    pub server_bin: PathBuf,
     pub data: PathBuf,
     pub socket_dir: PathBuf,
     pub port: u16,
@@ -26,15 +30,24 @@ fn socket_port() -> u16 {
 impl PgCluster {
     /// initdb a new cluster in `<base>/<name>`; `initdb_args` e.g. `--wal-segsize=1`.
     pub fn init(base: &Path, name: &str, initdb_args: &[&str]) -> PgCluster {
+        PgCluster::init_with(base, name, &pg_bin(""), initdb_args)
+    }
+
+    /// initdb with the server programs in `server_bin`.
+    pub fn init_with(
+        base: &Path,
+        name: &str,
+        server_bin: &Path,
+        initdb_args: &[&str],
+    ) -> PgCluster {
         let data = base.join(name);
-        let mut cmd = as_postgres(pg_bin("initdb"));
+        let mut cmd = as_postgres(server_bin.join("initdb"));
         cmd.args([
             "--no-sync",
             "-A",
             "trust",
             "-U",
             "postgres",
-            "--no-instructions",
             "-E",
             "UTF8",
             "--locale=C",
@@ -43,17 +56,23 @@ impl PgCluster {
         .arg("-D")
         .arg(&data);
         run_ok(&mut cmd);
-        PgCluster::existing(base, name, data)
+        PgCluster::existing_with(base, name, data, server_bin)
     }
 
     /// A cluster around a data directory made some other way (a restore).
     pub fn existing(base: &Path, name: &str, data: PathBuf) -> PgCluster {
+        PgCluster::existing_with(base, name, data, &pg_bin(""))
+    }
+
+    /// The same, run with the server programs in `server_bin`.
+    pub fn existing_with(base: &Path, name: &str, data: PathBuf, server_bin: &Path) -> PgCluster {
         let socket_dir = base.join(format!("{name}-socket"));
         std::fs::create_dir_all(&socket_dir).expect("socket dir");
         give_to_postgres(&socket_dir);
         let port = socket_port();
         let log = base.join(format!("{name}.log"));
         let cluster = PgCluster {
+            server_bin: server_bin.to_path_buf(),
             data,
             socket_dir,
             port,
@@ -81,7 +100,7 @@ impl PgCluster {
 
     pub fn start(&mut self) {
         give_to_postgres(&self.data);
-        let out = as_postgres(pg_bin("pg_ctl"))
+        let out = as_postgres(self.server_bin.join("pg_ctl"))
             .args(["-w", "-t", "120", "-D"])
             .arg(&self.data)
             .arg("-l")
@@ -101,7 +120,7 @@ impl PgCluster {
 
     pub fn stop(&mut self) {
         if self.running {
-            let _ = as_postgres(pg_bin("pg_ctl"))
+            let _ = as_postgres(self.server_bin.join("pg_ctl"))
                 .args(["-w", "-t", "60", "-m", "fast", "-D"])
                 .arg(&self.data)
                 .arg("stop")
@@ -192,7 +211,7 @@ impl PgCluster {
 impl Drop for PgCluster {
     fn drop(&mut self) {
         if self.running {
-            let _ = as_postgres(pg_bin("pg_ctl"))
+            let _ = as_postgres(self.server_bin.join("pg_ctl"))
                 .args(["-w", "-t", "30", "-m", "immediate", "-D"])
                 .arg(&self.data)
                 .arg("stop")
