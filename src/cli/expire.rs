@@ -145,7 +145,8 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExpireArgs) -> Exit 
                 // temporary files whose writer is gone, and multipart
                 // uploads older than the incomplete-backup grace.
                 let grace = Duration::from_secs(policy.incomplete_grace_secs.max(0) as u64);
-                match repo.store().remove_abandoned(grace).await {
+                let own = crate::repo::layout::OWN_PREFIXES;
+                match repo.store().remove_abandoned(grace, &own).await {
                     Ok(0) => {}
                     Ok(n) => println!("removed {n} leftover(s) of interrupted writes"),
                     Err(e) => report_error(

@@ -192,7 +192,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ListArgs) -> Exit {
         Ok(x) => x,
         Err(e) => {
             report_error(program, &e);
-            return Exit::Storage;
+            return super::wal::repo_exit(&e);
         }
     };
     let report = build_report(

@@ -20,6 +20,9 @@ pub const HEADER_KEY: &str = "repository.json";
 pub const WAL_PREFIX: &str = "wal/";
 pub const BACKUP_PREFIX: &str = "backup/";
 
+/// Every key prefix walvault writes under (besides the header).
+pub const OWN_PREFIXES: [&str; 5] = ["wal/", "backup/", "lock/", "probe/", "status/"];
+
 /// Whether a string is a backup label walvault writes: `YYYYMMDDTHHMMSSZ`,
 /// optionally followed by `-N` when two backups start in the same second.
 pub fn is_backup_label(label: &str) -> bool {

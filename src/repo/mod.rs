@@ -34,8 +34,10 @@ pub struct ClusterIdentity {
 }
 
 /// `repository.json`: written once, create-only, by `walvault init`.
+/// Unknown fields are ignored, so a later walvault can add optional ones
+/// without breaking this one (a change this one must not ignore bumps
+/// `format_version`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct RepoHeader {
     /// Always "walvault".
     pub format: String,
@@ -49,7 +51,8 @@ pub struct RepoHeader {
     /// How create-only puts are kept from overwriting on this storage
     /// ("atomic" or "head-check", see [`CreateOnly`]), as probed by `init`
     /// or `check --storage`. Absent in headers written before the probe
-    /// existed: treated as "atomic", which local storage always is.
+    /// existed: S3 then uses "head-check" until `check --storage` records
+    /// what the server does; local storage is atomic regardless.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_only: Option<String>,
     /// What the probe found, in words, and when.
@@ -160,7 +163,10 @@ impl Repository {
             return Err(corrupt("not a walvault header".to_string()));
         }
         match header.create_only.as_deref().map(CreateOnly::parse) {
-            None => {}
+            // Written before the probe existed: nothing is known of this
+            // server, so the safe method until `check --storage` records one
+            // (local storage ignores it; it is atomic by construction).
+            None => self.store.use_create_only(CreateOnly::HeadCheck),
             Some(Some(mode)) => self.store.use_create_only(mode),
             Some(None) => {
                 return Err(corrupt(format!(
@@ -344,6 +350,17 @@ pub struct WriterInfo {
     pub host: String,
     pub pid: u32,
     pub started_at: String,
+    /// The process's start time in clock ticks since boot (Linux
+    /// `/proc/<pid>/stat`), so a reused pid is not taken for the writer.
+    #[serde(default)]
+    pub proc_start: Option<u64>,
+}
+
+/// Field 22 of `/proc/<pid>/stat`: when the process started.
+fn proc_start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
 impl WriterInfo {
@@ -353,18 +370,27 @@ impl WriterInfo {
             host: lock::host_name(),
             pid: std::process::id(),
             started_at: jiff::Timestamp::now().to_string(),
+            proc_start: proc_start_time(std::process::id()),
         }
     }
 
-    /// Whether the writer still runs: known only on its own host.
+    /// Whether the writer still runs: known only on its own host (a pid
+    /// in use by a process that started at another time is not it).
     pub fn alive(&self) -> Option<bool> {
         if self.host != lock::host_name() {
             return None;
         }
         let pid = i32::try_from(self.pid).ok()?;
         // SAFETY: kill with signal 0 only checks that the process exists.
-        let alive = unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
-        Some(alive)
+        let exists = unsafe { libc::kill(pid, 0) == 0 || *libc::__errno_location() == libc::EPERM };
+        if !exists {
+            return Some(false);
+        }
+        // The pid is taken; by the writer only if it started then.
+        match (self.proc_start, proc_start_time(self.pid)) {
+            (Some(recorded), Some(now)) => Some(recorded == now),
+            _ => Some(true),
+        }
     }
 }
 
@@ -509,7 +535,7 @@ impl Repository {
     }
 
     /// The parsed history file of every timeline that has one in `wal`.
-    /// A history file that does not parse is an error naming it.
+    /// A history file that does not parse is skipped with a warning.
     pub async fn read_histories(
         &self,
         wal: &[WalObject],
@@ -527,14 +553,16 @@ impl Repository {
                 })
                 .await?;
                 let text = String::from_utf8_lossy(&text);
-                let history = crate::wal::TimelineHistory::parse(timeline, &text).map_err(|e| {
-                    RepoError::HeaderCorrupt {
-                        key: w.key.to_string(),
-                        repo: self.describe(),
-                        reason: e.to_string(),
+                // Push refuses such files, so this is damage: verify
+                // reports it; a listing goes on without it.
+                match crate::wal::TimelineHistory::parse(timeline, &text) {
+                    Ok(history) => {
+                        out.insert(timeline, history);
                     }
-                })?;
-                out.insert(timeline, history);
+                    Err(e) => {
+                        tracing::warn!(key = %w.key, error = %e, "unreadable timeline history file skipped")
+                    }
+                }
             }
         }
         Ok(out)
@@ -559,5 +587,36 @@ impl Repository {
                 })
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod writer_tests {
+    use super::WriterInfo;
+
+    #[test]
+    fn a_writer_is_alive_only_while_its_own_process_runs() {
+        let me = WriterInfo::current();
+        assert!(me.proc_start.is_some());
+        assert_eq!(me.alive(), Some(true));
+        let reused = WriterInfo {
+            proc_start: me.proc_start.map(|t| t + 1),
+            ..me.clone()
+        };
+        assert_eq!(
+            reused.alive(),
+            Some(false),
+            "a reused pid is not the writer"
+        );
+        let gone = WriterInfo {
+            pid: 4_000_000,
+            ..me.clone()
+        };
+        assert_eq!(gone.alive(), Some(false));
+        let elsewhere = WriterInfo {
+            host: "another-host.invalid".to_string(),
+            ..me
+        };
+        assert_eq!(elsewhere.alive(), None, "unknowable on another host");
     }
 }

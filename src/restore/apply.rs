@@ -346,6 +346,28 @@ pub async fn apply(
             reason,
         })?;
     let tablespaces = plan_tablespace_locations(manifest, &opts.tablespace_map)?;
+    // No location inside the data directory or inside another one: a
+    // manifest must not steer restore into places it should not write.
+    let pgdata_abs = std::path::absolute(&pgdata).unwrap_or_else(|_| pgdata.clone());
+    for (i, ts) in tablespaces.iter().enumerate() {
+        let here = Path::new(&ts.location);
+        let clash = here.starts_with(&pgdata_abs)
+            || pgdata_abs.starts_with(here)
+            || tablespaces.iter().enumerate().any(|(j, other)| {
+                j != i
+                    && (here.starts_with(&other.location)
+                        || Path::new(&other.location).starts_with(here))
+            });
+        if clash {
+            return Err(RestoreError::Target {
+                path: here.to_path_buf(),
+                reason: format!(
+                    "(tablespace {}) overlaps the data directory or another tablespace\nHINT: give each tablespace its own directory outside the data directory with --tablespace-map {}=DIR",
+                    ts.oid, ts.oid
+                ),
+            });
+        }
+    }
     for ts in &tablespaces {
         if !crate::repo::manifest::is_clean_absolute_path(&ts.location) {
             return Err(RestoreError::Target {

@@ -256,20 +256,32 @@ fn owner_on_path(path: &[TimelineStep], lsn: Lsn) -> TimelineId {
         .unwrap_or(TimelineId::FIRST)
 }
 
-/// The first LSN at which two paths are on different timelines' WAL.
-fn divergence(a: &[TimelineStep], b: &[TimelineStep]) -> Option<Lsn> {
-    let mut points: Vec<Lsn> = a.iter().chain(b).map(|(_, begin, _)| *begin).collect();
+/// The first LSN at which two timelines hold different WAL: where their
+/// histories, as PostgreSQL reads them (`timeline_at`), first name
+/// different owners. Computed from the timelines' whole histories, not
+/// from restore paths (which start at whatever backup each plan chose).
+fn divergence(input: &PlanInput, a: TimelineId, b: TimelineId) -> Option<Lsn> {
+    let owner = |tli: TimelineId, lsn: Lsn| match input.histories.get(&tli) {
+        Some(history) => history.timeline_at(lsn),
+        None => tli,
+    };
+    let mut points: Vec<Lsn> = [a, b]
+        .iter()
+        .filter_map(|tli| input.histories.get(tli))
+        .flat_map(|h| h.entries.iter().map(|e| e.switch_point))
+        .collect();
     points.push(Lsn(0));
     points.sort();
+    points.dedup();
     points
         .into_iter()
-        .find(|lsn| owner_on_path(a, *lsn) != owner_on_path(b, *lsn))
+        .find(|lsn| owner(a, *lsn) != owner(b, *lsn))
 }
 
 /// The time PostgreSQL recorded as the recovery target where a timeline
 /// branched at `at` ("before 2026-…" or "after 2026-…" in a history file),
-/// if it was a time target.
-fn branch_target_time(input: &PlanInput, at: Lsn) -> Option<Timestamp> {
+/// if it was a time target, and whether it stopped before it.
+fn branch_target_time(input: &PlanInput, at: Lsn) -> Option<(Timestamp, bool)> {
     input
         .histories
         .values()
@@ -277,10 +289,11 @@ fn branch_target_time(input: &PlanInput, at: Lsn) -> Option<Timestamp> {
         .filter(|entry| entry.switch_point == at)
         .find_map(|entry| {
             let reason = entry.reason.trim();
-            let time = reason
-                .strip_prefix("before ")
-                .or_else(|| reason.strip_prefix("after "))?;
-            super::target::parse_target_time(time).ok()
+            let (time, before) = match reason.strip_prefix("before ") {
+                Some(t) => (t, true),
+                None => (reason.strip_prefix("after ")?, false),
+            };
+            Some((super::target::parse_target_time(time).ok()?, before))
         })
 }
 
@@ -314,13 +327,17 @@ fn plan_ambiguity(input: &PlanInput, reachers: &[RestorePlan]) -> Option<PlanErr
     let mut involved: BTreeMap<TimelineId, &RestorePlan> = BTreeMap::new();
     for (i, a) in reachers.iter().enumerate() {
         for b in &reachers[i + 1..] {
-            let Some(d) = divergence(&a.timeline_path, &b.timeline_path) else {
+            let Some(d) = divergence(input, a.target_timeline, b.target_timeline) else {
                 continue;
             };
             let both_passed = match input.target {
                 RecoveryTarget::Lsn(lsn) => *lsn >= d,
+                // Stopped "before T": the parent's next commit was at T or
+                // later, so a target at T may already include it. Stopped
+                // "after T": everything up to T is on both.
                 RecoveryTarget::Time(time) => match branch_target_time(input, d) {
-                    Some(branched_at) => *time > branched_at,
+                    Some((branched_at, true)) => *time >= branched_at,
+                    Some((branched_at, false)) => *time > branched_at,
                     None => {
                         has_own_wal_after(a, input, d, Some(*time))
                             && has_own_wal_after(b, input, d, Some(*time))
@@ -2098,9 +2115,27 @@ mod tests {
         let mut wal = segments(1, 1, 4);
         wal.push(partial(1, 5, "2026-11-21T10:05:00Z"));
         wal.extend(segments(2, 5, 7));
-        let case = Case::new(vec![a], wal)
+        let b = backup(
+            "b",
+            2,
+            6 * SEG + 0x28,
+            6 * SEG + 0x100,
+            "2026-11-21T10:06:30Z",
+        );
+        let case = Case::new(vec![a.clone()], wal.clone())
             .history(2, "1\t0/5000100\tno recovery target specified\n")
             .target(RecoveryTarget::Xid("1234".into()));
         assert_eq!(case.ok().target_timeline, tli(2));
+        // Also with a backup taken on the new timeline after the failover.
+        let case = Case::new(vec![a, b], wal)
+            .history(2, "1\t0/5000100\tno recovery target specified\n")
+            .target(RecoveryTarget::Xid("1234".into()));
+        assert_eq!(case.ok().target_timeline, tli(2));
+        assert_eq!(
+            case.clone_with(time("2026-11-21T10:06:45Z"))
+                .ok()
+                .target_timeline,
+            tli(2)
+        );
     }
 }

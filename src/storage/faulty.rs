@@ -119,8 +119,12 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
         self.inner.create_root().await
     }
 
-    async fn remove_abandoned(&self, min_age: std::time::Duration) -> Result<usize> {
-        self.inner.remove_abandoned(min_age).await
+    async fn remove_abandoned(
+        &self,
+        min_age: std::time::Duration,
+        key_prefixes: &[&str],
+    ) -> Result<usize> {
+        self.inner.remove_abandoned(min_age, key_prefixes).await
     }
 
     async fn probe_create_only(&self) -> Result<super::CreateOnlyProbe> {

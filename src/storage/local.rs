@@ -359,22 +359,29 @@ impl ObjectStore for LocalStore {
         if let Some(dir) = dest.parent() {
             self.create_dirs_below_root(dir, key)?;
         }
-        let tmp = temp_path_for(&dest);
+        let mut tmp = temp_path_for(&dest);
         use std::os::unix::fs::OpenOptionsExt;
-        let open = || {
+        let open = |tmp: &Path| {
             OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(FILE_MODE)
-                .open(&tmp)
+                .open(tmp)
         };
-        let file = match open() {
+        // A killed writer whose pid this process now has may have left
+        // this very name: take the next one.
+        let mut tries = 0;
+        while tmp.exists() && tries < 16 {
+            tmp = temp_path_for(&dest);
+            tries += 1;
+        }
+        let file = match open(&tmp) {
             // A concurrent delete removed the directory as it emptied.
             Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 if let Some(dir) = dest.parent() {
                     self.create_dirs_below_root(dir, key)?;
                 }
-                open()
+                open(&tmp)
             }
             other => other,
         }
@@ -442,7 +449,11 @@ impl ObjectStore for LocalStore {
 
     /// Locally the lock on each temporary file tells a dead writer from a
     /// live one, so `min_age` is not needed beyond [`ABANDONED_AFTER`].
-    async fn remove_abandoned(&self, _min_age: std::time::Duration) -> Result<usize> {
+    async fn remove_abandoned(
+        &self,
+        _min_age: std::time::Duration,
+        _key_prefixes: &[&str],
+    ) -> Result<usize> {
         self.check_root()?;
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || sweep_tree(&root, ABANDONED_AFTER))

@@ -232,10 +232,14 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
 
     /// Removes what writers that died (killed, crashed) left behind and no
     /// reader can see: temporary files of the local backend whose writer's
-    /// lock is gone, multipart uploads of S3 started more than `min_age`
-    /// ago. Never touches what a live writer holds. Returns how many
-    /// leftovers it removed.
-    async fn remove_abandoned(&self, _min_age: std::time::Duration) -> Result<usize> {
+    /// lock is gone, multipart uploads of S3 under one of `key_prefixes`
+    /// started more than `min_age` ago. Never touches what a live writer
+    /// holds. Returns how many leftovers it removed.
+    async fn remove_abandoned(
+        &self,
+        _min_age: std::time::Duration,
+        _key_prefixes: &[&str],
+    ) -> Result<usize> {
         Ok(0)
     }
 

@@ -11,10 +11,10 @@
 //!   HEAD before the write, which is not atomic against a concurrent writer.
 //! - Throttling, 5xx, timeouts and connection failures are retried with
 //!   exponential backoff by the SDK's standard retry strategy. Every
-//!   request has a connect timeout, a read timeout, a per-attempt timeout
-//!   and an overall timeout (`s3_timeout_secs`, default 20 s per attempt,
-//!   three times that per request), so a stalled server fails a push
-//!   instead of holding archive_command.
+//!   request has a connect timeout, a read timeout and stalled-stream
+//!   protection (`s3_timeout_secs`, default 20 s), so a stalled server
+//!   fails a push instead of holding archive_command, plus per-attempt and
+//!   per-request backstop timeouts long enough for a slow moving upload.
 //! - Credentials: static `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` are used
 //!   directly; otherwise the profile files, web identity and container
 //!   providers, and the EC2 instance metadata service only on EC2 (or when
@@ -55,10 +55,12 @@ pub struct S3Settings {
     /// Attempts per request, including the first.
     pub max_attempts: u32,
     pub connect_timeout: Duration,
-    /// Longest wait for one attempt of one request (and for any pause in a
-    /// response body); the whole request, retries included, gets
-    /// [`S3Settings::OPERATION_TIMEOUT_FACTOR`] times this. A stalled server
-    /// thus cannot hold archive_command for minutes.
+    /// Longest wait for an answer, and longest time a request or response
+    /// body may stop moving, before the attempt fails (and is retried). A
+    /// stalled server thus fails a push within about a minute of retries.
+    /// Attempts and whole requests have backstop timeouts of
+    /// [`S3Settings::ATTEMPT_TIMEOUT_FACTOR`] and, retries included,
+    /// twice that, so a slow but moving upload is never cut.
     pub request_timeout: Duration,
     /// Access key id and secret from the config file; `None` uses the
     /// standard AWS chain.
@@ -68,7 +70,10 @@ pub struct S3Settings {
 impl S3Settings {
     pub const DEFAULT_PART_SIZE: usize = 8 << 20;
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-    pub const OPERATION_TIMEOUT_FACTOR: u32 = 3;
+    /// One attempt may take this many request timeouts (an 8 MiB part at
+    /// 30 KiB/s): a backstop, since stalls are caught sooner.
+    pub const ATTEMPT_TIMEOUT_FACTOR: u32 = 15;
+    pub const OPERATION_TIMEOUT_FACTOR: u32 = 2;
 
     /// Parses `s3://bucket/prefix`.
     pub fn from_url(url: &str) -> Result<S3Settings> {
@@ -205,11 +210,17 @@ impl S3Store {
             .with_max_attempts(settings.max_attempts.max(1))
             .with_initial_backoff(Duration::from_millis(200))
             .with_max_backoff(Duration::from_secs(5));
+        // Stalls are caught by the read timeout (no answer) and by
+        // stalled-stream protection (a body that stops moving, up or
+        // down), each after `request_timeout`. The attempt and operation
+        // timeouts are backstops sized for a whole part on a slow link, so
+        // they never cut a slow but moving upload.
+        let attempt = settings.request_timeout * S3Settings::ATTEMPT_TIMEOUT_FACTOR;
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.request_timeout)
-            .operation_attempt_timeout(settings.request_timeout)
-            .operation_timeout(settings.request_timeout * S3Settings::OPERATION_TIMEOUT_FACTOR)
+            .operation_attempt_timeout(attempt)
+            .operation_timeout(attempt * S3Settings::OPERATION_TIMEOUT_FACTOR)
             .build();
         let mut builder = aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -217,6 +228,13 @@ impl S3Store {
             .credentials_provider(credentials_provider(settings.static_credentials.clone()))
             .retry_config(retry)
             .timeout_config(timeouts)
+            .stalled_stream_protection(
+                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+                    .upload_enabled(true)
+                    .download_enabled(true)
+                    .grace_period(settings.request_timeout)
+                    .build(),
+            )
             .force_path_style(settings.path_style)
             // walvault checksums every object itself; S3-compatible servers
             // differ in their support of the newer flexible checksums.
@@ -610,7 +628,7 @@ impl ObjectStore for S3Store {
         })
     }
 
-    async fn remove_abandoned(&self, min_age: Duration) -> Result<usize> {
+    async fn remove_abandoned(&self, min_age: Duration, key_prefixes: &[&str]) -> Result<usize> {
         let prefix = if self.settings.prefix.is_empty() {
             String::new()
         } else {
@@ -657,7 +675,11 @@ impl ObjectStore for S3Store {
                 else {
                     continue;
                 };
-                if started > cutoff {
+                // Only the repository's own keys: the bucket may hold
+                // other applications' uploads.
+                let rest = key.strip_prefix(&prefix).unwrap_or("");
+                let ours = key_prefixes.iter().any(|p| rest.starts_with(p));
+                if started > cutoff || !ours {
                     continue;
                 }
                 let aborted = self
@@ -889,7 +911,8 @@ impl S3Writer {
             .send()
             .await
             .map_err(|e| map_err("head", &self.key, e))?;
-        if head.e_tag() == Some(etag.as_str()) {
+        let norm = |e: &str| e.trim().trim_matches('"').to_ascii_lowercase();
+        if head.e_tag().map(norm) == Some(norm(&etag)) {
             Ok(())
         } else {
             Err(StorageError::AlreadyExists {

@@ -95,7 +95,22 @@ pub async fn run_verify(repo: &Repository, jobs: usize) -> Result<VerifyReport, 
         };
         report.backups_checked += 1;
         for file in &manifest.files {
-            let problem = match infos.get(&file.object) {
+            // Not in the listing of step 1: a backup that completed while
+            // verify ran wrote it later. Read it now before calling it
+            // missing.
+            let late: Option<Option<ObjectInfo>> = if infos.contains_key(&file.object) {
+                None
+            } else {
+                let read = match Key::new(file.object.clone()) {
+                    Ok(key) => read_object(repo.store(), &key, &mut |_: &[u8]| Ok(()))
+                        .await
+                        .ok(),
+                    Err(_) => None,
+                };
+                report.objects_checked += usize::from(read.is_some());
+                read.map(Some)
+            };
+            let problem = match infos.get(&file.object).or(late.as_ref()) {
                 None => Some(format!("object {} for \"{}\" is missing", file.object, file.path)),
                 Some(None) => Some(format!("object {} for \"{}\" is unreadable (see above)", file.object, file.path)),
                 Some(Some(info)) if info.checksum != file.checksum || info.raw_size != file.size => Some(format!(

@@ -246,6 +246,12 @@ pub fn plan_scratch_server_options(socket_dir: &Path, hba: &Path) -> String {
         ("ssl", "off".to_string()),
         ("logging_collector", "off".to_string()),
         ("primary_conninfo", String::new()),
+        // Nothing reaches out from the scratch server: no subscription
+        // applies (it would connect to production publishers), no
+        // commands of the backed-up configuration run.
+        ("max_logical_replication_workers", "0".to_string()),
+        ("recovery_end_command", String::new()),
+        ("archive_cleanup_command", String::new()),
     ]
     .iter()
     .map(|(name, value)| format!("-c {}", quote(&format!("{name}={value}"))))

@@ -71,7 +71,7 @@ async fn abandoned_multipart_uploads_do_not_break_expire() {
     // As if the process died here: no commit, no abort, no drop.
     std::mem::forget(writer);
     store
-        .remove_abandoned(std::time::Duration::ZERO)
+        .remove_abandoned(std::time::Duration::ZERO, &["killed"])
         .await
         .expect("a server without ListMultipartUploads is not an error");
     assert_eq!(&store.get_bytes(&kept).await.unwrap()[..], b"done");
