@@ -1,8 +1,13 @@
 //! `walvault backup`: an online base backup through PostgreSQL's
 //! non-exclusive backup API.
 //!
-//! 1. Connect, check the server (data directory, archiving, not a standby)
-//!    and that the cluster is the one the repository belongs to.
+//! 1. Connect, check the server (data directory, archiving) and that the
+//!    cluster is the one the repository belongs to. The server may be a
+//!    standby: the backup then runs and copies there, WAL file names are
+//!    computed from timeline and LSN (`pg_walfile_name()` fails during
+//!    recovery), and its WAL comes from the primary's archive: with
+//!    `--primary-dbname` the primary switches WAL once after the stop so
+//!    the last segment is archived at once.
 //! 2. `pg_backup_start` (PostgreSQL 15+) or `pg_start_backup` (12-14), on a
 //!    session that stays open until the stop.
 //! 3. Copy the data directory's files (see [`scan`]) with `--jobs` workers,
@@ -39,6 +44,8 @@ use crate::wal::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 pub struct BackupOptions {
     pub pgdata: PathBuf,
     pub dbname: Option<String>,
+    /// A standby's primary: one WAL switch there after the backup stops.
+    pub primary_dbname: Option<String>,
     pub jobs: usize,
     /// How long to wait for the backup's WAL to reach the repository.
     pub wal_wait: Duration,
@@ -84,7 +91,7 @@ pub enum BackupError {
         #[source]
         source: ObjectError,
     },
-    #[error("WAL file \"{name}\" needed by backup {label} did not reach {repo} within {secs}s\nHINT: check that archive_command runs walvault-push against this repository (walvault check), and the server log for archive failures")]
+    #[error("WAL file \"{name}\" needed by backup {label} did not reach {repo} within {secs}s\nHINT: check that archive_command runs walvault-push against this repository (walvault check), and the server log for archive failures; for a backup from a standby, pass --primary-dbname so the primary finishes that segment, or set archive_timeout on the primary")]
     WalMissing {
         name: String,
         label: String,
@@ -100,6 +107,8 @@ fn query(what: &'static str) -> impl FnOnce(tokio_postgres::Error) -> BackupErro
 /// What the server says about itself.
 struct ServerFacts {
     version_num: u32,
+    /// A standby: the backup runs there, its WAL comes from the primary.
+    in_recovery: bool,
     data_directory: String,
     wal_segment_size: WalSegmentSize,
     system_identifier: u64,
@@ -124,11 +133,6 @@ async fn server_facts(client: &Client) -> Result<ServerFacts, BackupError> {
             "PostgreSQL {version_num} is not supported\nHINT: walvault supports PostgreSQL 12 and later"
         )));
     }
-    if in_recovery {
-        return Err(BackupError::Precondition(
-            "the server is in recovery (a standby)\nHINT: take the backup on the primary; backups from a standby are not supported yet".to_string(),
-        ));
-    }
     if archive_mode == "off" {
         return Err(BackupError::Precondition(
             "archive_mode is off, so the WAL this backup needs would never be archived\nHINT: set archive_mode = on and archive_command = 'walvault-push %p' and restart PostgreSQL".to_string(),
@@ -145,6 +149,7 @@ async fn server_facts(client: &Client) -> Result<ServerFacts, BackupError> {
     })?;
     Ok(ServerFacts {
         version_num,
+        in_recovery,
         data_directory: row.get(1),
         wal_segment_size,
         system_identifier,
@@ -214,22 +219,38 @@ pub async fn run_backup(
 
     // Start. The session must stay open until the stop: closing it aborts
     // the backup on the server, which is what any error below does.
+    // WAL file names are computed here from timeline and LSN:
+    // pg_walfile_name() fails during recovery, on a standby.
     let start_sql = if pg_major >= 15 {
-        "SELECT lsn::text, pg_walfile_name(lsn), to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+        "SELECT lsn::text, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
          (SELECT timeline_id FROM pg_control_checkpoint())::int FROM pg_backup_start($1, true) AS lsn"
     } else {
-        "SELECT lsn::text, pg_walfile_name(lsn), to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+        "SELECT lsn::text, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
          (SELECT timeline_id FROM pg_control_checkpoint())::int FROM pg_start_backup($1, true, false) AS lsn"
     };
     let label_text = format!("walvault backup {label}");
+    // On a standby the backup starts at a restartpoint, which can only be
+    // made at a checkpoint record from the primary: without one the start
+    // waits up to checkpoint_timeout. Ask the primary for one when given.
+    let primary = match (facts.in_recovery, opts.primary_dbname.as_deref()) {
+        (true, Some(primary)) => Some(conn::connect(Some(primary)).await?),
+        _ => None,
+    };
+    if let Some(primary) = &primary {
+        if let Err(e) = primary.batch_execute("CHECKPOINT").await {
+            tracing::warn!(error = %e, "CHECKPOINT on the primary failed (it needs superuser or pg_checkpoint); the backup starts at the primary's next checkpoint");
+        }
+    }
     let row = client
         .query_one(start_sql, &[&label_text])
         .await
         .map_err(query("start backup"))?;
     let start_lsn: Lsn = parse_lsn(&row.get::<_, String>(0))?;
-    let start_wal: String = row.get(1);
-    let start_time: String = row.get(2);
-    let timeline = TimelineId(row.get::<_, i32>(3) as u32);
+    let start_time: String = row.get(1);
+    let mut timeline = TimelineId(row.get::<_, i32>(2) as u32);
+    if facts.in_recovery {
+        tracing::info!(label = %label, "backing up a standby: its WAL comes from the primary's archive");
+    }
     tracing::info!(label = %label, start_lsn = %start_lsn, "backup started");
 
     let data_dir = given.clone();
@@ -247,19 +268,38 @@ pub async fn run_backup(
     let files = copy_files(repo, &label, scan.files, total_bytes, opts).await?;
 
     let stop_sql = if pg_major >= 15 {
-        "SELECT lsn::text, pg_walfile_name(lsn), labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_backup_stop(false)"
+        "SELECT lsn::text, labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_backup_stop(false)"
     } else {
-        "SELECT lsn::text, pg_walfile_name(lsn), labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_stop_backup(false, false)"
+        "SELECT lsn::text, labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_stop_backup(false, false)"
     };
     let row = client
         .query_one(stop_sql, &[])
         .await
         .map_err(query("stop backup"))?;
     let stop_lsn = parse_lsn(&row.get::<_, String>(0))?;
-    let stop_wal: String = row.get(1);
-    let backup_label: String = row.get(2);
-    let tablespace_map: Option<String> = row.get::<_, Option<String>>(3).filter(|m| !m.is_empty());
-    let stop_time: String = row.get(4);
+    let backup_label: String = row.get(1);
+    let tablespace_map: Option<String> = row.get::<_, Option<String>>(2).filter(|m| !m.is_empty());
+    let stop_time: String = row.get(3);
+    // The label PostgreSQL wrote is authoritative for the start timeline.
+    if let Some(tli) = label_start_timeline(&backup_label) {
+        timeline = tli;
+    }
+    let size = facts.wal_segment_size;
+    let start_wal = WalFileName::segment_file_name(timeline, start_lsn.segment_no(size), size);
+    // As pg_walfile_name(stop_lsn): the segment holding the byte before it.
+    let stop_wal = WalFileName::segment_file_name(
+        timeline,
+        Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0)).segment_no(size),
+        size,
+    );
+    if let Some(primary) = &primary {
+        // The standby's last segment is archived by the primary once it is
+        // finished: finish it now.
+        primary
+            .query_one("SELECT pg_switch_wal()::text", &[])
+            .await
+            .map_err(query("switch WAL on the primary"))?;
+    }
     tracing::info!(label = %label, stop_lsn = %stop_lsn, "backup stopped; confirming its WAL is archived");
 
     wait_for_wal(
@@ -321,6 +361,15 @@ pub async fn run_backup(
         start_lsn,
         stop_lsn,
     })
+}
+
+/// `START TIMELINE: N` from a backup label (PostgreSQL 11 and later).
+fn label_start_timeline(label: &str) -> Option<TimelineId> {
+    label
+        .lines()
+        .find_map(|l| l.strip_prefix("START TIMELINE:"))
+        .and_then(|v| v.trim().parse::<u32>().ok())
+        .map(TimelineId)
 }
 
 fn parse_lsn(text: &str) -> Result<Lsn, BackupError> {

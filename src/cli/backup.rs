@@ -23,6 +23,11 @@ pub struct BackupArgs {
     #[arg(long, short = 'd', value_name = "CONNINFO")]
     pub dbname: Option<String>,
 
+    /// For a backup from a standby: the primary, asked for one WAL switch
+    /// after the backup stops so its last WAL segment gets archived now
+    #[arg(long, value_name = "CONNINFO")]
+    pub primary_dbname: Option<String>,
+
     /// Files copied at once [default: the number of cores]
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
@@ -56,6 +61,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
     let opts = BackupOptions {
         pgdata: args.pgdata.clone(),
         dbname: args.dbname.clone(),
+        primary_dbname: args.primary_dbname.clone(),
         jobs,
         wal_wait: Duration::from_secs(args.wal_wait_secs),
         progress_bar: !args.no_progress,

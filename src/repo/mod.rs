@@ -94,7 +94,7 @@ pub enum RepoError {
         expected: WalSegmentSize,
         found: WalSegmentSize,
     },
-    #[error("{what} is from PostgreSQL {found}, but repository {repo} holds PostgreSQL {expected}\nHINT: after a major upgrade, archive into a new repository")]
+    #[error("{what} is from PostgreSQL {found}, but repository {repo} holds PostgreSQL {expected}\nHINT: a major upgrade (pg_upgrade) makes a new cluster with its own WAL history: create a new repository for it (walvault --repo NEW init --pgdata DIR) and point archive_command at it; this one stays restorable for the old cluster")]
     VersionMismatch {
         what: String,
         repo: String,
@@ -286,6 +286,16 @@ impl Repository {
         identity: &ClusterIdentity,
         what: &str,
     ) -> Result<(), RepoError> {
+        // A different major first: after pg_upgrade the system identifier
+        // differs too, and the upgrade is what the user needs to hear of.
+        if header.pg_major != identity.pg_major {
+            return Err(RepoError::VersionMismatch {
+                what: what.to_string(),
+                repo: self.describe(),
+                expected: header.pg_major,
+                found: identity.pg_major,
+            });
+        }
         let expected = header.system_identifier().unwrap_or_default();
         if expected != identity.system_identifier {
             return Err(RepoError::ClusterMismatch {
@@ -302,14 +312,6 @@ impl Repository {
                 expected: WalSegmentSize::new(header.wal_segment_size)
                     .unwrap_or(WalSegmentSize::DEFAULT),
                 found: identity.wal_segment_size,
-            });
-        }
-        if header.pg_major != identity.pg_major {
-            return Err(RepoError::VersionMismatch {
-                what: what.to_string(),
-                repo: self.describe(),
-                expected: header.pg_major,
-                found: identity.pg_major,
             });
         }
         Ok(())

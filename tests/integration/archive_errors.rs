@@ -730,3 +730,28 @@ fn bad_input_exhaustively() {
     std::fs::write(&header, &original).unwrap();
     assert_eq!(push(&repo, dir.path(), &next).code, 0);
 }
+
+/// After a major upgrade, the new cluster's WAL is refused by the old
+/// repository with the fix named: one repository per cluster, so retention
+/// and restore never mix the two.
+#[test]
+fn wal_after_a_major_upgrade_is_refused_with_the_fix() {
+    let dir = TestDir::new("upgrade");
+    let repo = dir.path().join("repo");
+    let scratch = dir.subdir("old");
+    let old = crate::harness::fake_pgdata(&scratch, SYSID_A, 16 << 20);
+    std::fs::write(old.join("PG_VERSION"), "14\n").unwrap();
+    crate::harness::init_repo(&["--repo".to_string(), repo.display().to_string()], &old);
+    // The upgraded cluster: PostgreSQL 15 WAL, a new system identifier.
+    let wal = dir.subdir("wal");
+    let seg = write_segment(&wal, SYSID_B, 1, 1, mib(16), 1);
+    let before = snapshot(&repo);
+    let out = push(&repo, dir.path(), &seg);
+    assert_one_error("upgraded cluster", &out, 7, "major upgrade");
+    assert!(
+        out.stderr.contains("walvault --repo NEW init"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(snapshot(&repo), before);
+}

@@ -14,4 +14,5 @@ mod faults;
 mod ops;
 mod pitr;
 mod s3_storage;
+mod standby;
 mod versions;

@@ -240,6 +240,10 @@ fn other_targets(backend: Backend) {
         "0:0-0",
         "--target-immediate: the backup's own moment"
     );
+    // Its new timeline's history goes to the repository asynchronously.
+    crate::harness::wait_for("00000004.history archived", 60, || {
+        r.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") == "00000004.history"
+    });
     drop(r);
     // The restore to the backup's end branched timeline 4 from timeline 3
     // at a point before timeline 3's own branch point: PostgreSQL wrote a
