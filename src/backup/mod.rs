@@ -128,9 +128,13 @@ async fn server_facts(client: &Client) -> Result<ServerFacts, BackupError> {
     let version_num: u32 = row.get::<_, String>(0).parse().unwrap_or(0);
     let archive_mode: String = row.get(3);
     let in_recovery: bool = row.get(5);
-    if version_num < 120000 {
+    let supported = crate::pg::control::SUPPORTED_MAJORS;
+    if !supported.contains(&(version_num / 10000)) {
         return Err(BackupError::Precondition(format!(
-            "PostgreSQL {version_num} is not supported\nHINT: walvault supports PostgreSQL 12 and later"
+            "PostgreSQL {} is not supported\nHINT: walvault supports PostgreSQL {} to {}",
+            version_num / 10000,
+            supported.start(),
+            supported.end()
         )));
     }
     if archive_mode == "off" {

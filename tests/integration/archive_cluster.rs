@@ -68,6 +68,17 @@ fn archive_and_recover(backend: Backend, initdb_args: &[&str]) {
         originals.display()
     ));
     primary.start();
+    // init again, on the running cluster: idempotent, nothing changes.
+    let again = run(walvault("walvault")
+        .args(&access.args)
+        .args(["init", "--pgdata"])
+        .arg(&primary.data));
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stdout.contains("already initialized"),
+        "{}",
+        again.stdout
+    );
     run_ok(
         primary
             .client("pgbench")

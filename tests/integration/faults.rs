@@ -23,6 +23,22 @@ use crate::pitr::{Backend, Setup};
 
 const SYSID: u64 = 7_333_333_333_333_333_333;
 
+/// Prints a line of figures to stderr, and appends it to the file
+/// `WALVAULT_TEST_FIGURES` names (scripts/test prints that file at the
+/// end, since the test runner hides the output of passing tests).
+macro_rules! figures {
+    ($($arg:tt)*) => {{
+        let line = format!($($arg)*);
+        eprintln!("{line}");
+        if let Ok(path) = std::env::var("WALVAULT_TEST_FIGURES") {
+            use std::io::Write;
+            if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+                let _ = writeln!(f, "{line}");
+            }
+        }
+    }};
+}
+
 fn seg16() -> WalSegmentSize {
     WalSegmentSize::new(16 << 20).unwrap()
 }
@@ -41,7 +57,7 @@ impl Rng {
                     .unwrap()
                     .as_nanos() as u64
             });
-        eprintln!("seed {seed} (WALVAULT_TEST_SEED={seed} repeats this run)");
+        figures!("seed {seed} (WALVAULT_TEST_SEED={seed} repeats this run)");
         Rng(seed | 1)
     }
 
@@ -220,7 +236,7 @@ fn kill_push_and_fetch(backend: Backend, rounds: u64) {
     assert!(temp_files(&pgdata).is_empty(), "{:?}", temp_files(&pgdata));
     let out = run(walvault("walvault").args(&repo.args).arg("verify"));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    eprintln!(
+    figures!(
         "kills ({backend:?}): {kills} kills, {acked} acknowledged, {lost} lost, {corrupt} corrupt, {partial_seen} partial objects seen, {} repository and {} pg_wal temporary files left by kills then swept, {:.1}s",
         leftovers.0,
         fetch_temps.len(),
@@ -304,7 +320,7 @@ fn kill_9_of_backup() {
     assert!(temp_files(&repo).is_empty(), "{:?}", temp_files(&repo));
     let r = setup.restore_and_start("restored", &[]);
     assert_eq!(r.sql("SELECT count(*) FROM pgbench_branches"), "3");
-    eprintln!(
+    figures!(
         "backup kills: {kills} kills, {incomplete} incomplete backups listed, {temps_before} temporary files, all removed by expire; the complete backup {label} restored"
     );
 }
@@ -405,7 +421,7 @@ fn s3_faults_lose_nothing_acknowledged() {
     }
     let out = run(walvault("walvault").args(&direct_args).arg("verify"));
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
-    eprintln!(
+    figures!(
         "faults: {pushes} pushes ({push_failures} failed, retried), {} acknowledged, {fetches} fetches ({fetch_failures} failed with 128, retried), {lost} lost, {corrupt} corrupt, {said_missing} stored files called missing; injected per connection: {:?}; {:.1}s",
         originals.len(),
         proxy.counts(),
