@@ -666,3 +666,51 @@ mod archiving_tests {
         );
     }
 }
+
+#[cfg(test)]
+mod symlink_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::object::write_object;
+    use crate::repo::CompressSettings;
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::PutMode;
+
+    /// A file is never written through a symlink restore did not create:
+    /// one planted where a file goes makes the restore fail, and the
+    /// symlink's target is untouched.
+    #[tokio::test]
+    async fn a_planted_symlink_is_never_followed() {
+        let repo = Repository::new(Arc::new(MemoryStore::new()), CompressSettings::default());
+        let key = Key::new("backup/x/files/000000").unwrap();
+        let mut src: &[u8] = b"restored bytes";
+        write_object(
+            repo.store(),
+            &key,
+            PutMode::Create,
+            &mut src,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let pgdata = dir.path().join("data");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, b"precious").unwrap();
+        std::fs::create_dir_all(pgdata.join("base/1")).unwrap();
+        std::os::unix::fs::symlink(&victim, pgdata.join("base/1/1259")).unwrap();
+        let entry = FileEntry {
+            path: "base/1/1259".to_string(),
+            size: 14,
+            checksum: crate::stream::Checksum::of(b"restored bytes"),
+            mode: 0o600,
+            mtime: 0,
+            object: key.to_string(),
+            stored_size: 0,
+        };
+        let err = restore_one(&repo, &pgdata, &entry).await.unwrap_err();
+        assert!(matches!(err, RestoreError::Io { .. }), "{err}");
+        assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    }
+}
