@@ -75,6 +75,28 @@ pub struct GlobalArgs {
     )]
     pub fetch_retry_secs: Option<u64>,
 
+    /// Asynchronous archiving: walvault-push hands files to a background worker that pushes ahead in parallel [default: false]
+    #[arg(long, env = "WALVAULT_ARCHIVE_ASYNC", global = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub archive_async: Option<bool>,
+
+    /// Spool directory of asynchronous archiving (required with --archive-async)
+    #[arg(long, env = "WALVAULT_SPOOL_PATH", global = true, value_name = "DIR")]
+    pub spool_path: Option<PathBuf>,
+
+    /// Files the asynchronous worker pushes at once [default: 4]
+    #[arg(long, env = "WALVAULT_ARCHIVE_JOBS", global = true, value_name = "N")]
+    pub archive_jobs: Option<usize>,
+
+    /// How long walvault-push waits for its file to be stored before failing (PostgreSQL then retries) [default: 60]
+    #[arg(
+        long,
+        env = "WALVAULT_ARCHIVE_TIMEOUT_SECS",
+        global = true,
+        value_name = "SECS"
+    )]
+    pub archive_timeout_secs: Option<u64>,
+
     /// Refuse every write to the repository (what the scratch server of verify --restore fetches with)
     #[arg(long, env = "WALVAULT_READ_ONLY", global = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
@@ -100,6 +122,10 @@ pub struct FileConfig {
     pub compress_level: Option<i32>,
     pub compress_threads: Option<u32>,
     pub fetch_retry_secs: Option<u64>,
+    pub archive_async: Option<bool>,
+    pub spool_path: Option<PathBuf>,
+    pub archive_jobs: Option<usize>,
+    pub archive_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -140,6 +166,16 @@ pub struct Settings {
     pub verbose: u8,
     /// Every write to the repository is refused.
     pub read_only: bool,
+    /// Asynchronous archiving, when on: its spool directory.
+    pub archive_async: Option<AsyncArchive>,
+}
+
+/// Asynchronous archiving's settings.
+#[derive(Debug, Clone)]
+pub struct AsyncArchive {
+    pub spool_path: PathBuf,
+    pub jobs: usize,
+    pub timeout: Duration,
 }
 
 fn load_file(args: &GlobalArgs) -> Result<FileConfig, ConfigError> {
@@ -232,7 +268,44 @@ impl Settings {
             .fetch_retry_secs
             .or(file.fetch_retry_secs)
             .unwrap_or(60);
+        let archive_async = if args.archive_async.or(file.archive_async).unwrap_or(false) {
+            let spool_path = args.spool_path.clone().or(file.spool_path).ok_or_else(|| {
+                ConfigError::Invalid {
+                    name: "archive_async",
+                    value: "true".to_string(),
+                    reason: "needs a spool directory\nHINT: set spool_path = \"/var/spool/walvault\" (a directory PostgreSQL's user can write, on the same machine)".to_string(),
+                }
+            })?;
+            if !spool_path.is_absolute() {
+                return Err(ConfigError::Invalid {
+                    name: "spool_path",
+                    value: spool_path.display().to_string(),
+                    reason: "must be an absolute path".to_string(),
+                });
+            }
+            let jobs = args.archive_jobs.or(file.archive_jobs).unwrap_or(4);
+            if jobs == 0 || jobs > 64 {
+                return Err(ConfigError::Invalid {
+                    name: "archive_jobs",
+                    value: jobs.to_string(),
+                    reason: "must be between 1 and 64".to_string(),
+                });
+            }
+            Some(AsyncArchive {
+                spool_path,
+                jobs,
+                timeout: Duration::from_secs(
+                    args.archive_timeout_secs
+                        .or(file.archive_timeout_secs)
+                        .unwrap_or(60)
+                        .max(1),
+                ),
+            })
+        } else {
+            None
+        };
         Ok(Settings {
+            archive_async,
             repo,
             compress: CompressSettings { level, workers },
             fetch_retry: Duration::from_secs(fetch_retry_secs),

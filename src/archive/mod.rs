@@ -4,6 +4,7 @@
 
 pub mod fetch;
 pub mod push;
+pub mod spool;
 
 pub use fetch::{fetch, FetchError, FetchOptions, FetchOutcome};
 pub use push::{push, PushError, PushOutcome};

@@ -111,7 +111,16 @@ pub fn push_main() -> ExitCode {
         Err(code) => return code,
     };
     logging::init(PROGRAM, cli.global.verbose);
-    let runtime = match small_runtime() {
+    // The asynchronous worker pushes several files at once: it needs
+    // threads; a single push does not.
+    let runtime = if std::env::var_os(wal::ASYNC_WORKER_ENV).is_some() {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    } else {
+        small_runtime()
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             logging::report_error(PROGRAM, &format!("start runtime: {e}"));
@@ -157,7 +166,13 @@ pub fn walvault_main() -> ExitCode {
     };
     logging::init(PROGRAM, cli.global.verbose);
     match cli.command {
-        Command::WalPush(args) => match small_runtime() {
+        Command::WalPush(args) => match if std::env::var_os(wal::ASYNC_WORKER_ENV).is_some() {
+            tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+        } else {
+            small_runtime()
+        } {
             Ok(rt) => rt
                 .block_on(wal::run_push(PROGRAM, &cli.global, &args))
                 .into(),

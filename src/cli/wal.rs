@@ -52,10 +52,25 @@ pub(crate) fn repo_exit(e: &RepoError) -> Exit {
     }
 }
 
+/// The exit code of a push failure, in synchronous and asynchronous mode.
+pub(crate) fn push_exit(e: &PushError) -> Exit {
+    match e {
+        PushError::BadInput { .. } => Exit::BadInput,
+        PushError::Conflict { .. } => Exit::Conflict,
+        PushError::Repo { source, .. } => repo_exit(source),
+    }
+}
+
+/// Set in the environment of the asynchronous worker walvault-push starts.
+pub const ASYNC_WORKER_ENV: &str = "WALVAULT_ASYNC_WORKER";
+
+/// How long an idle asynchronous worker waits for more work.
+const ASYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Exit {
     let started = Instant::now();
-    let repo = match super::open_repository(program, global) {
-        Ok(r) => r,
+    let (settings, repo) = match super::settings_and_repository(program, global) {
+        Ok(x) => x,
         Err(code) => return code,
     };
     let data_dir = args.pgdata.clone().unwrap_or_else(|| PathBuf::from("."));
@@ -64,6 +79,14 @@ pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Ex
     } else {
         args.path.clone()
     };
+    if std::env::var_os(ASYNC_WORKER_ENV).is_some() {
+        return run_async_worker(program, &settings, repo, &data_dir).await;
+    }
+    if let Some(cfg) = &settings.archive_async {
+        if let Some(exit) = push_async(program, cfg, &repo, &path, &data_dir).await {
+            return exit;
+        }
+    }
     match archive::push(&repo, &path, &data_dir).await {
         Ok(PushOutcome::Stored(info)) => {
             tracing::info!(
@@ -78,11 +101,141 @@ pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Ex
         Ok(PushOutcome::AlreadyArchived) => Exit::Ok,
         Err(e) => {
             report_error(program, &e);
-            match &e {
-                PushError::BadInput { .. } => Exit::BadInput,
-                PushError::Conflict { .. } => Exit::Conflict,
-                PushError::Repo { source, .. } => repo_exit(source),
+            push_exit(&e)
+        }
+    }
+}
+
+/// The foreground of an asynchronous push: `None` means "push
+/// synchronously" (the spool is unusable, or PostgreSQL did not mark this
+/// file ready, so no worker would pick it up).
+async fn push_async(
+    program: &str,
+    cfg: &crate::config::AsyncArchive,
+    repo: &crate::repo::Repository,
+    path: &std::path::Path,
+    data_dir: &std::path::Path,
+) -> Option<Exit> {
+    use crate::archive::spool::{FileIdentity, Spool};
+    let name = path.file_name()?.to_str()?;
+    let ready = data_dir
+        .join("pg_wal/archive_status")
+        .join(format!("{name}.ready"));
+    if !ready.exists() {
+        return None;
+    }
+    let identity = FileIdentity::of(path).ok()?;
+    let spool = match Spool::open(&cfg.spool_path, &repo.describe(), data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(spool = %cfg.spool_path.display(), error = %e, "spool unusable; pushing synchronously");
+            return None;
+        }
+    };
+    let deadline = Instant::now() + cfg.timeout;
+    loop {
+        if spool.is_done(name, &identity) {
+            return Some(Exit::Ok);
+        }
+        if let Some(err) = spool.take_error(name) {
+            report_error(program, &err.message);
+            return Some(match err.code {
+                3 => Exit::BadInput,
+                4 => Exit::Conflict,
+                6 => Exit::Corrupt,
+                7 => Exit::WrongRepository,
+                9 => Exit::NotInitialized,
+                2 => Exit::Usage,
+                5 => Exit::Storage,
+                _ => Exit::Failed,
+            });
+        }
+        if !spool.worker_running() {
+            if let Err(e) = start_worker(&spool, data_dir) {
+                tracing::warn!(error = %e, "cannot start the async worker; pushing synchronously");
+                return None;
             }
+        }
+        if Instant::now() >= deadline {
+            report_error(
+                program,
+                &format!(
+                    "WAL file \"{name}\" was not stored within {}s; the asynchronous worker is still trying (its log: {})\nHINT: PostgreSQL calls again; check the repository (walvault status) and the worker log",
+                    cfg.timeout.as_secs(),
+                    spool.log_path().display()
+                ),
+            );
+            return Some(Exit::Storage);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+/// Starts the worker: this program again, detached (its own session,
+/// output to the spool's log), with the same arguments and environment.
+fn start_worker(
+    spool: &crate::archive::spool::Spool,
+    data_dir: &std::path::Path,
+) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(spool.log_path())?;
+    let mut cmd = std::process::Command::new(std::env::current_exe()?);
+    cmd.args(std::env::args_os().skip(1))
+        .env(ASYNC_WORKER_ENV, "1")
+        .current_dir(std::env::current_dir().unwrap_or_else(|_| data_dir.to_path_buf()))
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(log);
+    // SAFETY: setsid in the child before exec has no preconditions; it
+    // detaches the worker from PostgreSQL's process group.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    cmd.spawn().map(|_| ())
+}
+
+async fn run_async_worker(
+    program: &str,
+    settings: &crate::config::Settings,
+    repo: crate::repo::Repository,
+    data_dir: &std::path::Path,
+) -> Exit {
+    let Some(cfg) = &settings.archive_async else {
+        report_error(
+            program,
+            &"the async worker needs archive_async and spool_path",
+        );
+        return Exit::Usage;
+    };
+    let spool =
+        match crate::archive::spool::Spool::open(&cfg.spool_path, &repo.describe(), data_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                report_error(program, &format!("open spool: {e}"));
+                return Exit::Failed;
+            }
+        };
+    let classify: crate::archive::spool::Classify = |e| push_exit(e).code();
+    match crate::archive::spool::run_worker(
+        repo,
+        spool,
+        data_dir.to_path_buf(),
+        cfg.jobs,
+        ASYNC_IDLE,
+        classify,
+    )
+    .await
+    {
+        Ok(()) => Exit::Ok,
+        Err(e) => {
+            report_error(program, &format!("async worker: {e}"));
+            Exit::Failed
         }
     }
 }

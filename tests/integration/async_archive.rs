@@ -1,0 +1,259 @@
+//! Asynchronous archiving (`archive_async`): a real cluster archiving
+//! through the spool and its worker, errors of the worker reaching
+//! PostgreSQL with the synchronous exit codes, an outage failing within
+//! the configured time, `kill -9` of worker and foreground losing nothing,
+//! and the fallback to synchronous pushing when the spool is gone.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use walvault::wal::WalSegmentSize;
+
+use crate::harness::wal::write_segment;
+use crate::harness::{
+    fake_pgdata, give_to_postgres, init_repo, run, run_ok, walvault, PgCluster, Ran, S3Server,
+    TestDir,
+};
+
+const SYSID: u64 = 7_355_555_555_555_555_555;
+
+fn seg16() -> WalSegmentSize {
+    WalSegmentSize::new(16 << 20).unwrap()
+}
+
+/// A data directory with `count` synthetic segments marked ready, as
+/// PostgreSQL leaves them for archive_command.
+fn ready_segments(dir: &Path, count: u64) -> (PathBuf, Vec<PathBuf>) {
+    let data = fake_pgdata(dir, SYSID, 16 << 20);
+    let wal = data.join("pg_wal");
+    std::fs::create_dir_all(wal.join("archive_status")).unwrap();
+    let segs = (1..=count)
+        .map(|i| {
+            let seg = write_segment(&wal, SYSID, 1, i, seg16(), i as u8);
+            let name = seg.file_name().unwrap().to_str().unwrap().to_string();
+            std::fs::write(wal.join("archive_status").join(format!("{name}.ready")), "").unwrap();
+            seg
+        })
+        .collect();
+    (data, segs)
+}
+
+fn config(dir: &Path, repo_line: &str, extra: &str) -> PathBuf {
+    let spool = dir.join("spool");
+    std::fs::create_dir_all(&spool).unwrap();
+    give_to_postgres(&spool);
+    let path = dir.join("async.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "{repo_line}\narchive_async = true\nspool_path = \"{}\"\narchive_jobs = 4\n{extra}",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    give_to_postgres(&path);
+    path
+}
+
+fn push(config: &Path, data: &Path, seg: &Path) -> Ran {
+    run(walvault("walvault-push")
+        .arg("--config")
+        .arg(config)
+        .arg(seg.strip_prefix(data).unwrap())
+        .current_dir(data))
+}
+
+fn fetch_identical(config: &Path, dir: &Path, seg: &Path) -> bool {
+    let name = seg.file_name().unwrap().to_str().unwrap();
+    let dest = dir.join("fetched");
+    let out = run(walvault("walvault-fetch")
+        .arg("--config")
+        .arg(config)
+        .args([name, dest.to_str().unwrap()])
+        .current_dir(dir));
+    out.code == 0 && std::fs::read(&dest).unwrap() == std::fs::read(seg).unwrap()
+}
+
+/// Processes whose command line mentions `needle` (our own workers).
+fn pids_mentioning(needle: &str) -> Vec<i32> {
+    let me = std::process::id() as i32;
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| *pid != me)
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .unwrap_or(false)
+        })
+        .collect()
+}
+
+#[test]
+fn a_cluster_archives_through_the_spool() {
+    let dir = TestDir::new("async-cluster");
+    let bin = dir.install_binaries();
+    let repo = dir.subdir("repo");
+    let originals = dir.subdir("originals");
+    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
+    let mut p = PgCluster::init(dir.path(), "primary", &["--wal-segsize=1"]);
+    init_repo(
+        &["--config".to_string(), cfg.display().to_string()],
+        &p.data,
+    );
+    p.append_conf(&format!(
+        "wal_level = replica\narchive_mode = on\narchive_command = '{}/walvault-push --config {} %p && cp %p {}/%f'\n",
+        bin.display(),
+        cfg.display(),
+        originals.display()
+    ));
+    p.start();
+    run_ok(
+        p.client("pgbench")
+            .args(["-i", "-s", "2", "-q", "postgres"]),
+    );
+    run_ok(
+        p.client("pgbench")
+            .args(["-n", "-c", "2", "-t", "300", "postgres"]),
+    );
+    p.switch_and_wait_archived(120);
+    let archived: Vec<PathBuf> = std::fs::read_dir(&originals)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(archived.len() > 10, "{} files", archived.len());
+    for f in &archived {
+        assert!(
+            fetch_identical(&cfg, dir.path(), f),
+            "{} byte-identical",
+            f.display()
+        );
+    }
+    let logs: Vec<PathBuf> = std::fs::read_dir(dir.path().join("spool"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("worker.log"))
+        .filter(|l| l.exists())
+        .collect();
+    assert_eq!(logs.len(), 1, "one spool, with its worker's log");
+    let failed = p.sql("SELECT failed_count FROM pg_stat_archiver");
+    assert_eq!(
+        failed,
+        "0",
+        "no archive_command failure:\n{}",
+        p.server_log()
+    );
+}
+
+#[test]
+fn worker_errors_reach_postgresql_with_the_synchronous_codes() {
+    let dir = TestDir::new("async-errors");
+    let repo = dir.path().join("repo");
+    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
+    let (data, segs) = ready_segments(dir.path(), 2);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    // A different file is already archived under the first name.
+    let other = dir.subdir("other");
+    let different = write_segment(&other, SYSID, 1, 1, seg16(), 99);
+    let out = run(walvault("walvault-push")
+        .args(["--repo", repo.to_str().unwrap()])
+        .arg(&different));
+    assert_eq!(out.code, 0);
+    let out = push(&cfg, &data, &segs[0]);
+    assert_eq!(out.code, 4, "{}", out.stderr);
+    assert!(out.stderr.contains("different contents"), "{}", out.stderr);
+    // The other file goes through, and is then done at once.
+    assert_eq!(push(&cfg, &data, &segs[1]).code, 0);
+    assert_eq!(push(&cfg, &data, &segs[1]).code, 0);
+    assert!(fetch_identical(&cfg, dir.path(), &segs[1]));
+}
+
+#[test]
+fn an_outage_fails_within_the_configured_time() {
+    let dir = TestDir::new("async-outage");
+    let server = S3Server::start(dir.path(), "bucket");
+    let s3 = server.config_toml("s3://bucket/async");
+    let cfg = config(
+        dir.path(),
+        &s3,
+        "archive_timeout_secs = 5\ns3_timeout_secs = 1\n",
+    );
+    let (data, segs) = ready_segments(dir.path(), 1);
+    init_repo(&["--config".to_string(), cfg.display().to_string()], &data);
+    drop(server);
+    let started = std::time::Instant::now();
+    let out = push(&cfg, &data, &segs[0]);
+    assert_eq!(out.code, 5, "{}", out.stderr);
+    assert!(
+        started.elapsed() < Duration::from_secs(40),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+#[test]
+fn kill_9_of_worker_and_foreground_loses_nothing() {
+    let dir = TestDir::new("async-kills");
+    let repo = dir.path().join("repo");
+    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
+    let (data, segs) = ready_segments(dir.path(), 16);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    let needle = cfg.display().to_string();
+    let mut kills = 0;
+    for (i, seg) in segs.iter().enumerate() {
+        let mut child = walvault("walvault-push")
+            .arg("--config")
+            .arg(&cfg)
+            .arg(seg.strip_prefix(&data).unwrap())
+            .current_dir(&data)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5 + (i as u64 * 7) % 40));
+        // SAFETY: kill of processes this test started.
+        for pid in pids_mentioning(&needle) {
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            kills += 1;
+        }
+        let _ = child.wait();
+    }
+    // PostgreSQL calls again for each: every one succeeds.
+    for seg in &segs {
+        let out = push(&cfg, &data, seg);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    for seg in &segs {
+        assert!(fetch_identical(&cfg, dir.path(), seg), "{}", seg.display());
+    }
+    let out = run(walvault("walvault").args(["--repo", repo.to_str().unwrap(), "verify"]));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    eprintln!(
+        "async kills: {kills} processes killed, {} files, 0 lost",
+        segs.len()
+    );
+    for pid in pids_mentioning(&needle) {
+        // SAFETY: as above.
+        unsafe {
+            libc::kill(pid, libc::SIGKILL);
+        }
+    }
+}
+
+#[test]
+fn a_deleted_spool_falls_back_to_synchronous_pushing() {
+    let dir = TestDir::new("async-nospool");
+    let repo = dir.path().join("repo");
+    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
+    let (data, segs) = ready_segments(dir.path(), 1);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    std::fs::remove_dir_all(dir.path().join("spool")).unwrap();
+    let out = push(&cfg, &data, &segs[0]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("pushing synchronously"),
+        "{}",
+        out.stderr
+    );
+    assert!(fetch_identical(&cfg, dir.path(), &segs[0]));
+}
