@@ -223,6 +223,34 @@ pub fn plan_ready(data_dir: &Path) -> io::Result<Vec<String>> {
     Ok(names)
 }
 
+/// WAL PostgreSQL has finished but not yet archived: the `.ready` files.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Backlog {
+    pub segments: usize,
+    pub bytes: u64,
+    /// How long the oldest ready file has waited (its status file's age).
+    pub oldest_age_secs: i64,
+}
+
+/// Measures the archive backlog of the cluster in `data_dir`.
+pub fn measure_backlog(data_dir: &Path) -> io::Result<Backlog> {
+    let mut backlog = Backlog::default();
+    let status = data_dir.join("pg_wal/archive_status");
+    for name in plan_ready(data_dir)? {
+        backlog.segments += 1;
+        backlog.bytes += fs::metadata(data_dir.join("pg_wal").join(&name))
+            .map(|m| m.len())
+            .unwrap_or(0);
+        let age = fs::metadata(status.join(format!("{name}.ready")))
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        backlog.oldest_age_secs = backlog.oldest_age_secs.max(age);
+    }
+    Ok(backlog)
+}
+
 /// How the worker classifies a push failure for the foreground (the cli's
 /// exit-code policy).
 pub type Classify = fn(&PushError) -> u8;

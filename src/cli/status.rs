@@ -37,6 +37,27 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 8, value_name = "DAYS")]
     pub verify_stale_days: u64,
 
+    /// The cluster's data directory: also report its archive backlog (WAL
+    /// finished but not yet archived, waiting in pg_wal)
+    #[arg(long, short = 'D', value_name = "DIR")]
+    pub pgdata: Option<std::path::PathBuf>,
+
+    /// Backlog files for WARNING
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub backlog_warn_segments: usize,
+
+    /// Backlog files for CRITICAL
+    #[arg(long, default_value_t = 512, value_name = "N")]
+    pub backlog_crit_segments: usize,
+
+    /// Age of the oldest unarchived file for WARNING
+    #[arg(long, default_value_t = 15, value_name = "MINUTES")]
+    pub backlog_warn_minutes: u64,
+
+    /// Age of the oldest unarchived file for CRITICAL
+    #[arg(long, default_value_t = 60, value_name = "MINUTES")]
+    pub backlog_crit_minutes: u64,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
@@ -69,7 +90,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
         wal_crit: Duration::from_secs(args.wal_crit_minutes * 60),
         verify_stale: Duration::from_secs(args.verify_stale_days * 86400),
     };
-    let health = plan_health(
+    let mut health = plan_health(
         &backups,
         &wal,
         verify.as_ref(),
@@ -77,6 +98,32 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
         &thresholds,
         jiff::Timestamp::now(),
     );
+    if let Some(pgdata) = &args.pgdata {
+        match crate::archive::spool::measure_backlog(pgdata) {
+            Ok(backlog) => {
+                health = health.with_backlog(
+                    backlog,
+                    &crate::status::BacklogThresholds {
+                        warn_segments: args.backlog_warn_segments,
+                        crit_segments: args.backlog_crit_segments,
+                        warn_age: Duration::from_secs(args.backlog_warn_minutes * 60),
+                        crit_age: Duration::from_secs(args.backlog_crit_minutes * 60),
+                    },
+                )
+            }
+            Err(e) => {
+                report_error(
+                    program,
+                    &format!("read the archive backlog in \"{}\": {e}", pgdata.display()),
+                );
+                println!(
+                    "CRITICAL: the archive backlog of {} cannot be read",
+                    pgdata.display()
+                );
+                return Exit::Usage;
+            }
+        }
+    }
     if args.json {
         println!(
             "{}",
@@ -96,6 +143,23 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
             health.level.exit_code() as f64,
         );
         repository_metrics(&repo, &mut m).await;
+        if let Some(b) = &health.archive_backlog {
+            m.gauge(
+                "walvault_archive_backlog_segments",
+                "WAL files finished but not yet archived (waiting in pg_wal).",
+                b.segments as f64,
+            )
+            .gauge(
+                "walvault_archive_backlog_bytes",
+                "Bytes of WAL finished but not yet archived.",
+                b.bytes as f64,
+            )
+            .gauge(
+                "walvault_archive_backlog_oldest_seconds",
+                "How long the oldest unarchived WAL file has waited.",
+                b.oldest_age_secs as f64,
+            );
+        }
         if let Some(v) = &verify_restore {
             if let Ok(t) = v.finished_at.parse::<jiff::Timestamp>() {
                 m.gauge(

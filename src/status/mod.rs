@@ -198,6 +198,49 @@ pub const CHECK_BACKUP_AGE: &str = "backup_age";
 pub const CHECK_WAL_AGE: &str = "wal_age";
 pub const CHECK_WAL_GAP: &str = "wal_gap";
 pub const CHECK_VERIFY: &str = "verify";
+pub const CHECK_ARCHIVE_BACKLOG: &str = "archive_backlog";
+
+/// Limits of the archive backlog (files PostgreSQL finished but walvault
+/// has not stored yet): WAL piles up in pg_wal meanwhile.
+#[derive(Debug, Clone, Copy)]
+pub struct BacklogThresholds {
+    pub warn_segments: usize,
+    pub crit_segments: usize,
+    pub warn_age: Duration,
+    pub crit_age: Duration,
+}
+
+/// The backlog's finding, if it is beyond a limit.
+pub fn plan_backlog(
+    backlog: &crate::archive::spool::Backlog,
+    t: &BacklogThresholds,
+) -> Option<Reason> {
+    let facts = format!(
+        "{} WAL files ({:.1} MiB) wait to be archived, the oldest for {}s",
+        backlog.segments,
+        backlog.bytes as f64 / (1u64 << 20) as f64,
+        backlog.oldest_age_secs
+    );
+    let age = backlog.oldest_age_secs;
+    let level = if backlog.segments >= t.crit_segments || exceeds(age, t.crit_age) {
+        Level::Critical
+    } else if backlog.segments >= t.warn_segments || exceeds(age, t.warn_age) {
+        Level::Warning
+    } else {
+        return None;
+    };
+    Some(reason(
+        level,
+        CHECK_ARCHIVE_BACKLOG,
+        format!(
+            "{facts} (limits: {} / {} files, {} / {}); pg_wal grows until the repository catches up",
+            t.warn_segments,
+            t.crit_segments,
+            human_limit(t.warn_age),
+            human_limit(t.crit_age)
+        ),
+    ))
+}
 
 /// The health of a repository and the facts behind it.
 #[derive(Serialize, Clone, Debug, PartialEq)]
@@ -219,6 +262,26 @@ pub struct Health {
     pub wal_bytes: u64,
     pub last_verify: Option<VerifyRecord>,
     pub last_verify_restore: Option<VerifyRecord>,
+    /// With `status --pgdata`: WAL waiting to be archived.
+    pub archive_backlog: Option<crate::archive::spool::Backlog>,
+}
+
+impl Health {
+    /// Adds the backlog finding (if any) and its facts, keeping reasons
+    /// worst first and the level the worst.
+    pub fn with_backlog(
+        mut self,
+        backlog: crate::archive::spool::Backlog,
+        t: &BacklogThresholds,
+    ) -> Health {
+        if let Some(r) = plan_backlog(&backlog, t) {
+            self.level = self.level.max(r.level);
+            self.reasons.push(r);
+            self.reasons.sort_by(|a, b| b.level.cmp(&a.level));
+        }
+        self.archive_backlog = Some(backlog);
+        self
+    }
 }
 
 /// Decides the health of a repository from its backups, its archived WAL
@@ -264,6 +327,7 @@ pub fn plan_health(
         wal_bytes: wal.iter().map(|w| w.stored_bytes).sum(),
         last_verify: verify.cloned(),
         last_verify_restore: verify_restore.cloned(),
+        archive_backlog: None,
     }
 }
 
@@ -648,6 +712,41 @@ fn check_verify(
                 ),
             ));
         }
+    }
+}
+
+#[cfg(test)]
+mod backlog_tests {
+    use super::*;
+    use crate::archive::spool::Backlog;
+
+    #[test]
+    fn a_backlog_turns_warning_then_critical() {
+        let t = BacklogThresholds {
+            warn_segments: 10,
+            crit_segments: 100,
+            warn_age: Duration::from_secs(600),
+            crit_age: Duration::from_secs(3600),
+        };
+        let b = |segments, oldest_age_secs| Backlog {
+            segments,
+            bytes: segments as u64 * (16 << 20),
+            oldest_age_secs,
+        };
+        assert_eq!(plan_backlog(&b(3, 5), &t), None);
+        assert_eq!(plan_backlog(&b(10, 5), &t).unwrap().level, Level::Warning);
+        assert_eq!(plan_backlog(&b(3, 700), &t).unwrap().level, Level::Warning);
+        let crit = plan_backlog(&b(100, 5), &t).unwrap();
+        assert_eq!(crit.level, Level::Critical);
+        assert!(
+            crit.message.contains("100 WAL files (1600.0 MiB)"),
+            "{}",
+            crit.message
+        );
+        assert_eq!(
+            plan_backlog(&b(1, 4000), &t).unwrap().level,
+            Level::Critical
+        );
     }
 }
 

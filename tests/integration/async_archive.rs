@@ -257,3 +257,64 @@ fn a_deleted_spool_falls_back_to_synchronous_pushing() {
     );
     assert!(fetch_identical(&cfg, dir.path(), &segs[0]));
 }
+
+/// WAL that waits to be archived shows in `status --pgdata` and its
+/// metric, and turns the level to WARNING, then CRITICAL.
+#[test]
+fn status_reports_the_archive_backlog() {
+    let dir = TestDir::new("backlog");
+    let repo = dir.path().join("repo");
+    let (data, _segs) = ready_segments(dir.path(), 3);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    let metrics = dir.path().join("status.prom");
+    let status = |extra: &[&str]| {
+        run(walvault("walvault")
+            .args([
+                "--repo",
+                repo.to_str().unwrap(),
+                "status",
+                "--json",
+                "--pgdata",
+            ])
+            .arg(&data)
+            .arg("--metrics-file")
+            .arg(&metrics)
+            .args(extra))
+    };
+    let backlog_level = |out: &Ran| -> Option<String> {
+        let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+        assert_eq!(json["archive_backlog"]["segments"], 3, "{}", out.stdout);
+        assert_eq!(
+            json["archive_backlog"]["bytes"],
+            3 * (16 << 20),
+            "{}",
+            out.stdout
+        );
+        json["reasons"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["check"] == "archive_backlog")
+            .map(|r| r["level"].as_str().unwrap().to_string())
+    };
+    assert_eq!(
+        backlog_level(&status(&[])),
+        None,
+        "3 files is within the defaults"
+    );
+    let out = status(&["--backlog-warn-segments", "2"]);
+    assert_eq!(backlog_level(&out).as_deref(), Some("WARNING"));
+    let out = status(&[
+        "--backlog-warn-segments",
+        "2",
+        "--backlog-crit-segments",
+        "3",
+    ]);
+    assert_eq!(backlog_level(&out).as_deref(), Some("CRITICAL"));
+    assert_eq!(out.code, 2);
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    assert!(
+        prom.contains("\nwalvault_archive_backlog_segments 3\n"),
+        "{prom}"
+    );
+}
