@@ -97,6 +97,24 @@ pub struct GlobalArgs {
     )]
     pub archive_timeout_secs: Option<u64>,
 
+    /// Prefetching restore: segments walvault-fetch keeps fetched ahead of recovery (0: off) [default: 0]
+    #[arg(
+        long,
+        env = "WALVAULT_RESTORE_PREFETCH",
+        global = true,
+        value_name = "N"
+    )]
+    pub restore_prefetch: Option<u64>,
+
+    /// Most bytes the prefetch spool holds [default: 1073741824]
+    #[arg(
+        long,
+        env = "WALVAULT_RESTORE_PREFETCH_BYTES",
+        global = true,
+        value_name = "BYTES"
+    )]
+    pub restore_prefetch_bytes: Option<u64>,
+
     /// Refuse every write to the repository (what the scratch server of verify --restore fetches with)
     #[arg(long, env = "WALVAULT_READ_ONLY", global = true, num_args = 0..=1,
           require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
@@ -126,6 +144,8 @@ pub struct FileConfig {
     pub spool_path: Option<PathBuf>,
     pub archive_jobs: Option<usize>,
     pub archive_timeout_secs: Option<u64>,
+    pub restore_prefetch: Option<u64>,
+    pub restore_prefetch_bytes: Option<u64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -168,6 +188,9 @@ pub struct Settings {
     pub read_only: bool,
     /// Asynchronous archiving, when on: its spool directory.
     pub archive_async: Option<AsyncArchive>,
+    /// Prefetching restore: segments kept ahead (0: off) and a byte bound.
+    pub restore_prefetch: u64,
+    pub restore_prefetch_bytes: u64,
 }
 
 /// Asynchronous archiving's settings.
@@ -305,6 +328,11 @@ impl Settings {
             None
         };
         Ok(Settings {
+            restore_prefetch: args.restore_prefetch.or(file.restore_prefetch).unwrap_or(0),
+            restore_prefetch_bytes: args
+                .restore_prefetch_bytes
+                .or(file.restore_prefetch_bytes)
+                .unwrap_or(1 << 30),
             archive_async,
             repo,
             compress: CompressSettings { level, workers },

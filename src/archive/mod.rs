@@ -3,6 +3,7 @@
 //! exit-status policy lives in `cli`, which maps these results to codes.
 
 pub mod fetch;
+pub mod prefetch;
 pub mod push;
 pub mod spool;
 

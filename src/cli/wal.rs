@@ -175,22 +175,27 @@ async fn push_async(
 /// output to the spool's log), with the same arguments and environment.
 fn start_worker(
     spool: &crate::archive::spool::Spool,
-    data_dir: &std::path::Path,
+    _data_dir: &std::path::Path,
 ) -> std::io::Result<()> {
+    start_detached(ASYNC_WORKER_ENV, &spool.log_path())
+}
+
+/// This program again, detached from PostgreSQL's process group, with the
+/// same arguments, environment and directory, plus `env_flag`; its
+/// output goes to `log`.
+fn start_detached(env_flag: &str, log: &std::path::Path) -> std::io::Result<()> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(spool.log_path())?;
+        .open(log)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(std::env::args_os().skip(1))
-        .env(ASYNC_WORKER_ENV, "1")
-        .current_dir(std::env::current_dir().unwrap_or_else(|_| data_dir.to_path_buf()))
+        .env(env_flag, "1")
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
-    // SAFETY: setsid in the child before exec has no preconditions; it
-    // detaches the worker from PostgreSQL's process group.
+    // SAFETY: setsid in the child before exec has no preconditions.
     unsafe {
         cmd.pre_exec(|| {
             libc::setsid();
@@ -240,6 +245,31 @@ async fn run_async_worker(
     }
 }
 
+/// Set in the environment of the prefetch worker walvault-fetch starts.
+pub const PREFETCH_WORKER_ENV: &str = "WALVAULT_PREFETCH_WORKER";
+
+/// How long a prefetch worker waits for recovery to ask for more.
+const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// After serving segment `name`: tell the worker to go on after it, and
+/// start one if none runs. Failures only cost speed, so they are logged.
+fn keep_prefetching(p: &crate::archive::prefetch::Prefetch, name: &str) {
+    if name.len() != 24 {
+        return;
+    }
+    if let Err(e) = p.want(&crate::archive::prefetch::Want {
+        name: name.to_string(),
+    }) {
+        tracing::warn!(error = %e, "cannot update the prefetch spool");
+        return;
+    }
+    if !p.worker_running() {
+        if let Err(e) = start_detached(PREFETCH_WORKER_ENV, &p.log_path()) {
+            tracing::warn!(error = %e, "cannot start the prefetch worker");
+        }
+    }
+}
+
 pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> Exit {
     let data_dir = args.pgdata.clone().unwrap_or_else(|| PathBuf::from("."));
     let standby = archive::fetch::is_standby(&data_dir);
@@ -283,9 +313,39 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         },
     };
     let started = Instant::now();
+    if std::env::var_os(PREFETCH_WORKER_ENV).is_some() {
+        let result = crate::archive::prefetch::run_worker(
+            repo,
+            data_dir.clone(),
+            settings.restore_prefetch,
+            settings.restore_prefetch_bytes,
+            PREFETCH_IDLE,
+        )
+        .await;
+        return match result {
+            Ok(()) => Exit::Ok,
+            Err(e) => {
+                report_error(program, &format!("prefetch worker: {e}"));
+                Exit::Failed
+            }
+        };
+    }
+    let prefetch = (settings.restore_prefetch > 0)
+        .then(|| crate::archive::prefetch::Prefetch::open(&data_dir).ok())
+        .flatten();
+    if let Some(p) = &prefetch {
+        if p.serve(&args.name, &dest) {
+            tracing::info!(wal = %args.name, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
+            keep_prefetching(p, &args.name);
+            return Exit::Ok;
+        }
+    }
     match archive::fetch(&repo, &args.name, &dest, opts).await {
         Ok(FetchOutcome::Restored(info)) => {
             tracing::info!(wal = %args.name, raw_bytes = info.raw_size, ms = started.elapsed().as_millis() as u64, "restored");
+            if let Some(p) = &prefetch {
+                keep_prefetching(p, &args.name);
+            }
             Exit::Ok
         }
         Ok(FetchOutcome::NotFound) => {

@@ -143,6 +143,47 @@ fn a_cluster_archives_through_the_spool() {
         "no archive_command failure:\n{}",
         p.server_log()
     );
+
+    // A backup, more WAL, and a restore that replays it all through the
+    // prefetching restore_command (the config file turns it on).
+    let args = ["--config".to_string(), cfg.display().to_string()];
+    let conninfo = format!(
+        "host={} port={} user=postgres dbname=postgres",
+        p.socket_dir.display(),
+        p.port
+    );
+    let out = run(walvault("walvault").args(&args).args([
+        "backup",
+        "--pgdata",
+        p.data.to_str().unwrap(),
+        "--dbname",
+        &conninfo,
+        "--no-progress",
+    ]));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    run_ok(
+        p.client("pgbench")
+            .args(["-n", "-c", "2", "-t", "300", "postgres"]),
+    );
+    let expected = p.sql("SELECT sum(abalance) FROM pgbench_accounts");
+    p.switch_and_wait_archived(120);
+    let target = dir.path().join("restored");
+    let out = run(std::process::Command::new(bin.join("walvault"))
+        .args(&args)
+        .args(["restore", "--archive-mode", "off", "--pgdata"])
+        .arg(&target));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let mut r = PgCluster::existing(dir.path(), "restored", target);
+    r.start();
+    r.wait_promoted(180);
+    assert_eq!(
+        r.sql("SELECT sum(abalance) FROM pgbench_accounts"),
+        expected
+    );
+    // Recovery has ended: the prefetch worker removes its spool.
+    crate::harness::wait_for("the prefetch spool removed", 60, || {
+        !r.data.join("walvault_prefetch").exists()
+    });
 }
 
 #[test]
@@ -317,4 +358,62 @@ fn status_reports_the_archive_backlog() {
         prom.contains("\nwalvault_archive_backlog_segments 3\n"),
         "{prom}"
     );
+}
+
+/// Prefetching restore: after a fetch of segment N, the next ones are
+/// fetched ahead into the spool and served from it, byte-identical; the
+/// spool never serves another timeline's or an earlier file, and goes
+/// away when recovery ends.
+#[test]
+fn prefetch_serves_the_next_segments_and_never_stale_ones() {
+    let dir = TestDir::new("prefetch");
+    let repo = dir.path().join("repo");
+    let size = WalSegmentSize::new(1 << 20).unwrap();
+    let data = fake_pgdata(dir.path(), SYSID, 1 << 20);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    let wal = dir.subdir("wal");
+    let mut segs = Vec::new();
+    for (t, n) in (1..=8).map(|n| (1u32, n)).chain([(2, 9), (2, 10)]) {
+        let seg = write_segment(&wal, SYSID, t, n, size, n as u8);
+        let out = run(walvault("walvault-push")
+            .args(["--repo", repo.to_str().unwrap()])
+            .arg(&seg));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        segs.push(seg);
+    }
+    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let spool = data.join("walvault_prefetch");
+    let fetch = |seg: &Path| {
+        let name = seg.file_name().unwrap().to_str().unwrap();
+        let out = run(walvault("walvault-fetch")
+            .args(["--repo", repo.to_str().unwrap(), "--restore-prefetch", "3"])
+            .args([name, "pg_wal/RECOVERYXLOG"])
+            .current_dir(&data));
+        assert_eq!(out.code, 0, "{name}: {}", out.stderr);
+        assert!(
+            std::fs::read(data.join("pg_wal/RECOVERYXLOG")).unwrap() == std::fs::read(seg).unwrap(),
+            "{name} byte-identical"
+        );
+    };
+    let in_spool = |seg: &Path| spool.join(seg.file_name().unwrap()).exists();
+    fetch(&segs[0]);
+    crate::harness::wait_for("segments 2 to 4 prefetched", 30, || {
+        segs[1..4].iter().all(|s| in_spool(s))
+    });
+    assert!(!in_spool(&segs[4]), "no more than restore_prefetch ahead");
+    fetch(&segs[1]);
+    assert!(!in_spool(&segs[1]), "served by a rename");
+    crate::harness::wait_for("segment 5 prefetched", 30, || in_spool(&segs[4]));
+    // Skipping ahead drops what lies before; another timeline drops all.
+    fetch(&segs[3]);
+    assert!(!in_spool(&segs[2]), "an earlier file is never served later");
+    fetch(&segs[8]);
+    assert!(
+        segs[..8].iter().all(|s| !in_spool(s)),
+        "timeline 1's files are gone once timeline 2 is asked for"
+    );
+    // Recovery ends: the worker exits and removes the spool.
+    std::fs::remove_file(data.join("recovery.signal")).unwrap();
+    crate::harness::wait_for("the spool removed", 30, || !spool.exists());
 }

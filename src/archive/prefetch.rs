@@ -1,0 +1,258 @@
+//! Prefetching restore: while PostgreSQL replays segment N, a background
+//! worker fetches N+1 … N+k into a spool in the data directory
+//! (`walvault_prefetch/`), so the next restore_command calls are a rename.
+//!
+//! - Keys follow from names, so no listing is needed.
+//! - Every file is fully fetched and verified (size and checksum against
+//!   the object's trailer, by [`super::fetch`]) into a temporary name and
+//!   only then renamed to its WAL name in the spool: a file under a WAL name
+//!   in the spool is whole.
+//! - Never stale: on every call, spool files of another timeline or of a
+//!   segment before the one asked for are removed; `.history`, `.partial`
+//!   and `.backup` files are never prefetched or served from the spool.
+//! - Bounded: at most `restore_prefetch` files and `restore_prefetch_bytes`
+//!   bytes in the spool.
+//! - A miss, an outage or a corrupt object is not the worker's to report:
+//!   the call that needs the file fetches it itself, with the exit codes
+//!   and standby rules of fetch.
+//! - The worker exits when recovery has ended (no `recovery.signal` or
+//!   `standby.signal`) or after an idle time, and removes the spool.
+
+use std::fs;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::fetch::{fetch, FetchOptions, FetchOutcome};
+use crate::repo::Repository;
+use crate::wal::{SegmentNo, WalFileName};
+
+/// The spool directory, inside the data directory.
+pub const SPOOL_DIR: &str = "walvault_prefetch";
+
+/// What the last call asked for (a segment name): the worker fetches the
+/// segments after it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Want {
+    pub name: String,
+}
+
+/// Whether `name` is a plain segment name (24 hex digits).
+fn is_segment_name(name: &str) -> bool {
+    name.len() == 24 && name.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+pub struct Prefetch {
+    dir: PathBuf,
+}
+
+impl Prefetch {
+    pub fn open(data_dir: &Path) -> io::Result<Prefetch> {
+        let dir = data_dir.join(SPOOL_DIR);
+        fs::create_dir_all(&dir)?;
+        Ok(Prefetch { dir })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// For a call asking for `name`: drops whatever no longer matches (other
+    /// timelines, earlier segments) and serves `name` into `dest` by a
+    /// rename if it is there. Returns whether it served it.
+    pub fn serve(&self, name: &str, dest: &Path) -> bool {
+        if !is_segment_name(name) {
+            return false;
+        }
+        let mut served = false;
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let file = entry.file_name().to_string_lossy().into_owned();
+            if !is_segment_name(&file) {
+                continue;
+            }
+            // Same timeline (the first 8 digits); on one timeline, names
+            // order as positions do.
+            if file[..8] != name[..8] || file.as_str() < name {
+                let _ = fs::remove_file(entry.path());
+            } else if file == name && !served {
+                served = fs::rename(entry.path(), dest).is_ok();
+            }
+        }
+        served
+    }
+
+    /// Tells the worker where to go on from.
+    pub fn want(&self, want: &Want) -> io::Result<()> {
+        let tmp = self.dir.join(format!(".want.{}.tmp", std::process::id()));
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(&serde_json::to_vec(want).expect("want serializes"))?;
+        drop(f);
+        fs::rename(tmp, self.dir.join("want"))
+    }
+
+    fn read_want(&self) -> Option<Want> {
+        serde_json::from_slice(&fs::read(self.dir.join("want")).ok()?).ok()
+    }
+
+    pub fn lock_worker(&self) -> io::Result<Option<fs::File>> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join("worker.lock"))?;
+        match crate::storage::local::lock_exclusive(&file) {
+            Ok(()) => Ok(Some(file)),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    pub fn worker_running(&self) -> bool {
+        matches!(self.lock_worker(), Ok(None))
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("worker.log")
+    }
+
+    /// WAL files in the spool and their bytes.
+    fn held(&self) -> (Vec<String>, u64) {
+        let mut names = Vec::new();
+        let mut bytes = 0;
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_segment_name(&name) {
+                bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                names.push(name);
+            }
+        }
+        (names, bytes)
+    }
+}
+
+/// Whether the cluster is still in recovery (a signal file is there).
+fn in_recovery(data_dir: &Path) -> bool {
+    data_dir.join("recovery.signal").exists() || data_dir.join("standby.signal").exists()
+}
+
+/// The worker: keeps up to `count` files (and `max_bytes`) ahead of the
+/// last call, until recovery ends or nothing was asked for `idle`. Removes
+/// the spool when it exits. Returns at once if another worker runs.
+pub async fn run_worker(
+    repo: Repository,
+    data_dir: PathBuf,
+    count: u64,
+    max_bytes: u64,
+    idle: Duration,
+) -> io::Result<()> {
+    let spool = Prefetch::open(&data_dir)?;
+    let Some(lock) = spool.lock_worker()? else {
+        return Ok(());
+    };
+    let size = match repo.require_header().await {
+        Ok(h) => crate::wal::WalSegmentSize::new(h.wal_segment_size)
+            .map_err(|e| io::Error::other(e.to_string()))?,
+        Err(e) => return Err(io::Error::other(e.to_string())),
+    };
+    let position = |want: &Want| match WalFileName::parse(&want.name, size) {
+        Ok(WalFileName::Segment {
+            timeline, segment, ..
+        }) => Some((timeline, segment)),
+        _ => None,
+    };
+    let mut last_want = None;
+    let mut last_change = Instant::now();
+    loop {
+        if !in_recovery(&data_dir) || last_change.elapsed() >= idle {
+            break;
+        }
+        let want = spool.read_want();
+        if want != last_want {
+            last_want.clone_from(&want);
+            last_change = Instant::now();
+        }
+        let Some((timeline, asked)) = want.as_ref().and_then(position) else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let mut fetched_any = false;
+        let (held, mut bytes) = spool.held();
+        for i in 1..=count {
+            let segment = SegmentNo(asked.0 + i);
+            let name = WalFileName::segment_file_name(timeline, segment, size);
+            if held.contains(&name) {
+                continue;
+            }
+            if bytes + size.bytes() > max_bytes {
+                break;
+            }
+            let tmp = spool.dir().join(format!(".{name}.prefetch"));
+            // No waiting retries: the call that needs the file retries.
+            let opts = FetchOptions {
+                retry_for: Duration::ZERO,
+            };
+            match fetch(&repo, &name, &tmp, opts).await {
+                Ok(FetchOutcome::Restored(_)) => {
+                    // Recovery may have moved past it, or to another
+                    // timeline, meanwhile.
+                    let still_wanted = spool
+                        .read_want()
+                        .as_ref()
+                        .and_then(position)
+                        .is_some_and(|(t, s)| t == timeline && segment > s);
+                    if still_wanted {
+                        fs::rename(&tmp, spool.dir().join(&name))?;
+                        bytes += size.bytes();
+                        fetched_any = true;
+                    } else {
+                        let _ = fs::remove_file(&tmp);
+                        break;
+                    }
+                }
+                // The end of the archive for now, or a failure: stop here.
+                Ok(FetchOutcome::NotFound) | Err(_) => {
+                    let _ = fs::remove_file(&tmp);
+                    break;
+                }
+            }
+        }
+        if !fetched_any {
+            // Nothing new: the archive's end, or the spool is full.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    drop(lock);
+    let _ = fs::remove_dir_all(spool.dir());
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wal::{TimelineId, WalSegmentSize};
+
+    #[test]
+    fn serving_renames_and_drops_what_no_longer_matches() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Prefetch::open(dir.path()).unwrap();
+        let size = WalSegmentSize::DEFAULT;
+        let name =
+            |t: u32, s: u64| WalFileName::segment_file_name(TimelineId(t), SegmentNo(s), size);
+        for (t, s) in [(1, 3), (1, 4), (1, 5), (2, 5)] {
+            fs::write(spool.dir().join(name(t, s)), format!("{t}/{s}")).unwrap();
+        }
+        let dest = dir.path().join("RECOVERYXLOG");
+        assert!(spool.serve(&name(1, 4), &dest));
+        assert_eq!(fs::read_to_string(&dest).unwrap(), "1/4");
+        // 3 was skipped (earlier than asked) and 2/5 is another timeline.
+        assert_eq!(spool.held().0, [name(1, 5)]);
+        // History files are never served from the spool.
+        fs::write(spool.dir().join("00000002.history"), "x").unwrap();
+        assert!(!spool.serve("00000002.history", &dest));
+        // Asking on timeline 2 drops timeline 1.
+        assert!(!spool.serve(&name(2, 6), &dest));
+        assert!(spool.held().0.is_empty());
+    }
+}
