@@ -48,6 +48,26 @@ impl Exit {
     pub fn code(self) -> u8 {
         self as u8
     }
+
+    /// The exit a code stands for (an unknown one is [`Exit::Failed`]).
+    pub fn from_code(code: u8) -> Exit {
+        [
+            Exit::Ok,
+            Exit::NotFound,
+            Exit::Usage,
+            Exit::BadInput,
+            Exit::Conflict,
+            Exit::Storage,
+            Exit::Corrupt,
+            Exit::WrongRepository,
+            Exit::Failed,
+            Exit::NotInitialized,
+            Exit::RecoveryMustStop,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+        .unwrap_or(Exit::Failed)
+    }
 }
 
 impl From<Exit> for std::process::ExitCode {

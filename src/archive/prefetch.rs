@@ -1,6 +1,8 @@
 //! Prefetching restore: while PostgreSQL replays segment N, a background
-//! worker fetches N+1 … N+k into a spool in the data directory
-//! (`walvault_prefetch/`), so the next restore_command calls are a rename.
+//! worker fetches N+1 … N+k into a spool beside `%p` (`pg_wal/walvault_prefetch/`,
+//! on pg_wal's own file system, which base backups leave out), so the
+//! next restore_command calls are a rename. The spool names the repository
+//! it was filled from; a spool of another repository is emptied.
 //!
 //! - Keys follow from names, so no listing is needed.
 //! - Every file is fully fetched and verified (size and checksum against
@@ -49,10 +51,33 @@ pub struct Prefetch {
 }
 
 impl Prefetch {
-    pub fn open(data_dir: &Path) -> io::Result<Prefetch> {
-        let dir = data_dir.join(SPOOL_DIR);
-        fs::create_dir_all(&dir)?;
-        Ok(Prefetch { dir })
+    /// Opens the spool `dir` for files of repository `source` (its
+    /// description); files left from another repository are removed.
+    pub fn open(dir: &Path, source: &str) -> io::Result<Prefetch> {
+        use std::os::unix::fs::DirBuilderExt;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+        let spool = Prefetch {
+            dir: dir.to_path_buf(),
+        };
+        let stamp = dir.join("source");
+        if fs::read_to_string(&stamp).ok().as_deref() != Some(source) {
+            spool.clear();
+            fs::write(&stamp, source)?;
+        }
+        Ok(spool)
+    }
+
+    /// Removes every prefetched file.
+    fn clear(&self) {
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if is_segment_name(&name) || name.ends_with(".prefetch") {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -143,14 +168,42 @@ fn in_recovery(data_dir: &Path) -> bool {
 pub async fn run_worker(
     repo: Repository,
     data_dir: PathBuf,
+    spool_dir: PathBuf,
     count: u64,
     max_bytes: u64,
     idle: Duration,
 ) -> io::Result<()> {
-    let spool = Prefetch::open(&data_dir)?;
-    let Some(lock) = spool.lock_worker()? else {
+    let spool = Prefetch::open(&spool_dir, &repo.describe())?;
+    // A caller checking whether a worker runs holds the lock for an
+    // instant: try a few times before concluding another worker runs.
+    let mut lock = None;
+    for _ in 0..10 {
+        lock = spool.lock_worker()?;
+        if lock.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let Some(lock) = lock else {
         return Ok(());
     };
+    let result = prefetch_loop(&repo, &spool, &data_dir, count.min(1024), max_bytes, idle).await;
+    // Emptied and removed while the lock is held, so no new worker works
+    // in a spool being removed.
+    spool.clear();
+    let _ = fs::remove_dir_all(spool.dir());
+    drop(lock);
+    result
+}
+
+async fn prefetch_loop(
+    repo: &Repository,
+    spool: &Prefetch,
+    data_dir: &Path,
+    count: u64,
+    max_bytes: u64,
+    idle: Duration,
+) -> io::Result<()> {
     let size = match repo.require_header().await {
         Ok(h) => crate::wal::WalSegmentSize::new(h.wal_segment_size)
             .map_err(|e| io::Error::other(e.to_string()))?,
@@ -165,8 +218,8 @@ pub async fn run_worker(
     let mut last_want = None;
     let mut last_change = Instant::now();
     loop {
-        if !in_recovery(&data_dir) || last_change.elapsed() >= idle {
-            break;
+        if !in_recovery(data_dir) || last_change.elapsed() >= idle {
+            return Ok(());
         }
         let want = spool.read_want();
         if want != last_want {
@@ -193,7 +246,7 @@ pub async fn run_worker(
             let opts = FetchOptions {
                 retry_for: Duration::ZERO,
             };
-            match fetch(&repo, &name, &tmp, opts).await {
+            match fetch(repo, &name, &tmp, opts).await {
                 Ok(FetchOutcome::Restored(_)) => {
                     // Recovery may have moved past it, or to another
                     // timeline, meanwhile.
@@ -202,8 +255,7 @@ pub async fn run_worker(
                         .as_ref()
                         .and_then(position)
                         .is_some_and(|(t, s)| t == timeline && segment > s);
-                    if still_wanted {
-                        fs::rename(&tmp, spool.dir().join(&name))?;
+                    if still_wanted && fs::rename(&tmp, spool.dir().join(&name)).is_ok() {
                         bytes += size.bytes();
                         fetched_any = true;
                     } else {
@@ -223,9 +275,6 @@ pub async fn run_worker(
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    drop(lock);
-    let _ = fs::remove_dir_all(spool.dir());
-    Ok(())
 }
 
 #[cfg(test)]
@@ -236,7 +285,7 @@ mod tests {
     #[test]
     fn serving_renames_and_drops_what_no_longer_matches() {
         let dir = tempfile::tempdir().unwrap();
-        let spool = Prefetch::open(dir.path()).unwrap();
+        let spool = Prefetch::open(&dir.path().join(SPOOL_DIR), "local \"/r\"").unwrap();
         let size = WalSegmentSize::DEFAULT;
         let name =
             |t: u32, s: u64| WalFileName::segment_file_name(TimelineId(t), SegmentNo(s), size);
@@ -254,5 +303,9 @@ mod tests {
         // Asking on timeline 2 drops timeline 1.
         assert!(!spool.serve(&name(2, 6), &dest));
         assert!(spool.held().0.is_empty());
+        // A spool filled from another repository is emptied on opening.
+        fs::write(spool.dir().join(name(2, 7)), "x").unwrap();
+        let other = Prefetch::open(spool.dir(), "local \"/elsewhere\"").unwrap();
+        assert!(other.held().0.is_empty());
     }
 }

@@ -64,7 +64,22 @@ impl FileIdentity {
 pub struct ErrorRecord {
     pub code: u8,
     pub message: String,
+    /// When the worker failed (Unix milliseconds): the foreground reports
+    /// only failures from during its own call, and the worker retries a
+    /// file a second after it failed.
+    #[serde(default)]
+    pub at_unix_ms: u64,
 }
+
+/// Milliseconds since the Unix epoch.
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// How long the worker leaves a failed file alone before trying again.
+const RETRY_AFTER_MS: u64 = 1000;
 
 /// The spool of one cluster and repository:
 /// `<spool_path>/<id>/{done,error}/<wal name>`, `worker.lock`, `worker.log`.
@@ -95,8 +110,17 @@ impl Spool {
         let id = hasher.finalize().to_hex();
         let dir = spool_path.join(&id.as_str()[..16]);
         for sub in ["done", "error"] {
-            fs::create_dir_all(dir.join(sub))?;
+            use std::os::unix::fs::DirBuilderExt;
+            fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir.join(sub))?;
         }
+        // A spool that cannot be written (full, read-only, someone else's)
+        // must not stall archiving: the caller falls back to pushing
+        // synchronously when this fails.
+        write_atomically(&dir.join("done").join(".probe"), b"probe")?;
+        let _ = fs::remove_file(dir.join("done").join(".probe"));
         Ok(Spool { dir })
     }
 
@@ -139,19 +163,31 @@ impl Spool {
         )
     }
 
-    pub fn has_error(&self, name: &str) -> bool {
-        self.error_path(name).exists()
+    fn read_error(&self, name: &str) -> Option<ErrorRecord> {
+        fs::read(self.error_path(name))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
     }
 
-    /// Reads and removes the worker's error for `name`, so that the next
-    /// call tries again.
-    pub fn take_error(&self, name: &str) -> Option<ErrorRecord> {
-        let path = self.error_path(name);
-        let record = fs::read(&path)
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
-        let _ = fs::remove_file(&path);
-        record
+    /// Whether the worker should leave `name` alone for now: it failed
+    /// less than a second ago.
+    pub fn recently_failed(&self, name: &str) -> bool {
+        self.read_error(name).is_some_and(|e| {
+            unix_ms(std::time::SystemTime::now()).saturating_sub(e.at_unix_ms) < RETRY_AFTER_MS
+        })
+    }
+
+    /// The worker's error for `name` if it happened at or after `since`
+    /// (the start of the asking call), removed so that the next call tries
+    /// again. An older one is about an earlier attempt: it is left for the
+    /// worker, which tries again.
+    pub fn take_error(&self, name: &str, since: std::time::SystemTime) -> Option<ErrorRecord> {
+        let record = self.read_error(name)?;
+        if record.at_unix_ms < unix_ms(since) {
+            return None;
+        }
+        let _ = fs::remove_file(self.error_path(name));
+        Some(record)
     }
 
     /// Removes records of files PostgreSQL no longer marks ready.
@@ -160,7 +196,8 @@ impl Spool {
             if let Ok(entries) = fs::read_dir(self.dir.join(sub)) {
                 for e in entries.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
-                    if !ready.contains(&name) {
+                    // Dot-files are records being written.
+                    if !name.starts_with('.') && !ready.contains(&name) {
                         let _ = fs::remove_file(e.path());
                     }
                 }
@@ -265,7 +302,17 @@ pub async fn run_worker(
     idle: Duration,
     classify: Classify,
 ) -> io::Result<()> {
-    let Some(_lock) = spool.lock_worker()? else {
+    // A foreground checking whether a worker runs holds the lock for an
+    // instant: try a few times before concluding another worker runs.
+    let mut lock = None;
+    for _ in 0..10 {
+        lock = spool.lock_worker()?;
+        if lock.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let Some(_lock) = lock else {
         return Ok(());
     };
     tracing::info!(spool = %spool.dir().display(), jobs, "async archive worker started");
@@ -286,7 +333,7 @@ pub async fn run_worker(
             if running.len() >= jobs {
                 break;
             }
-            if in_flight.contains(&name) || spool.has_error(&name) {
+            if in_flight.contains(&name) || spool.recently_failed(&name) {
                 continue;
             }
             let path = data_dir.join("pg_wal").join(&name);
@@ -319,6 +366,7 @@ pub async fn run_worker(
                             &ErrorRecord {
                                 code: classify(&e),
                                 message: e.to_string(),
+                                at_unix_ms: unix_ms(std::time::SystemTime::now()),
                             },
                         )
                     }
@@ -388,14 +436,21 @@ mod tests {
         fs::remove_file(&file).unwrap();
         fs::write(&file, "other contents").unwrap();
         assert!(!spool.is_done("f", &FileIdentity::of(&file).unwrap()));
+        let before = std::time::SystemTime::now() - Duration::from_secs(5);
         let record = ErrorRecord {
             code: 4,
             message: "conflict".to_string(),
+            at_unix_ms: unix_ms(std::time::SystemTime::now()),
         };
         spool.mark_error("g", &record).unwrap();
-        assert!(spool.has_error("g"));
-        assert_eq!(spool.take_error("g"), Some(record));
-        assert_eq!(spool.take_error("g"), None);
+        assert!(spool.recently_failed("g"));
+        // An error from before the call is not the call's to report.
+        assert_eq!(
+            spool.take_error("g", std::time::SystemTime::now() + Duration::from_secs(5)),
+            None
+        );
+        assert_eq!(spool.take_error("g", before), Some(record));
+        assert_eq!(spool.take_error("g", before), None);
         spool.prune(&HashSet::new());
         assert!(!spool.is_done("f", &id));
         // One worker at a time.

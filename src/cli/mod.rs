@@ -113,7 +113,7 @@ pub fn push_main() -> ExitCode {
     logging::init(PROGRAM, cli.global.verbose);
     // The asynchronous worker pushes several files at once: it needs
     // threads; a single push does not.
-    let runtime = if std::env::var_os(wal::ASYNC_WORKER_ENV).is_some() {
+    let runtime = if cli.args.async_worker {
         tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -166,7 +166,7 @@ pub fn walvault_main() -> ExitCode {
     };
     logging::init(PROGRAM, cli.global.verbose);
     match cli.command {
-        Command::WalPush(args) => match if std::env::var_os(wal::ASYNC_WORKER_ENV).is_some() {
+        Command::WalPush(args) => match if args.async_worker {
             tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

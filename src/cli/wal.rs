@@ -21,6 +21,11 @@ pub struct PushArgs {
     /// The data directory (default: the current directory, as archive_command runs)
     #[arg(long, short = 'D', value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
+
+    /// Internal: run as the asynchronous archive worker (walvault-push
+    /// starts it; never part of archive_command)
+    #[arg(long = "internal-async-worker", hide = true)]
+    pub async_worker: bool,
 }
 
 #[derive(Debug, Clone, clap::Args)]
@@ -36,6 +41,11 @@ pub struct FetchArgs {
     /// The data directory, to detect standby mode (default: the current directory)
     #[arg(long, short = 'D', value_name = "DIR")]
     pub pgdata: Option<PathBuf>,
+
+    /// Internal: run as the prefetch worker (walvault-fetch starts it;
+    /// never part of restore_command)
+    #[arg(long = "internal-prefetch-worker", hide = true)]
+    pub prefetch_worker: bool,
 }
 
 pub(crate) fn repo_exit(e: &RepoError) -> Exit {
@@ -61,8 +71,8 @@ pub(crate) fn push_exit(e: &PushError) -> Exit {
     }
 }
 
-/// Set in the environment of the asynchronous worker walvault-push starts.
-pub const ASYNC_WORKER_ENV: &str = "WALVAULT_ASYNC_WORKER";
+/// The hidden flag that makes walvault-push the asynchronous worker.
+pub const ASYNC_WORKER_FLAG: &str = "--internal-async-worker";
 
 /// How long an idle asynchronous worker waits for more work.
 const ASYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -79,7 +89,7 @@ pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Ex
     } else {
         args.path.clone()
     };
-    if std::env::var_os(ASYNC_WORKER_ENV).is_some() {
+    if args.async_worker {
         return run_async_worker(program, &settings, repo, &data_dir).await;
     }
     if let Some(cfg) = &settings.archive_async {
@@ -132,28 +142,31 @@ async fn push_async(
             return None;
         }
     };
+    let call_started = std::time::SystemTime::now();
     let deadline = Instant::now() + cfg.timeout;
+    let mut worker: Option<std::process::Child> = None;
     loop {
         if spool.is_done(name, &identity) {
             return Some(Exit::Ok);
         }
-        if let Some(err) = spool.take_error(name) {
+        // An error the worker recorded before this call began is about an
+        // earlier attempt: the worker tries again.
+        if let Some(err) = spool.take_error(name, call_started) {
             report_error(program, &err.message);
-            return Some(match err.code {
-                3 => Exit::BadInput,
-                4 => Exit::Conflict,
-                6 => Exit::Corrupt,
-                7 => Exit::WrongRepository,
-                9 => Exit::NotInitialized,
-                2 => Exit::Usage,
-                5 => Exit::Storage,
-                _ => Exit::Failed,
-            });
+            return Some(Exit::from_code(err.code));
         }
-        if !spool.worker_running() {
-            if let Err(e) = start_worker(&spool, data_dir) {
-                tracing::warn!(error = %e, "cannot start the async worker; pushing synchronously");
-                return None;
+        // Start a worker at most once at a time per call: one we started
+        // and that still runs is left to start up and take its lock.
+        let ours_running = worker
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)));
+        if !ours_running && !spool.worker_running() {
+            match start_worker(&spool) {
+                Ok(child) => worker = Some(child),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot start the async worker; pushing synchronously");
+                    return None;
+                }
             }
         }
         if Instant::now() >= deadline {
@@ -171,19 +184,15 @@ async fn push_async(
     }
 }
 
-/// Starts the worker: this program again, detached (its own session,
-/// output to the spool's log), with the same arguments and environment.
-fn start_worker(
-    spool: &crate::archive::spool::Spool,
-    _data_dir: &std::path::Path,
-) -> std::io::Result<()> {
-    start_detached(ASYNC_WORKER_ENV, &spool.log_path())
+/// Starts the asynchronous worker.
+fn start_worker(spool: &crate::archive::spool::Spool) -> std::io::Result<std::process::Child> {
+    start_detached(ASYNC_WORKER_FLAG, &spool.log_path())
 }
 
 /// This program again, detached from PostgreSQL's process group, with the
-/// same arguments, environment and directory, plus `env_flag`; its
+/// same arguments, environment and directory plus the hidden `flag`; its
 /// output goes to `log`.
-fn start_detached(env_flag: &str, log: &std::path::Path) -> std::io::Result<()> {
+fn start_detached(flag: &str, log: &std::path::Path) -> std::io::Result<std::process::Child> {
     use std::os::unix::process::CommandExt;
     let log = std::fs::OpenOptions::new()
         .create(true)
@@ -191,7 +200,7 @@ fn start_detached(env_flag: &str, log: &std::path::Path) -> std::io::Result<()> 
         .open(log)?;
     let mut cmd = std::process::Command::new(std::env::current_exe()?);
     cmd.args(std::env::args_os().skip(1))
-        .env(env_flag, "1")
+        .arg(flag)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(log);
@@ -202,7 +211,7 @@ fn start_detached(env_flag: &str, log: &std::path::Path) -> std::io::Result<()> 
             Ok(())
         });
     }
-    cmd.spawn().map(|_| ())
+    cmd.spawn()
 }
 
 async fn run_async_worker(
@@ -245,11 +254,19 @@ async fn run_async_worker(
     }
 }
 
-/// Set in the environment of the prefetch worker walvault-fetch starts.
-pub const PREFETCH_WORKER_ENV: &str = "WALVAULT_PREFETCH_WORKER";
+/// The hidden flag that makes walvault-fetch the prefetch worker.
+pub const PREFETCH_WORKER_FLAG: &str = "--internal-prefetch-worker";
 
 /// How long a prefetch worker waits for recovery to ask for more.
 const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// The prefetch spool: beside `%p` (in pg_wal), so serving is a rename on
+/// one file system even when pg_wal is elsewhere.
+fn prefetch_dir(dest: &std::path::Path) -> PathBuf {
+    dest.parent()
+        .unwrap_or_else(|| std::path::Path::new("."))
+        .join(crate::archive::prefetch::SPOOL_DIR)
+}
 
 /// After serving segment `name`: tell the worker to go on after it, and
 /// start one if none runs. Failures only cost speed, so they are logged.
@@ -264,7 +281,7 @@ fn keep_prefetching(p: &crate::archive::prefetch::Prefetch, name: &str) {
         return;
     }
     if !p.worker_running() {
-        if let Err(e) = start_detached(PREFETCH_WORKER_ENV, &p.log_path()) {
+        if let Err(e) = start_detached(PREFETCH_WORKER_FLAG, &p.log_path()).map(drop) {
             tracing::warn!(error = %e, "cannot start the prefetch worker");
         }
     }
@@ -313,10 +330,11 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         },
     };
     let started = Instant::now();
-    if std::env::var_os(PREFETCH_WORKER_ENV).is_some() {
+    if args.prefetch_worker {
         let result = crate::archive::prefetch::run_worker(
             repo,
             data_dir.clone(),
+            prefetch_dir(&dest),
             settings.restore_prefetch,
             settings.restore_prefetch_bytes,
             PREFETCH_IDLE,
@@ -331,7 +349,9 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         };
     }
     let prefetch = (settings.restore_prefetch > 0)
-        .then(|| crate::archive::prefetch::Prefetch::open(&data_dir).ok())
+        .then(|| {
+            crate::archive::prefetch::Prefetch::open(&prefetch_dir(&dest), &repo.describe()).ok()
+        })
         .flatten();
     if let Some(p) = &prefetch {
         if p.serve(&args.name, &dest) {

@@ -182,7 +182,7 @@ fn a_cluster_archives_through_the_spool() {
     );
     // Recovery has ended: the prefetch worker removes its spool.
     crate::harness::wait_for("the prefetch spool removed", 60, || {
-        !r.data.join("walvault_prefetch").exists()
+        !r.data.join("pg_wal/walvault_prefetch").exists()
     });
 }
 
@@ -383,7 +383,7 @@ fn prefetch_serves_the_next_segments_and_never_stale_ones() {
     }
     std::fs::create_dir_all(data.join("pg_wal")).unwrap();
     std::fs::write(data.join("recovery.signal"), "").unwrap();
-    let spool = data.join("walvault_prefetch");
+    let spool = data.join("pg_wal/walvault_prefetch");
     let fetch = |seg: &Path| {
         let name = seg.file_name().unwrap().to_str().unwrap();
         let out = run(walvault("walvault-fetch")
