@@ -682,6 +682,14 @@ impl<'a> Cluster<'a> {
             .open(self.data.join("postgresql.conf"))
             .and_then(|mut f| f.write_all(conf.as_bytes()))
             .expect("configure postgresql.conf");
+        // The repository is created once, bound to this cluster.
+        run_ok(
+            Command::new(push.with_file_name("walvault"))
+                .arg("--repo")
+                .arg(repo)
+                .args(["init", "--pgdata"])
+                .arg(&self.data),
+        );
         self.running = true;
         run_ok(
             self.runner

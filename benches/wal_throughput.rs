@@ -116,10 +116,26 @@ fn main() {
         );
     }
     let raw_bytes: u64 = segments.iter().map(|s| s.bytes).sum();
+    // `walvault init` once, from the cluster's data directory (or one made
+    // for the synthetic WAL); every walvault row starts from a copy.
+    let pgdata = match &cluster {
+        Some(c) => c.data.clone(),
+        None => fake_pgdata(&root, SYNTHETIC_SYSTEM_ID),
+    };
+    let walvault_template = root.join("repo-template");
+    let walvault_bin = walvault_binary("walvault", option_env!("CARGO_BIN_EXE_walvault"));
+    run_ok(
+        walvault_command(&walvault_bin)
+            .arg("--repo")
+            .arg(&walvault_template)
+            .args(["init", "--pgdata"])
+            .arg(&pgdata),
+    );
     let bench = Bench {
         root: root.clone(),
         wal_dir: wal_dir.clone(),
         segments,
+        walvault_template,
     };
 
     let configs = configurations(&bench, &push_bin, &fetch_bin, pgbackrest.as_ref());
@@ -276,6 +292,9 @@ struct Bench {
     root: PathBuf,
     wal_dir: PathBuf,
     segments: Vec<Segment>,
+    /// An empty walvault repository, initialized for the WAL's cluster:
+    /// each walvault row starts from a copy.
+    walvault_template: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -349,7 +368,7 @@ fn configurations<'a>(
             label,
             kind: Kind::Push,
             dir: Some(repo.clone()),
-            template: None,
+            template: Some(bench.walvault_template.clone()),
             make: Box::new(move |seg: &Segment| {
                 let mut cmd = walvault_command(push_bin);
                 cmd.arg("--repo").arg(&repo).args(extra).arg(&seg.path);
@@ -1094,6 +1113,25 @@ impl PgBackRest {
 const SYNTHETIC_SYSTEM_ID: u64 = 7_300_000_000_000_000_042;
 
 /// Writes `count` segments on timeline 1, starting at segment 1.
+/// A data directory with just what `walvault init` reads (PG_VERSION and
+/// the fields of global/pg_control it uses), for the synthetic WAL.
+fn fake_pgdata(root: &Path, system_identifier: u64) -> PathBuf {
+    let data = root.join("synthetic-pgdata");
+    fs::create_dir_all(data.join("global")).expect("create fake data directory");
+    fs::write(data.join("PG_VERSION"), "15\n").expect("write PG_VERSION");
+    let mut control = vec![0u8; 8192];
+    control[0..8].copy_from_slice(&system_identifier.to_le_bytes());
+    control[8..12].copy_from_slice(&1300u32.to_le_bytes());
+    let at = 240;
+    control[at..at + 8].copy_from_slice(&1234567.0f64.to_le_bytes());
+    control[at + 8..at + 12].copy_from_slice(&8192u32.to_le_bytes());
+    control[at + 12..at + 16].copy_from_slice(&131072u32.to_le_bytes());
+    control[at + 16..at + 20].copy_from_slice(&8192u32.to_le_bytes());
+    control[at + 20..at + 24].copy_from_slice(&(SEGMENT_BYTES as u32).to_le_bytes());
+    fs::write(data.join("global/pg_control"), control).expect("write pg_control");
+    data
+}
+
 fn write_synthetic_wal(dir: &Path, count: usize) {
     for i in 0..count as u64 {
         let segno = i + 1;
