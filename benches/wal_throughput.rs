@@ -131,11 +131,26 @@ fn main() {
             .args(["init", "--pgdata"])
             .arg(&pgdata),
     );
+    // The asynchronous rows push from a real data directory: the stopped
+    // cluster's, its pg_wal holding the input segments (hard links).
+    let async_pgdata = cluster.as_ref().map(|c| {
+        let pg_wal = c.data.join("pg_wal");
+        for entry in fs::read_dir(&pg_wal).expect("read pg_wal").flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_file()) {
+                fs::remove_file(entry.path()).expect("empty pg_wal");
+            }
+        }
+        for seg in &segments {
+            fs::hard_link(&seg.path, pg_wal.join(&seg.name)).expect("link segment into pg_wal");
+        }
+        c.data.clone()
+    });
     let bench = Bench {
         root: root.clone(),
         wal_dir: wal_dir.clone(),
         segments,
         walvault_template,
+        async_pgdata,
     };
 
     let configs = configurations(&bench, &push_bin, &fetch_bin, pgbackrest.as_ref());
@@ -190,6 +205,17 @@ fn main() {
         out.push_str("\n\n");
         out.push_str(&table(&rows, raw_bytes));
         out.push('\n');
+    }
+    let notes: Vec<String> = configs
+        .iter()
+        .zip(&results)
+        .filter(|(_, r)| !r.notes.is_empty())
+        .map(|(c, r)| format!("- {}: {} (one per round)", c.label, r.notes.join("; ")))
+        .collect();
+    if !notes.is_empty() {
+        out.push_str("### Background processes (not in the per-call peak RSS above)\n\n");
+        out.push_str(&notes.join("\n"));
+        out.push_str("\n\n");
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes()).expect("write results");
@@ -295,6 +321,10 @@ struct Bench {
     /// An empty walvault repository, initialized for the WAL's cluster:
     /// each walvault row starts from a copy.
     walvault_template: PathBuf,
+    /// The stopped cluster's data directory with the input segments in its
+    /// pg_wal, for the asynchronous rows (which read archive_status);
+    /// `None` for synthetic WAL.
+    async_pgdata: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -318,6 +348,13 @@ struct Config<'a> {
     /// starting empty (pgBackRest's needs its stanza, made while the
     /// server ran).
     template: Option<PathBuf>,
+    /// Runs before the row's calls, after `dir` is reset (untimed).
+    setup: Option<Box<dyn Fn() + 'a>>,
+    /// Runs after each successful call (untimed): what PostgreSQL does
+    /// between calls, such as marking a segment `.done`.
+    after: Option<Box<dyn Fn(&Segment) + 'a>>,
+    /// Runs after the row's calls (untimed); may say something measured.
+    teardown: Option<Box<dyn Fn() -> Option<String> + 'a>>,
     make: Box<dyn Fn(&Segment) -> Command + 'a>,
 }
 
@@ -330,6 +367,8 @@ struct Results {
     calls: Vec<Duration>,
     peak_rss_kib: u64,
     stored_bytes: Option<u64>,
+    /// What teardowns measured, one per round.
+    notes: Vec<String>,
 }
 
 /// The rows, in the order they run within a round. Restores come after the
@@ -347,6 +386,9 @@ fn configurations<'a>(
             kind: Kind::Startup,
             dir: None,
             template: None,
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(|_| Command::new("true")),
         },
         Config {
@@ -354,6 +396,9 @@ fn configurations<'a>(
             kind: Kind::Startup,
             dir: None,
             template: None,
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(move |_| {
                 let mut cmd = Command::new(push_bin);
                 cmd.arg("--version");
@@ -369,6 +414,9 @@ fn configurations<'a>(
             kind: Kind::Push,
             dir: Some(repo.clone()),
             template: Some(bench.walvault_template.clone()),
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(move |seg: &Segment| {
                 let mut cmd = walvault_command(push_bin);
                 cmd.arg("--repo").arg(&repo).args(extra).arg(&seg.path);
@@ -400,6 +448,9 @@ fn configurations<'a>(
         kind: Kind::Push,
         dir: Some(cp_dir.clone()),
         template: None,
+        setup: None,
+        after: None,
+        teardown: None,
         make: Box::new(move |seg| {
             let mut cmd = Command::new("cp");
             cmd.arg(&seg.path).arg(cp_dir.join(&seg.name));
@@ -414,6 +465,9 @@ fn configurations<'a>(
             kind: Kind::Push,
             dir: Some(dir.clone()),
             template: None,
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(move |seg| {
                 let mut cmd = Command::new("zstd");
                 cmd.args(["-q", "-3", "-o"])
@@ -428,6 +482,9 @@ fn configurations<'a>(
             kind: Kind::Push,
             dir: Some(dir.clone()),
             template: None,
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(move |seg| {
                 let mut cmd = Command::new("sh");
                 cmd.arg("-c")
@@ -448,6 +505,9 @@ fn configurations<'a>(
             kind: Kind::Push,
             dir: Some(dir.clone()),
             template: None,
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(move |seg| {
                 let mut cmd = Command::new("sh");
                 cmd.arg("-c")
@@ -478,9 +538,111 @@ fn configurations<'a>(
                 kind: Kind::Push,
                 dir: Some(repo.clone()),
                 template: Some(pgbr.template(dir)),
+                setup: None,
+                after: None,
+                teardown: None,
                 make: Box::new(move |seg| {
                     let mut cmd = pgbr.command(&repo);
                     cmd.args(args).arg("archive-push").arg(&seg.path);
+                    cmd
+                }),
+            });
+        }
+    }
+
+    // Asynchronous archiving: each call is still one process per segment,
+    // as PostgreSQL makes it, with every segment marked ready in
+    // archive_status beforehand (as on a primary whose archiver fell
+    // behind) and marked done after each call, as PostgreSQL does.
+    if let Some(pgdata) = &bench.async_pgdata {
+        let status = pgdata.join("pg_wal").join("archive_status");
+        let names: Vec<String> = bench.segments.iter().map(|s| s.name.clone()).collect();
+        let mark_all_ready = {
+            let (status, names) = (status.clone(), names.clone());
+            move || {
+                let _ = fs::remove_dir_all(&status);
+                fs::create_dir_all(&status).expect("create archive_status");
+                for n in &names {
+                    fs::write(status.join(format!("{n}.ready")), "").expect("mark ready");
+                }
+            }
+        };
+        let mark_done = {
+            let status = status.clone();
+            move |seg: &Segment| {
+                let _ = fs::rename(
+                    status.join(format!("{}.ready", seg.name)),
+                    status.join(format!("{}.done", seg.name)),
+                );
+            }
+        };
+        for (label, dir, jobs) in [
+            ("walvault-push async, 2 jobs", "repo-async2", "2"),
+            ("walvault-push async, 4 jobs", "repo-async4", "4"),
+        ] {
+            let repo = root.join(dir);
+            let spool = root.join(format!("{dir}-spool"));
+            let (ready, done) = (mark_all_ready.clone(), mark_done.clone());
+            let spool_for_setup = spool.clone();
+            let spool_for_teardown = spool.clone();
+            configs.push(Config {
+                label,
+                kind: Kind::Push,
+                dir: Some(repo.clone()),
+                template: Some(bench.walvault_template.clone()),
+                setup: Some(Box::new(move || {
+                    let _ = fs::remove_dir_all(&spool_for_setup);
+                    fs::create_dir_all(&spool_for_setup).expect("create spool");
+                    ready();
+                })),
+                after: Some(Box::new(done)),
+                teardown: Some(Box::new(move || {
+                    let needle = spool_for_teardown.display().to_string();
+                    let kib = stop_workers(&["--internal-async-worker", &needle]);
+                    Some(format!("worker peak RSS {:.1} MiB", kib as f64 / 1024.0))
+                })),
+                make: Box::new(move |seg: &Segment| {
+                    let mut cmd = walvault_command(push_bin);
+                    cmd.arg("--repo")
+                        .arg(&repo)
+                        .arg("--archive-async")
+                        .arg("--spool-path")
+                        .arg(&spool)
+                        .args(["--archive-jobs", jobs])
+                        .arg(format!("pg_wal/{}", seg.name))
+                        .current_dir(pgdata);
+                    cmd
+                }),
+            });
+        }
+        if let Some(pgbr) = pgbackrest {
+            let repo = root.join("pgbr-async");
+            let spool = root.join("pgbr-async-spool");
+            let (ready, done) = (mark_all_ready.clone(), mark_done.clone());
+            let spool_for_setup = spool.clone();
+            configs.push(Config {
+                label: "pgbackrest archive-push async (zst 3, process-max 2)",
+                kind: Kind::Push,
+                dir: Some(repo.clone()),
+                template: Some(pgbr.template(PgBackRest::ZST_REPO)),
+                setup: Some(Box::new(move || {
+                    let _ = fs::remove_dir_all(&spool_for_setup);
+                    fs::create_dir_all(&spool_for_setup).expect("create spool");
+                    ready();
+                })),
+                after: Some(Box::new(done)),
+                teardown: Some(Box::new(move || {
+                    let kib = stop_workers(&["archive-push:async"]);
+                    (kib > 0)
+                        .then(|| format!("async process peak RSS {:.1} MiB", kib as f64 / 1024.0))
+                })),
+                make: Box::new(move |seg: &Segment| {
+                    let mut cmd = pgbr.command(&repo);
+                    cmd.args(PgBackRest::ZST3)
+                        .args(["--archive-async", "--process-max=2"])
+                        .arg(format!("--spool-path={}", spool.display()))
+                        .arg("archive-push")
+                        .arg(pgdata.join("pg_wal").join(&seg.name));
                     cmd
                 }),
             });
@@ -496,6 +658,9 @@ fn configurations<'a>(
         kind: Kind::Fetch,
         dir: Some(restore.clone()),
         template: None,
+        setup: None,
+        after: None,
+        teardown: None,
         make: Box::new(move |seg| {
             let mut cmd = walvault_command(fetch_bin);
             cmd.arg("--repo")
@@ -506,6 +671,45 @@ fn configurations<'a>(
             cmd
         }),
     });
+    // Prefetching restore: recovery is on (recovery.signal in the working
+    // directory, as the data directory is for restore_command).
+    {
+        let repo = root.join("repo");
+        let to = restore.clone();
+        let signal = restore.join("recovery.signal");
+        let signal_off = signal.clone();
+        let spool = restore.join("walvault_prefetch");
+        configs.push(Config {
+            label: "walvault-fetch, restore_prefetch 8",
+            kind: Kind::Fetch,
+            dir: Some(restore.clone()),
+            template: None,
+            setup: Some(Box::new(move || {
+                fs::write(&signal, "").expect("write recovery.signal");
+            })),
+            after: None,
+            teardown: Some(Box::new(move || {
+                // Recovery ends: the worker exits and removes its spool.
+                let _ = fs::remove_file(&signal_off);
+                let kib = stop_workers(&["--internal-prefetch-worker"]);
+                let _ = fs::remove_dir_all(&spool);
+                Some(format!(
+                    "prefetch worker peak RSS {:.1} MiB",
+                    kib as f64 / 1024.0
+                ))
+            })),
+            make: Box::new(move |seg| {
+                let mut cmd = walvault_command(fetch_bin);
+                cmd.arg("--repo")
+                    .arg(&repo)
+                    .args(["--restore-prefetch", "8"])
+                    .arg(&seg.name)
+                    .arg(to.join(&seg.name));
+                cmd.current_dir(&to);
+                cmd
+            }),
+        });
+    }
     if have_zstd {
         let from = root.join("zstd");
         let to = restore.clone();
@@ -514,6 +718,9 @@ fn configurations<'a>(
             kind: Kind::Fetch,
             dir: Some(restore.clone()),
             template: None,
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(move |seg| {
                 let mut cmd = Command::new("zstd");
                 cmd.args(["-q", "-d", "-o"])
@@ -529,11 +736,42 @@ fn configurations<'a>(
         configs.push(Config {
             label: "pgbackrest archive-get (zst 3)",
             kind: Kind::Fetch,
-            dir: Some(restore),
+            dir: Some(restore.clone()),
             template: None,
+            setup: None,
+            after: None,
+            teardown: None,
             make: Box::new(move |seg| {
                 let mut cmd = pgbr.command(&repo);
                 cmd.arg("archive-get")
+                    .arg(&seg.name)
+                    .arg(to.join(&seg.name));
+                cmd
+            }),
+        });
+        let repo = root.join(PgBackRest::ZST_REPO);
+        let to = restore.clone();
+        let spool = root.join("pgbr-get-spool");
+        let spool_for_setup = spool.clone();
+        configs.push(Config {
+            label: "pgbackrest archive-get async (zst 3, queue 1 GiB)",
+            kind: Kind::Fetch,
+            dir: Some(root.join("restore")),
+            template: None,
+            setup: Some(Box::new(move || {
+                let _ = fs::remove_dir_all(&spool_for_setup);
+                fs::create_dir_all(&spool_for_setup).expect("create spool");
+            })),
+            after: None,
+            teardown: Some(Box::new(|| {
+                stop_workers(&["archive-get:async"]);
+                None
+            })),
+            make: Box::new(move |seg| {
+                let mut cmd = pgbr.command(&repo);
+                cmd.args(["--archive-async", "--archive-get-queue-max=1GiB"])
+                    .arg(format!("--spool-path={}", spool.display()))
+                    .arg("archive-get")
                     .arg(&seg.name)
                     .arg(to.join(&seg.name));
                 cmd
@@ -563,6 +801,9 @@ impl Bench {
                 ),
             };
         }
+        if let Some(setup) = &config.setup {
+            setup();
+        }
         // Start with no dirty pages left by PostgreSQL or by the row
         // before, so background writeback does not slow this one. The input
         // segments stay in the page cache, as recently written WAL is when
@@ -581,6 +822,9 @@ impl Bench {
             total += elapsed;
             results.calls.push(elapsed);
             results.peak_rss_kib = results.peak_rss_kib.max(rss_kib);
+            if let Some(after) = &config.after {
+                after(seg);
+            }
             if let (Kind::Fetch, Some(dir)) = (config.kind, &config.dir) {
                 // Untimed. PostgreSQL also restores one file at a time (to
                 // pg_wal/RECOVERYXLOG, each replacing the last).
@@ -596,6 +840,10 @@ impl Bench {
             }
         }
         results.rounds.push(total);
+        if let Some(note) = config.teardown.as_ref().and_then(|t| t()) {
+            eprintln!("{label}: {note}");
+            results.notes.push(note);
+        }
         match (config.kind, &config.dir) {
             (Kind::Push, Some(dir)) => results.stored_bytes = Some(tree_bytes(dir)),
             (Kind::Fetch, _) => eprintln!(
@@ -652,6 +900,43 @@ fn run_measured(cmd: &mut Command, stderr_log: &Path) -> (Duration, ExitStatus, 
 
 /// Whether two files hold the same bytes. Reads through small buffers:
 /// see [`run_measured`] for why this process must stay small.
+/// Stops the background processes whose command line holds every one of
+/// `needles` (an asynchronous worker of the row just run), returning the
+/// largest peak RSS (VmHWM, KiB) among them, read just before.
+fn stop_workers(needles: &[&str]) -> u64 {
+    let mut peak = 0;
+    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if !needles.iter().all(|n| cmdline.contains(n)) {
+            continue;
+        }
+        let hwm = fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find_map(|l| l.strip_prefix("VmHWM:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0);
+        peak = peak.max(hwm);
+        // SAFETY: signalling a process this benchmark started.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+    peak
+}
+
 fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
     let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
     if fa.metadata()?.len() != fb.metadata()?.len() {
