@@ -122,16 +122,7 @@ impl Prefetch {
     }
 
     pub fn lock_worker(&self) -> io::Result<Option<fs::File>> {
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("worker.lock"))?;
-        match crate::storage::local::lock_exclusive(&file) {
-            Ok(()) => Ok(Some(file)),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
-            Err(e) => Err(e),
-        }
+        super::try_lock(&self.dir.join("worker.lock"))
     }
 
     pub fn worker_running(&self) -> bool {
@@ -174,17 +165,7 @@ pub async fn run_worker(
     idle: Duration,
 ) -> io::Result<()> {
     let spool = Prefetch::open(&spool_dir, &repo.describe())?;
-    // A caller checking whether a worker runs holds the lock for an
-    // instant: try a few times before concluding another worker runs.
-    let mut lock = None;
-    for _ in 0..10 {
-        lock = spool.lock_worker()?;
-        if lock.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let Some(lock) = lock else {
+    let Some(lock) = super::take_worker_lock(&spool.dir().join("worker.lock")).await? else {
         return Ok(());
     };
     let result = prefetch_loop(&repo, &spool, &data_dir, count.min(1024), max_bytes, idle).await;

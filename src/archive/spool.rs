@@ -27,7 +27,7 @@
 //!   the foreground pushes synchronously, with a warning.
 
 use std::collections::HashSet;
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::{self, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -205,18 +205,13 @@ impl Spool {
         }
     }
 
+    fn lock_path(&self) -> PathBuf {
+        self.dir.join("worker.lock")
+    }
+
     /// Takes the worker lock; `None` when a worker holds it.
     pub fn lock_worker(&self) -> io::Result<Option<File>> {
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(self.dir.join("worker.lock"))?;
-        match crate::storage::local::lock_exclusive(&file) {
-            Ok(()) => Ok(Some(file)),
-            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK) => Ok(None),
-            Err(e) => Err(e),
-        }
+        super::try_lock(&self.lock_path())
     }
 
     pub fn worker_running(&self) -> bool {
@@ -302,17 +297,7 @@ pub async fn run_worker(
     idle: Duration,
     classify: Classify,
 ) -> io::Result<()> {
-    // A foreground checking whether a worker runs holds the lock for an
-    // instant: try a few times before concluding another worker runs.
-    let mut lock = None;
-    for _ in 0..10 {
-        lock = spool.lock_worker()?;
-        if lock.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let Some(_lock) = lock else {
+    let Some(_lock) = super::take_worker_lock(&spool.lock_path()).await? else {
         return Ok(());
     };
     tracing::info!(spool = %spool.dir().display(), jobs, "async archive worker started");

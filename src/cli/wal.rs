@@ -354,18 +354,17 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         })
         .flatten();
     if let Some(p) = &prefetch {
+        // The worker learns of the new position first, so a file it has in
+        // flight for an old one is dropped rather than stored.
+        keep_prefetching(p, &args.name);
         if p.serve(&args.name, &dest) {
             tracing::info!(wal = %args.name, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
-            keep_prefetching(p, &args.name);
             return Exit::Ok;
         }
     }
     match archive::fetch(&repo, &args.name, &dest, opts).await {
         Ok(FetchOutcome::Restored(info)) => {
             tracing::info!(wal = %args.name, raw_bytes = info.raw_size, ms = started.elapsed().as_millis() as u64, "restored");
-            if let Some(p) = &prefetch {
-                keep_prefetching(p, &args.name);
-            }
             Exit::Ok
         }
         Ok(FetchOutcome::NotFound) => {

@@ -408,7 +408,10 @@ fn prefetch_serves_the_next_segments_and_never_stale_ones() {
     // Skipping ahead drops what lies before; another timeline drops all.
     fetch(&segs[3]);
     assert!(!in_spool(&segs[2]), "an earlier file is never served later");
+    // Timeline 2: nothing of timeline 1 is served, and a file of it that
+    // the worker had in flight is dropped by the next call at the latest.
     fetch(&segs[8]);
+    fetch(&segs[9]);
     assert!(
         segs[..8].iter().all(|s| !in_spool(s)),
         "timeline 1's files are gone once timeline 2 is asked for"

@@ -241,8 +241,12 @@ fn other_targets(backend: Backend) {
         "--target-immediate: the backup's own moment"
     );
     // Its new timeline's history goes to the repository asynchronously.
+    let probe = setup.dir.path().join("history-probe");
     crate::harness::wait_for("00000004.history archived", 60, || {
-        r.sql("SELECT coalesce(last_archived_wal, '') FROM pg_stat_archiver") == "00000004.history"
+        setup
+            .walvault(&["wal-fetch", "00000004.history", probe.to_str().unwrap()])
+            .code
+            == 0
     });
     drop(r);
     // The restore to the backup's end branched timeline 4 from timeline 3
