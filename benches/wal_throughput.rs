@@ -88,7 +88,12 @@ fn main() {
         let c = cluster.insert(Cluster::new(&pg_bin, &root));
         generate_real_wal(c, &wal_dir, segments_wanted, pgbackrest.as_ref());
         c.stop();
-        "real WAL from a PostgreSQL 15 cluster running pgbench (archive_command = cp)".to_string()
+        if random_corpus() {
+            "real WAL from a PostgreSQL 15 cluster inserting rows of random text (WALVAULT_BENCH_CORPUS=random; archive_command = cp)".to_string()
+        } else {
+            "real WAL from a PostgreSQL 15 cluster running pgbench (archive_command = cp)"
+                .to_string()
+        }
     } else {
         let why = if force_synthetic {
             "WALVAULT_BENCH_SYNTHETIC=1"
@@ -1260,6 +1265,12 @@ impl Drop for Cluster {
     }
 }
 
+/// `WALVAULT_BENCH_CORPUS=random`: WAL of rows of random text instead of
+/// pgbench's.
+fn random_corpus() -> bool {
+    std::env::var("WALVAULT_BENCH_CORPUS").is_ok_and(|v| v == "random")
+}
+
 /// Runs pgbench until at least `target` segments are written, switches to a
 /// new segment and waits until the archiver has copied everything into `wal_dir`.
 fn generate_real_wal(
@@ -1293,6 +1304,18 @@ fn generate_real_wal(
         eprintln!("  {:.0} MiB of WAL written", mib(written));
         if written >= want_bytes {
             break;
+        }
+        if random_corpus() {
+            // Less compressible WAL: rows of random text (base64 of
+            // SHA-256 digests of random numbers, 6 bits of entropy per
+            // byte), as tables of hashes, tokens or encrypted columns give.
+            eprintln!("INSERT rows of random text (round {round})");
+            cluster.psql(
+                "CREATE TABLE IF NOT EXISTS noise(id bigserial, t text); \
+                 INSERT INTO noise(t) SELECT string_agg(encode(sha256(random()::text::bytea), 'base64'), '') \
+                 FROM generate_series(1, 200000) g GROUP BY g % 20000",
+            );
+            continue;
         }
         // A checkpoint first, as a busy server has every few minutes: the
         // first change to each page after it is logged as a full-page
