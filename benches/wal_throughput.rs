@@ -1292,8 +1292,10 @@ fn generate_real_wal(
     } else {
         (target / 2).max(1)
     };
-    eprintln!("pgbench -i -s {scale}");
-    cluster.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
+    if !random_corpus() {
+        eprintln!("pgbench -i -s {scale}");
+        cluster.pgbench(&["-i", "-q", "-s", &scale.to_string()]);
+    }
     // A margin of two segments: the one being written and the one switched out.
     let want_bytes = (target as u64 + 2) * SEGMENT_BYTES;
     for round in 1..=40 {
