@@ -447,4 +447,33 @@ mod tests {
             .to_string()
             .contains("compress_level"));
     }
+
+    #[test]
+    fn asynchronous_archiving_settings_are_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            let mut a = args();
+            a.config = Some(path.clone());
+            Settings::resolve(&a)
+        };
+        let err = resolve("repo = \"/r\"\narchive_async = true\n").unwrap_err();
+        assert!(err.to_string().contains("needs a spool directory"), "{err}");
+        let err =
+            resolve("repo = \"/r\"\narchive_async = true\nspool_path = \"rel\"\n").unwrap_err();
+        assert!(err.to_string().contains("absolute"), "{err}");
+        let err =
+            resolve("repo = \"/r\"\narchive_async = true\nspool_path = \"/s\"\narchive_jobs = 0\n")
+                .unwrap_err();
+        assert!(err.to_string().contains("archive_jobs"), "{err}");
+        let s = resolve(
+            "repo = \"/r\"\narchive_async = true\nspool_path = \"/s\"\nrestore_prefetch = 8\n",
+        )
+        .unwrap();
+        let a = s.archive_async.expect("on");
+        assert_eq!((a.jobs, a.timeout.as_secs()), (4, 60));
+        assert_eq!(s.restore_prefetch, 8);
+        assert!(resolve("repo = \"/r\"\n").unwrap().archive_async.is_none());
+    }
 }
