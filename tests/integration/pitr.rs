@@ -228,11 +228,26 @@ fn other_targets(backend: Backend) {
     p.sql("INSERT INTO t SELECT g, 'c' FROM generate_series(21, 30) g");
     p.switch_and_wait_archived(120);
 
+    // Each restore promotes to a new timeline and archives its history
+    // file asynchronously; the next restore must see it, or PostgreSQL
+    // would pick the same timeline number again.
+    let probe = setup.dir.path().join("history-probe");
+    let history_archived = |tli: u32| {
+        let name = format!("{tli:08X}.history");
+        crate::harness::wait_for(&format!("{name} archived"), 60, || {
+            setup
+                .walvault(&["wal-fetch", &name, probe.to_str().unwrap()])
+                .code
+                == 0
+        });
+    };
     let r = setup.restore_and_start("by-lsn", &["--target-lsn", &lsn_a]);
     assert_eq!(ids(&r), "10:1-10", "--target-lsn");
+    history_archived(2);
     drop(r);
     let r = setup.restore_and_start("by-name", &["--target-name", "before_c"]);
     assert_eq!(ids(&r), "20:1-20", "--target-name");
+    history_archived(3);
     drop(r);
     let r = setup.restore_and_start("immediate", &["--target-immediate"]);
     assert_eq!(
@@ -240,14 +255,7 @@ fn other_targets(backend: Backend) {
         "0:0-0",
         "--target-immediate: the backup's own moment"
     );
-    // Its new timeline's history goes to the repository asynchronously.
-    let probe = setup.dir.path().join("history-probe");
-    crate::harness::wait_for("00000004.history archived", 60, || {
-        setup
-            .walvault(&["wal-fetch", "00000004.history", probe.to_str().unwrap()])
-            .code
-            == 0
-    });
+    history_archived(4);
     drop(r);
     // The restore to the backup's end branched timeline 4 from timeline 3
     // at a point before timeline 3's own branch point: PostgreSQL wrote a
