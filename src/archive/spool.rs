@@ -89,10 +89,27 @@ pub struct Spool {
 }
 
 impl Spool {
-    /// Opens (creating what is missing below `spool_path`, never
-    /// `spool_path` itself) the spool of the cluster in `data_dir` pushing
-    /// into `repo` (its description).
-    pub fn open(spool_path: &Path, repo: &str, data_dir: &Path) -> io::Result<Spool> {
+    /// The spool of the cluster in `data_dir` pushing into `repo` (its
+    /// description), without touching the disk beyond resolving the path:
+    /// enough for the fast answer to a call whose file is already done.
+    pub fn locate(spool_path: &Path, repo: &str, data_dir: &Path) -> io::Result<Spool> {
+        let data_dir = fs::canonicalize(data_dir)?;
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(repo.as_bytes());
+        hasher.update(b"\0");
+        hasher.update(data_dir.as_os_str().as_encoded_bytes());
+        let id = hasher.finalize().to_hex();
+        Ok(Spool {
+            dir: spool_path.join(&id.as_str()[..16]),
+        })
+    }
+
+    /// Creates what is missing below `spool_path` (never `spool_path`
+    /// itself) and proves the spool can be written: a spool that is full,
+    /// read-only or someone else's must not stall archiving, so the caller
+    /// falls back to pushing synchronously when this fails.
+    pub fn prepare(&self) -> io::Result<()> {
+        let spool_path = self.dir.parent().unwrap_or(Path::new("/"));
         if !spool_path.is_dir() {
             return Err(io::Error::new(
                 io::ErrorKind::NotFound,
@@ -102,26 +119,24 @@ impl Spool {
                 ),
             ));
         }
-        let data_dir = fs::canonicalize(data_dir)?;
-        let mut hasher = blake3::Hasher::new();
-        hasher.update(repo.as_bytes());
-        hasher.update(b"\0");
-        hasher.update(data_dir.as_os_str().as_encoded_bytes());
-        let id = hasher.finalize().to_hex();
-        let dir = spool_path.join(&id.as_str()[..16]);
         for sub in ["done", "error"] {
             use std::os::unix::fs::DirBuilderExt;
             fs::DirBuilder::new()
                 .recursive(true)
                 .mode(0o700)
-                .create(dir.join(sub))?;
+                .create(self.dir.join(sub))?;
         }
-        // A spool that cannot be written (full, read-only, someone else's)
-        // must not stall archiving: the caller falls back to pushing
-        // synchronously when this fails.
-        write_atomically(&dir.join("done").join(".probe"), b"probe")?;
-        let _ = fs::remove_file(dir.join("done").join(".probe"));
-        Ok(Spool { dir })
+        let probe = self.dir.join("done").join(".probe");
+        write_atomically(&probe, b"probe")?;
+        let _ = fs::remove_file(probe);
+        Ok(())
+    }
+
+    /// [`Spool::locate`] and [`Spool::prepare`].
+    pub fn open(spool_path: &Path, repo: &str, data_dir: &Path) -> io::Result<Spool> {
+        let spool = Spool::locate(spool_path, repo, data_dir)?;
+        spool.prepare()?;
+        Ok(spool)
     }
 
     pub fn dir(&self) -> &Path {

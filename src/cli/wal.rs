@@ -135,13 +135,16 @@ async fn push_async(
         return None;
     }
     let identity = FileIdentity::of(path).ok()?;
-    let spool = match Spool::open(&cfg.spool_path, &repo.describe(), data_dir) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::warn!(spool = %cfg.spool_path.display(), error = %e, "spool unusable; pushing synchronously");
-            return None;
-        }
-    };
+    // The common call (the worker pushed the file ahead) reads one record
+    // and writes nothing.
+    let spool = Spool::locate(&cfg.spool_path, &repo.describe(), data_dir).ok()?;
+    if spool.is_done(name, &identity) {
+        return Some(Exit::Ok);
+    }
+    if let Err(e) = spool.prepare() {
+        tracing::warn!(spool = %cfg.spool_path.display(), error = %e, "spool unusable; pushing synchronously");
+        return None;
+    }
     let call_started = std::time::SystemTime::now();
     let deadline = Instant::now() + cfg.timeout;
     let mut worker: Option<std::process::Child> = None;

@@ -1044,4 +1044,25 @@ mod tests {
             "test".to_string()
         }
     }
+
+    /// A lease written by a host whose clock runs behind ours: ended by our
+    /// clock, but less than the allowed skew ago. The lock is still held.
+    #[tokio::test]
+    async fn a_lease_within_the_clock_skew_is_still_held() {
+        let repo = memory_repo();
+        let (time, now) = clock(T0);
+        let held = RepoLock::acquire(&repo, "backup", Duration::from_secs(60), now)
+            .await
+            .expect("acquire");
+        time.store(T0 + 60 + MAX_CLOCK_SKEW_SECS - 1, Ordering::SeqCst);
+        let later = {
+            let time = time.clone();
+            move || time.load(Ordering::SeqCst)
+        };
+        let err = RepoLock::acquire(&repo, "expire", Duration::from_secs(60), later)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LockError::Held { .. }), "{err}");
+        held.release().await.expect("release");
+    }
 }

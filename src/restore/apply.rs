@@ -471,9 +471,8 @@ pub async fn apply(
 
     // Everything is on disk before pg_control appears, on every file
     // system written to: tablespaces may live on others.
-    sync_filesystem(&pgdata)?;
-    for ts in &tablespaces {
-        sync_filesystem(Path::new(&ts.location))?;
+    for dir in plan_sync_targets(&pgdata, &tablespaces) {
+        sync_filesystem(&dir)?;
     }
     restore_files(repo, &pgdata, control, 1).await?;
     sync_filesystem(&pgdata)?;
@@ -515,6 +514,18 @@ async fn explain_vanished(repo: &Repository, label: &str, e: RestoreError) -> Re
         };
     }
     e
+}
+
+/// Every directory whose file system restore wrote to and must sync before
+/// `global/pg_control`: the data directory and each tablespace location
+/// (tablespaces may live on other file systems).
+pub fn plan_sync_targets(
+    pgdata: &Path,
+    tablespaces: &[crate::repo::manifest::TablespaceEntry],
+) -> Vec<PathBuf> {
+    std::iter::once(pgdata.to_path_buf())
+        .chain(tablespaces.iter().map(|t| PathBuf::from(&t.location)))
+        .collect()
 }
 
 fn write_small(path: &Path, data: &[u8]) -> Result<(), RestoreError> {
@@ -646,6 +657,23 @@ async fn restore_one(
 #[cfg(test)]
 mod archiving_tests {
     use super::plan_archiving_summary;
+
+    #[test]
+    fn every_tablespace_file_system_is_synced() {
+        use crate::repo::manifest::TablespaceEntry;
+        let ts = |oid, location: &str| TablespaceEntry {
+            oid,
+            location: location.to_string(),
+        };
+        let targets = super::plan_sync_targets(
+            std::path::Path::new("/srv/data"),
+            &[ts(16384, "/mnt/fast/ts1"), ts(16385, "/mnt/slow/ts2")],
+        );
+        assert_eq!(
+            targets,
+            ["/srv/data", "/mnt/fast/ts1", "/mnt/slow/ts2"].map(std::path::PathBuf::from)
+        );
+    }
 
     #[test]
     fn later_settings_win_and_off_is_plain() {

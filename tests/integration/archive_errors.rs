@@ -307,6 +307,22 @@ fn corrupt_object_fails_fetch_without_creating_the_destination() {
     assert_eq!(std::fs::read_dir(pgdata.join("pg_wal")).unwrap().count(), 0);
 }
 
+/// `program` pointed at an S3 repository on `endpoint`, with credentials.
+fn s3_command(program: &str, endpoint: &str, extra: &[&str]) -> std::process::Command {
+    let mut cmd = walvault(program);
+    cmd.args([
+        "--repo",
+        "s3://bucket/prefix",
+        "--s3-endpoint",
+        endpoint,
+        "--s3-path-style",
+    ])
+    .args(extra)
+    .env("AWS_ACCESS_KEY_ID", "x")
+    .env("AWS_SECRET_ACCESS_KEY", "y");
+    cmd
+}
+
 #[test]
 fn unreachable_s3_fails_within_seconds() {
     let dir = TestDir::new("unreachable");
@@ -316,16 +332,7 @@ fn unreachable_s3_fails_within_seconds() {
     let port = crate::harness::free_port();
     let endpoint = format!("http://127.0.0.1:{port}");
     let started = Instant::now();
-    let out = run(walvault("walvault-push")
-        .args([
-            "--repo",
-            "s3://bucket/prefix",
-            "--s3-endpoint",
-            &endpoint,
-            "--s3-path-style",
-        ])
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "y")
+    let out = run(s3_command("walvault-push", &endpoint, &[])
         .arg(&seg)
         .current_dir(dir.path()));
     assert_eq!(out.code, 5, "{}", out.stderr);
@@ -342,20 +349,11 @@ fn unreachable_s3_fails_within_seconds() {
     );
 
     let started = Instant::now();
-    let out = run(walvault("walvault-fetch")
-        .args([
-            "--repo",
-            "s3://bucket/prefix",
-            "--s3-endpoint",
-            &endpoint,
-            "--s3-path-style",
-            "--fetch-retry-secs",
-            "2",
-        ])
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "y")
-        .args(["000000010000000000000001", "RECOVERYXLOG"])
-        .current_dir(dir.path()));
+    let out = run(
+        s3_command("walvault-fetch", &endpoint, &["--fetch-retry-secs", "2"])
+            .args(["000000010000000000000001", "RECOVERYXLOG"])
+            .current_dir(dir.path()),
+    );
     assert_eq!(
         out.code, 128,
         "a storage failure never looks like a missing file: {}",
@@ -374,20 +372,11 @@ fn unreachable_s3_fails_within_seconds() {
     let standby = dir.subdir("standby");
     std::fs::write(standby.join("standby.signal"), "").unwrap();
     let started = Instant::now();
-    let out = run(walvault("walvault-fetch")
-        .args([
-            "--repo",
-            "s3://bucket/prefix",
-            "--s3-endpoint",
-            &endpoint,
-            "--s3-path-style",
-            "--fetch-retry-secs",
-            "60",
-        ])
-        .env("AWS_ACCESS_KEY_ID", "x")
-        .env("AWS_SECRET_ACCESS_KEY", "y")
-        .args(["000000010000000000000001", "RECOVERYXLOG"])
-        .current_dir(&standby));
+    let out = run(
+        s3_command("walvault-fetch", &endpoint, &["--fetch-retry-secs", "60"])
+            .args(["000000010000000000000001", "RECOVERYXLOG"])
+            .current_dir(&standby),
+    );
     assert_eq!(out.code, 5, "{}", out.stderr);
     assert!(
         started.elapsed() < Duration::from_secs(15),

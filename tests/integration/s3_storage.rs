@@ -80,3 +80,53 @@ async fn abandoned_multipart_uploads_do_not_break_expire() {
         "the unfinished upload never became an object"
     );
 }
+
+/// Upload parts s3s-fs holds for open multipart uploads.
+fn open_upload_parts(server: &S3Server) -> usize {
+    std::fs::read_dir(&server.root)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".upload_id-"))
+        .count()
+}
+
+/// A multipart upload whose completion fails (here: the name is already
+/// archived) is aborted before the put returns, so no part is left on
+/// the server; an upload abandoned without an abort leaves its parts.
+#[tokio::test]
+async fn a_failed_multipart_upload_is_aborted() {
+    use walvault::storage::{Key, PutMode, StorageError};
+    let dir = TestDir::new("s3-abort");
+    let server = S3Server::start(dir.path(), "bucket");
+    let mut settings = S3Settings::from_url("s3://bucket/p").unwrap();
+    settings.endpoint = Some(server.endpoint.clone());
+    settings.path_style = true;
+    settings.region = Some("us-east-1".to_string());
+    settings.static_credentials = Some((s3::ACCESS_KEY.to_string(), s3::SECRET_KEY.to_string()));
+    settings.part_size_bytes = 5 << 20;
+    let store = S3Store::new(settings).unwrap();
+    let key = Key::new("taken").unwrap();
+    store
+        .put_bytes(&key, bytes::Bytes::from_static(b"first"), PutMode::Create)
+        .await
+        .unwrap();
+    let mut writer = store.put(&key, PutMode::Create).await.unwrap();
+    writer
+        .write(bytes::Bytes::from(vec![1u8; 6 << 20]))
+        .await
+        .unwrap();
+    // The part goes up in the background; wait until the server holds it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while open_upload_parts(&server) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(open_upload_parts(&server) > 0, "a part was uploaded");
+    let err = writer.commit().await.unwrap_err();
+    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+    assert_eq!(
+        open_upload_parts(&server),
+        0,
+        "the failed upload was aborted"
+    );
+    assert_eq!(&store.get_bytes(&key).await.unwrap()[..], b"first");
+}
