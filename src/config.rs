@@ -146,6 +146,9 @@ pub struct FileConfig {
     pub archive_timeout_secs: Option<u64>,
     pub restore_prefetch: Option<u64>,
     pub restore_prefetch_bytes: Option<u64>,
+    /// What `walvault backup` takes without `--type` once a full backup
+    /// exists: full, diff or incr.
+    pub backup_type: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -191,6 +194,9 @@ pub struct Settings {
     /// Prefetching restore: segments kept ahead (0: off) and a byte bound.
     pub restore_prefetch: u64,
     pub restore_prefetch_bytes: u64,
+    /// `backup_type` from the config file: what `walvault backup` takes
+    /// without `--type` (once a full backup exists). Default full.
+    pub backup_type: crate::repo::manifest::BackupType,
 }
 
 /// Asynchronous archiving's settings.
@@ -327,7 +333,16 @@ impl Settings {
         } else {
             None
         };
+        let backup_type = match &file.backup_type {
+            None => crate::repo::manifest::BackupType::Full,
+            Some(t) => t.parse().map_err(|reason| ConfigError::Invalid {
+                name: "backup_type",
+                value: t.clone(),
+                reason,
+            })?,
+        };
         Ok(Settings {
+            backup_type,
             restore_prefetch: args.restore_prefetch.or(file.restore_prefetch).unwrap_or(0),
             restore_prefetch_bytes: args
                 .restore_prefetch_bytes

@@ -23,6 +23,7 @@
 //! 5. The manifest is written last. Without it the backup is incomplete and
 //!    nothing ever restores from it.
 
+pub mod incremental;
 pub mod scan;
 
 use std::io::IsTerminal;
@@ -34,10 +35,11 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::pg::conn::{self, ConnError};
-use crate::repo::manifest::{BackupManifest, FileEntry, MANIFEST_VERSION};
-use crate::repo::object::write_object;
+use crate::repo::manifest::{
+    BackupManifest, BackupType, FileEntry, MANIFEST_VERSION, MANIFEST_VERSION_FULL,
+};
 use crate::repo::{layout, ClusterIdentity, CompressSettings, ObjectError, RepoError, Repository};
-use crate::storage::{PutMode, StorageError};
+use crate::storage::StorageError;
 use crate::wal::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 
 #[derive(Debug, Clone)]
@@ -50,6 +52,10 @@ pub struct BackupOptions {
     /// How long to wait for the backup's WAL to reach the repository.
     pub wal_wait: Duration,
     pub progress_bar: bool,
+    /// `--type`; `None` takes `default_type`.
+    pub requested_type: Option<BackupType>,
+    /// The configured type (`backup_type`).
+    pub default_type: BackupType,
 }
 
 #[derive(Debug, Clone)]
@@ -61,6 +67,8 @@ pub struct BackupSummary {
     pub duration: Duration,
     pub start_lsn: Lsn,
     pub stop_lsn: Lsn,
+    pub backup_type: BackupType,
+    pub reference: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -219,6 +227,24 @@ pub async fn run_backup(
         &format!("the cluster at \"{}\"", given.display()),
     )
     .await?;
+    let block_size = crate::pg::control::read_control(&given)
+        .map_err(|e| BackupError::Precondition(e.to_string()))?
+        .block_size;
+    // What to compare with: read before the label is claimed, under the
+    // repository lock, so no expire removes it meanwhile.
+    let listings = repo.list_backups().await?;
+    let complete: Vec<&BackupManifest> =
+        listings.iter().filter_map(|l| l.manifest.as_ref()).collect();
+    let requested = opts.requested_type.unwrap_or(opts.default_type);
+    let reference_plan = incremental::plan_reference(requested, &complete);
+    if let Some(note) = &reference_plan.note {
+        tracing::warn!("{note}");
+    }
+    let reference: Option<BackupManifest> = reference_plan
+        .reference
+        .as_ref()
+        .and_then(|l| complete.iter().find(|m| &m.label == l).map(|m| (*m).clone()));
+    drop(listings);
     let label = new_label(repo).await?;
 
     // Start. The session must stay open until the stop: closing it aborts
@@ -269,7 +295,16 @@ pub async fn run_backup(
         tracing::warn!(path = %skipped.display(), "skipped a file whose name is not UTF-8");
     }
     let total_bytes: u64 = scan.files.iter().map(|f| f.size).sum();
-    let files = copy_files(repo, &label, scan.files, total_bytes, opts).await?;
+    let files = copy_files(
+        repo,
+        &label,
+        scan.files,
+        total_bytes,
+        opts,
+        block_size,
+        reference.as_ref(),
+    )
+    .await?;
 
     let stop_sql = if pg_major >= 15 {
         "SELECT lsn::text, labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_backup_stop(false)"
@@ -319,8 +354,13 @@ pub async fn run_backup(
 
     let data_size_bytes = files.iter().map(|f| f.size).sum();
     let stored_files: u64 = files.iter().map(|f| f.stored_size).sum();
+    let depends_on = incremental::plan_depends_on(&label, &files);
     let mut manifest = BackupManifest {
-        manifest_version: MANIFEST_VERSION,
+        manifest_version: if depends_on.is_empty() {
+            MANIFEST_VERSION_FULL
+        } else {
+            MANIFEST_VERSION
+        },
         label: label.clone(),
         system_identifier: facts.system_identifier.to_string(),
         pg_version_num: facts.version_num,
@@ -342,6 +382,10 @@ pub async fn run_backup(
         stored_size_bytes: stored_files,
         duration_secs: started.elapsed().as_secs_f64(),
         created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
+        backup_type: reference_plan.backup_type,
+        reference: reference_plan.reference.clone(),
+        depends_on,
+        block_size: Some(block_size),
     };
     manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
     if let Some(lock) = lock {
@@ -364,6 +408,8 @@ pub async fn run_backup(
         duration: started.elapsed(),
         start_lsn,
         stop_lsn,
+        backup_type: reference_plan.backup_type,
+        reference: reference_plan.reference,
     })
 }
 
@@ -390,6 +436,8 @@ async fn copy_files(
     files: Vec<scan::ScannedFile>,
     total_bytes: u64,
     opts: &BackupOptions,
+    block_size: u32,
+    reference: Option<&BackupManifest>,
 ) -> Result<Vec<FileEntry>, BackupError> {
     let done_bytes = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(total_bytes, done_bytes.clone(), opts.progress_bar);
@@ -398,39 +446,39 @@ async fn copy_files(
         workers: 0,
         ..repo.compress()
     };
+    // The reference's entries by path (one at most per path: checked).
+    let ref_block_size = reference.and_then(|m| m.block_size);
+    let by_path: Arc<std::collections::HashMap<String, FileEntry>> = Arc::new(
+        reference
+            .map(|m| m.files.iter().map(|f| (f.path.clone(), f.clone())).collect())
+            .unwrap_or_default(),
+    );
     let (repo, label) = (repo.clone(), label.to_string());
     let items: Vec<(usize, scan::ScannedFile)> = files.into_iter().enumerate().collect();
     let result = crate::pool::run_bounded(items, opts.jobs, move |(index, file)| {
-        let (repo, key, done_bytes) = (
+        let (repo, label, done_bytes, by_path) = (
             repo.clone(),
-            layout::backup_file_key(&label, index),
+            label.clone(),
             done_bytes.clone(),
+            by_path.clone(),
         );
         async move {
-            let copy_err = |source| BackupError::Copy {
-                path: file.rel.clone(),
-                source,
+            let ctx = incremental::CopyContext {
+                repo: &repo,
+                label: &label,
+                index,
+                compress,
+                block_size,
+                reference: by_path.get(&file.rel).map(|e| (e, ref_block_size)),
             };
-            let mut src = match tokio::fs::File::open(&file.abs).await {
-                Ok(f) => f,
-                // Dropped or truncated away by the server during the
-                // backup: WAL replay recreates what is needed.
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-                Err(e) => return Err(copy_err(ObjectError::Source(e))),
-            };
-            let info = write_object(repo.store(), &key, PutMode::Create, &mut src, compress)
+            let entry = incremental::copy_file(&ctx, &file)
                 .await
-                .map_err(copy_err)?;
+                .map_err(|source| BackupError::Copy {
+                    path: file.rel.clone(),
+                    source,
+                })?;
             done_bytes.fetch_add(file.size, Ordering::Relaxed);
-            Ok(Some(FileEntry {
-                path: file.rel,
-                size: info.raw_size,
-                checksum: info.checksum,
-                mode: file.mode,
-                mtime: file.mtime,
-                object: key.to_string(),
-                stored_size: info.stored_size,
-            }))
+            Ok(entry)
         }
     })
     .await;

@@ -9,7 +9,7 @@ use crate::exit::Exit;
 
 use super::logging::report_error;
 use super::ops::{emit, repository_metrics, MetricsArgs};
-use super::{human_bytes, open_repository};
+use super::human_bytes;
 use crate::metrics::Metrics;
 use crate::repo::lock::RepoLock;
 
@@ -44,12 +44,16 @@ pub struct BackupArgs {
     #[arg(long, default_value_t = 600, value_name = "SECS")]
     pub lock_lease_secs: u64,
 
+    /// full copies everything; diff stores what changed since the last full backup, incr what changed since the last backup of any type [default: the config file's backup_type, or full; always full while no full backup exists]
+    #[arg(long = "type", env = "WALVAULT_BACKUP_TYPE", value_name = "TYPE")]
+    pub backup_type: Option<crate::repo::manifest::BackupType>,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
 
 pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit {
-    let repo = match open_repository(program, global) {
+    let (settings, repo) = match super::settings_and_repository(program, global) {
         Ok(r) => r,
         Err(code) => return code,
     };
@@ -65,6 +69,8 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         jobs,
         wal_wait: Duration::from_secs(args.wal_wait_secs),
         progress_bar: !args.no_progress,
+        requested_type: args.backup_type,
+        default_type: settings.backup_type,
     };
     // The header first: an uninitialized repository is refused, and the
     // store learns how create-only writes (the lock's) are kept safe.
@@ -115,8 +121,12 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
     match result {
         Ok(s) => {
             let secs = s.duration.as_secs_f64().max(0.001);
+            let kind = match &s.reference {
+                Some(r) => format!("{} backup (on {r})", s.backup_type),
+                None => format!("{} backup", s.backup_type),
+            };
             println!(
-                "backup {} complete: {} files, {} of data stored as {} ({:.1}x) in {:.1}s ({}/s); WAL {} to {}",
+                "{kind} {} complete: {} files, {} of data stored as {} ({:.1}x) in {:.1}s ({}/s); WAL {} to {}",
                 s.label,
                 s.files,
                 human_bytes(s.data_bytes),

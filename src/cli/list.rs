@@ -45,7 +45,15 @@ pub struct BackupRow {
     pub pg_version_num: Option<u32>,
     pub files: Option<usize>,
     pub data_size_bytes: Option<u64>,
+    /// What this backup's own objects occupy: the size it added.
     pub stored_size_bytes: u64,
+    /// "full", "diff" or "incr"; `null` for an incomplete backup.
+    pub backup_type: Option<&'static str>,
+    /// The backup a diff or incr was compared with.
+    pub reference: Option<String>,
+    /// Every backup whose objects it needs (it cannot be restored, and is
+    /// never expired, without them).
+    pub depends_on: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -113,6 +121,9 @@ pub fn build_report(
                 files: m.map(|m| m.files.len()),
                 data_size_bytes: m.map(|m| m.data_size_bytes),
                 stored_size_bytes: b.stored_bytes,
+                backup_type: m.map(|m| m.backup_type.as_str()),
+                reference: m.and_then(|m| m.reference.clone()),
+                depends_on: m.map(|m| m.depends_on.clone()).unwrap_or_default(),
             }
         })
         .collect();
@@ -223,14 +234,16 @@ fn print_human(r: &ListReport) {
         println!("no backups");
     } else {
         println!(
-            "{:<20} {:<10} {:>3}  {:<27} {:<27} {:<12} {:<12} {:>10} {:>10}",
-            "LABEL", "STATUS", "TLI", "START", "STOP", "START LSN", "STOP LSN", "DB SIZE", "STORED"
+            "{:<20} {:<10} {:<4} {:<20} {:>3}  {:<27} {:<27} {:<12} {:<12} {:>10} {:>10}",
+            "LABEL", "STATUS", "TYPE", "ON", "TLI", "START", "STOP", "START LSN", "STOP LSN", "DB SIZE", "ADDED"
         );
         for b in &r.backups {
             println!(
-                "{:<20} {:<10} {:>3}  {:<27} {:<27} {:<12} {:<12} {:>10} {:>10}",
+                "{:<20} {:<10} {:<4} {:<20} {:>3}  {:<27} {:<27} {:<12} {:<12} {:>10} {:>10}",
                 b.label,
                 b.status,
+                b.backup_type.unwrap_or("-"),
+                b.reference.as_deref().unwrap_or("-"),
                 b.timeline
                     .map(|t| t.to_string())
                     .unwrap_or_else(|| "-".into()),

@@ -63,6 +63,11 @@ pub fn backup_file_key(label: &str, index: usize) -> Key {
     Key::new(format!("backup/{label}/files/{index:06}")).expect("labels make valid keys")
 }
 
+/// The block map of a backup file (see [`crate::repo::blocks`]).
+pub fn backup_map_key(label: &str, index: usize) -> Key {
+    Key::new(format!("backup/{label}/files/{index:06}.map")).expect("labels make valid keys")
+}
+
 /// The label part of a key under `backup/`.
 pub fn label_of_backup_key(key: &str) -> Option<&str> {
     key.strip_prefix(BACKUP_PREFIX)?.split('/').next()

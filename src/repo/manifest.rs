@@ -15,8 +15,63 @@ use serde::{Deserialize, Serialize};
 use crate::stream::Checksum;
 use crate::wal::{Lsn, TimelineId};
 
-/// The manifest format this walvault writes and the newest it reads.
-pub const MANIFEST_VERSION: u32 = 1;
+/// The newest manifest format this walvault reads, and the one it writes
+/// for differential and incremental backups. A full backup's manifest
+/// needs nothing of version 2 and is written as version 1, so older
+/// walvault versions can still restore it.
+pub const MANIFEST_VERSION: u32 = 2;
+/// The version of a manifest that refers to no other backup.
+pub const MANIFEST_VERSION_FULL: u32 = 1;
+
+/// What a backup holds: everything (full), or what changed since the last
+/// full backup (diff), or since the last backup of any type (incr).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackupType {
+    #[default]
+    Full,
+    Diff,
+    Incr,
+}
+
+impl BackupType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BackupType::Full => "full",
+            BackupType::Diff => "diff",
+            BackupType::Incr => "incr",
+        }
+    }
+}
+
+impl std::str::FromStr for BackupType {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "full" => Ok(BackupType::Full),
+            "diff" => Ok(BackupType::Diff),
+            "incr" => Ok(BackupType::Incr),
+            other => Err(format!(
+                "unknown backup type \"{other}\"; use full, diff or incr"
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for BackupType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An object of the repository with the raw size and checksum its
+/// trailer must show.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    pub object: String,
+    pub raw_size: u64,
+    pub checksum: Checksum,
+}
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct BackupManifest {
@@ -51,6 +106,21 @@ pub struct BackupManifest {
     pub stored_size_bytes: u64,
     pub duration_secs: f64,
     pub created_by: String,
+    /// Version 2 fields; a version-1 manifest has none of them and is a
+    /// full backup.
+    #[serde(default)]
+    pub backup_type: BackupType,
+    /// The backup this one was compared with (diff and incr).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<String>,
+    /// Every other backup whose objects this one's files are made of: it
+    /// cannot be restored without them, so expire keeps them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub depends_on: Vec<String>,
+    /// The cluster's block size (from pg_control), the unit of block maps
+    /// and deltas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_size: Option<u32>,
 }
 
 /// A tablespace: `pg_tblspc/<oid>` is a link to `location`.
@@ -79,9 +149,32 @@ pub struct FileEntry {
     pub mode: u32,
     /// Modification time, seconds since the epoch, at the copy.
     pub mtime: i64,
-    /// The object holding the contents (a key in the repository).
+    /// The object holding the contents (a key in the repository, possibly
+    /// of an earlier backup); with `deltas`, the base they apply to.
     pub object: String,
+    /// Bytes this backup stored for the file (0 when it only refers to
+    /// objects of earlier backups).
     pub stored_size: u64,
+    /// Raw size and checksum of `object` when it is a base that `deltas`
+    /// change (so not the file itself).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<ObjectRef>,
+    /// Block deltas applied over `object`, oldest first (version 2).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<ObjectRef>,
+    /// The file's block map, for the next backup to compare with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub map: Option<ObjectRef>,
+}
+
+impl FileEntry {
+    /// Every object the entry is made of: the base or whole object, the
+    /// deltas and the map.
+    pub fn objects(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.object.as_str())
+            .chain(self.deltas.iter().map(|d| d.object.as_str()))
+            .chain(self.map.iter().map(|m| m.object.as_str()))
+    }
 }
 
 /// Whether `path` is relative and normalised: `/`-separated parts, none
@@ -153,6 +246,40 @@ impl BackupManifest {
             if !seen.insert(f.path.as_str()) {
                 return Err(format!("path {:?} appears twice", f.path));
             }
+            self.check_objects(f)?;
+        }
+        Ok(())
+    }
+
+    /// Every object a file entry names is a file object of this backup or
+    /// of one it lists in `depends_on`, and deltas come with their base.
+    fn check_objects(&self, f: &FileEntry) -> Result<(), String> {
+        for key in f.objects() {
+            let label = key
+                .strip_prefix("backup/")
+                .and_then(|rest| rest.split_once("/files/"))
+                .map(|(label, _)| label);
+            let known = label.is_some_and(|l| {
+                l == self.label || self.depends_on.iter().any(|d| d == l)
+            });
+            if !known {
+                return Err(format!(
+                    "file {:?} names object {key:?}, which is not a file object of this backup or of one it depends on",
+                    f.path
+                ));
+            }
+        }
+        if !f.deltas.is_empty() && f.base.is_none() {
+            return Err(format!("file {:?} has block deltas but no base", f.path));
+        }
+        if f.base.as_ref().is_some_and(|b| b.object != f.object) {
+            return Err(format!("file {:?} names two different bases", f.path));
+        }
+        if self.manifest_version < 2 && (f.base.is_some() || !self.depends_on.is_empty()) {
+            return Err(format!(
+                "file {:?} uses version-2 layers in a version-{} manifest",
+                f.path, self.manifest_version
+            ));
         }
         Ok(())
     }
@@ -204,6 +331,10 @@ pub fn test_manifest(
         stored_size_bytes: 500,
         duration_secs: 1.0,
         created_by: "test".to_owned(),
+        backup_type: BackupType::Full,
+        reference: None,
+        depends_on: Vec::new(),
+        block_size: None,
     }
 }
 
@@ -236,8 +367,11 @@ mod path_tests {
                 checksum: Checksum([0; 32]),
                 mode: 0o600,
                 mtime: 0,
-                object: "backup/x/files/000001".to_string(),
+                object: "backup/20260101T000000Z/files/000001".to_string(),
                 stored_size: 0,
+                base: None,
+                deltas: Vec::new(),
+                map: None,
             })
             .collect();
         m.tablespaces = ts

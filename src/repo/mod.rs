@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::storage::{CreateOnly, CreateOnlyProbe, ObjectStore, PutMode, StorageError};
 use crate::wal::WalSegmentSize;
 
+pub mod blocks;
 pub mod layout;
 pub mod lock;
 pub mod manifest;

@@ -104,6 +104,8 @@ pub enum RestoreError {
     BackupExpired { label: String },
     #[error("backup {label} has a manifest restore cannot trust: {reason}\nHINT: the manifest was not written by walvault or is damaged; restore another backup (--backup LABEL)")]
     BadManifest { label: String, reason: String },
+    #[error("backup {label} is built on backup {missing}, which is not complete in the repository (removed or damaged)\nHINT: restore another backup (--backup LABEL); walvault list shows what each backup depends on")]
+    MissingDependency { label: String, missing: String },
     #[error("history file \"{name}\" in the repository is damaged: {reason}")]
     BadHistory { name: String, reason: String },
     #[error("data directory \"{path}\" {reason}")]
@@ -345,6 +347,24 @@ pub async fn apply(
             label: manifest.label.clone(),
             reason,
         })?;
+    // A differential or incremental backup needs every backup it is built
+    // on; check before anything is written.
+    for dependency in &manifest.depends_on {
+        match repo
+            .store()
+            .head(&crate::repo::layout::manifest_key(dependency))
+            .await
+        {
+            Ok(_) => {}
+            Err(crate::storage::StorageError::NotFound { .. }) => {
+                return Err(RestoreError::MissingDependency {
+                    label: manifest.label.clone(),
+                    missing: dependency.clone(),
+                })
+            }
+            Err(e) => return Err(RepoError::from(e).into()),
+        }
+    }
     let tablespaces = plan_tablespace_locations(manifest, &opts.tablespace_map)?;
     // No location inside the data directory or inside another one: a
     // manifest must not steer restore into places it should not write.
@@ -434,7 +454,8 @@ pub async fn apply(
         .iter()
         .cloned()
         .partition(|f| f.path == "global/pg_control");
-    if let Err(e) = restore_files(repo, &pgdata, rest, opts.jobs).await {
+    let block_size = manifest.block_size;
+    if let Err(e) = restore_files(repo, &pgdata, rest, opts.jobs, block_size).await {
         return Err(explain_vanished(repo, &manifest.label, e).await);
     }
 
@@ -474,7 +495,7 @@ pub async fn apply(
     for dir in plan_sync_targets(&pgdata, &tablespaces) {
         sync_filesystem(&dir)?;
     }
-    restore_files(repo, &pgdata, control, 1).await?;
+    restore_files(repo, &pgdata, control, 1, block_size).await?;
     sync_filesystem(&pgdata)?;
     if let Some(parent) = pgdata.parent() {
         give_to_parent_owner(&pgdata, parent, &tablespaces)?;
@@ -586,12 +607,13 @@ async fn restore_files(
     pgdata: &Path,
     files: Vec<FileEntry>,
     jobs: usize,
+    block_size: Option<u32>,
 ) -> Result<(), RestoreError> {
     let (repo, pgdata) = (repo.clone(), pgdata.to_path_buf());
     crate::pool::run_bounded(files, jobs, move |entry| {
         let (repo, pgdata) = (repo.clone(), pgdata.clone());
         async move {
-            restore_one(&repo, &pgdata, &entry)
+            restore_one(&repo, &pgdata, &entry, block_size)
                 .await
                 .map(|()| None::<()>)
         }
@@ -604,6 +626,7 @@ async fn restore_one(
     repo: &Repository,
     pgdata: &Path,
     entry: &FileEntry,
+    block_size: Option<u32>,
 ) -> Result<(), RestoreError> {
     let path = pgdata.join(&entry.path);
     if let Some(parent) = path.parent() {
@@ -619,12 +642,20 @@ async fn restore_one(
     // and link in it; O_NOFOLLOW and create_new make sure no file is
     // written through a symlink someone else placed.
     let mut file = fs::OpenOptions::new()
+        .read(true)
         .write(true)
         .create_new(true)
         .custom_flags(libc::O_NOFOLLOW)
         .mode(file_mode(entry.mode))
         .open(&path)
         .map_err(io_err("create", &path))?;
+    if let Some(base) = &entry.base {
+        assemble(repo, &path, &file, entry, base, block_size).await?;
+        if entry.path == "global/pg_control" {
+            file.sync_all().map_err(io_err("fsync", &path))?;
+        }
+        return Ok(());
+    }
     let key = Key::new(entry.object.clone()).map_err(|e| RestoreError::Object {
         path: entry.path.clone(),
         object: entry.object.clone(),
@@ -650,6 +681,134 @@ async fn restore_one(
     }
     if entry.path == "global/pg_control" {
         file.sync_all().map_err(io_err("fsync", &path))?;
+    }
+    Ok(())
+}
+
+/// Builds a file from its base and block deltas: the newest delta's
+/// blocks first, then each older layer's blocks not yet written, the base
+/// last, so every block is written once; memory is one bitmap and one
+/// block whatever the chain length. The result is read back and checked
+/// against the manifest's size and checksum.
+async fn assemble(
+    repo: &Repository,
+    path: &Path,
+    file: &fs::File,
+    entry: &FileEntry,
+    base: &crate::repo::manifest::ObjectRef,
+    block_size: Option<u32>,
+) -> Result<(), RestoreError> {
+    use std::os::unix::fs::FileExt;
+    let bad = |reason: String| RestoreError::Mismatch {
+        path: entry.path.clone(),
+        reason,
+    };
+    let bs = block_size
+        .filter(|&b| crate::repo::blocks::valid_block_size(b))
+        .ok_or_else(|| bad("the manifest gives no valid block size for its block deltas".into()))?;
+    let size = entry.size;
+    let blocks = crate::repo::blocks::block_count(size, bs) as usize;
+    let mut done = vec![false; blocks];
+    let layer_err = |object: &str, source: ObjectError| RestoreError::Object {
+        path: entry.path.clone(),
+        object: object.to_string(),
+        source,
+    };
+    let key_of = |object: &str| {
+        Key::new(object.to_string()).map_err(|e| layer_err(object, ObjectError::Storage(e)))
+    };
+    let check = |object: &crate::repo::manifest::ObjectRef,
+                 info: crate::repo::object::ObjectInfo|
+     -> Result<(), RestoreError> {
+        if info.raw_size != object.raw_size || info.checksum != object.checksum {
+            return Err(bad(format!(
+                "object {} holds {} bytes with checksum {}, the manifest says {} bytes with {}",
+                object.object, info.raw_size, info.checksum, object.raw_size, object.checksum
+            )));
+        }
+        Ok(())
+    };
+    let write_block = |done: &mut Vec<bool>, number: usize, data: &[u8]| -> io::Result<()> {
+        if number >= done.len() || done[number] {
+            return Ok(());
+        }
+        let offset = number as u64 * u64::from(bs);
+        let len = (size - offset).min(data.len() as u64) as usize;
+        file.write_all_at(&data[..len], offset)?;
+        done[number] = true;
+        Ok(())
+    };
+    for delta in entry.deltas.iter().rev() {
+        let key = key_of(&delta.object)?;
+        let mut parser = crate::repo::blocks::DeltaParser::new(bs);
+        let info = read_object(repo.store(), &key, &mut |piece: &[u8]| {
+            parser.feed(piece, &mut |b| write_block(&mut done, b.number as usize, b.data))
+        })
+        .await
+        .map_err(|e| layer_err(&delta.object, e))?;
+        check(delta, info)?;
+        parser
+            .finish()
+            .map_err(|e| layer_err(&delta.object, ObjectError::Sink(e)))?;
+    }
+    let key = key_of(&base.object)?;
+    let mut offset = 0u64;
+    let mut partial: Vec<u8> = Vec::with_capacity(bs as usize);
+    let info = read_object(repo.store(), &key, &mut |mut piece: &[u8]| {
+        // Cut the stream into blocks; a block split across pieces is
+        // gathered first.
+        while !piece.is_empty() {
+            let in_block = (offset % u64::from(bs)) as usize;
+            let take = (bs as usize - in_block).min(piece.len());
+            let number = (offset / u64::from(bs)) as usize;
+            if in_block == 0 && take == bs as usize {
+                write_block(&mut done, number, &piece[..take])?;
+            } else {
+                partial.extend_from_slice(&piece[..take]);
+                if partial.len() == bs as usize {
+                    write_block(&mut done, number, &partial)?;
+                    partial.clear();
+                }
+            }
+            offset += take as u64;
+            piece = &piece[take..];
+        }
+        Ok(())
+    })
+    .await
+    .map_err(|e| layer_err(&base.object, e))?;
+    if !partial.is_empty() {
+        let number = (offset / u64::from(bs)) as usize;
+        write_block(&mut done, number, &partial).map_err(io_err("write", path))?;
+    }
+    check(base, info)?;
+    if let Some(missing) = done.iter().position(|d| !d) {
+        return Err(bad(format!(
+            "block {missing} is in neither the base nor any delta"
+        )));
+    }
+    file.set_len(size).map_err(io_err("truncate", path))?;
+    // The assembled file, read back, must be the file that was backed up.
+    let mut hasher = crate::stream::Hasher::new();
+    let mut buf = vec![0u8; crate::repo::object::CHUNK_BYTES];
+    let mut at = 0u64;
+    loop {
+        let n = file.read_at(&mut buf, at).map_err(io_err("read back", path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    if hasher.len() != size || hasher.finish() != entry.checksum {
+        return Err(bad(format!(
+            "the file assembled from its base and {} block delta(s) is {} bytes with checksum {}, the manifest says {} bytes with {}",
+            entry.deltas.len(),
+            hasher.len(),
+            hasher.finish(),
+            size,
+            entry.checksum
+        )));
     }
     Ok(())
 }
@@ -736,8 +895,11 @@ mod symlink_tests {
             mtime: 0,
             object: key.to_string(),
             stored_size: 0,
+            base: None,
+            deltas: Vec::new(),
+            map: None,
         };
-        let err = restore_one(&repo, &pgdata, &entry).await.unwrap_err();
+        let err = restore_one(&repo, &pgdata, &entry, None).await.unwrap_err();
         assert!(matches!(err, RestoreError::Io { .. }), "{err}");
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }

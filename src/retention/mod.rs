@@ -26,7 +26,7 @@
 use jiff::{SignedDuration, Timestamp};
 use thiserror::Error;
 
-use crate::repo::manifest::BackupManifest;
+use crate::repo::manifest::{BackupManifest, BackupType};
 use crate::repo::{layout, BackupListing, RepoError, Repository, WalObject};
 use crate::storage::StorageError;
 use crate::wal::{Lsn, WalFileName};
@@ -140,29 +140,86 @@ pub fn plan_expire(
             .rposition(|c| matches!(c.time, Some(t) if t < w.start))
     });
 
+    // keep-full counts full backups; a differential or incremental backup
+    // goes with the full it is built on.
+    let is_full = |c: &Complete<'_>| c.manifest.backup_type == BackupType::Full;
+    let fulls: Vec<&str> = complete
+        .iter()
+        .filter(|c| is_full(c))
+        .map(|c| c.listing.label.as_str())
+        .collect();
+    let kept_fulls: &[&str] = match policy.keep_full {
+        Some(keep) => &fulls[fulls.len().saturating_sub(keep)..],
+        None => &[],
+    };
+    let root_full = |c: &Complete<'_>| -> Option<String> {
+        if is_full(c) {
+            return Some(c.listing.label.clone());
+        }
+        c.manifest
+            .depends_on
+            .iter()
+            .rev()
+            .find(|d| fulls.contains(&d.as_str()))
+            .cloned()
+    };
+
     let count = complete.len();
-    let mut keep_backups = Vec::new();
-    let mut remove_backups = Vec::new();
-    let mut wal_kept_from: Option<Lsn> = None;
+    let mut kept = vec![false; count];
     for (index, backup) in complete.iter().enumerate() {
         let newest = index + 1 == count;
-        let by_full = policy.keep_full.is_some_and(|keep| count - index <= keep);
+        let by_full = root_full(backup).is_some_and(|root| kept_fulls.contains(&root.as_str()));
         let by_days = window.as_ref().is_some_and(|w| match backup.time {
             // An unknown age cannot be shown to lie outside the window.
             None => true,
             Some(t) => t >= w.start || bridge == Some(index),
         });
-        if newest || by_full || by_days {
+        kept[index] = newest || by_full || by_days;
+    }
+    // A kept backup keeps every backup it is built on.
+    let index_of: std::collections::HashMap<&str, usize> = complete
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.listing.label.as_str(), i))
+        .collect();
+    let mut needed_by: Vec<Option<String>> = vec![None; count];
+    let mut stack: Vec<usize> = (0..count).filter(|&i| kept[i]).collect();
+    while let Some(i) = stack.pop() {
+        for dependency in &complete[i].manifest.depends_on {
+            if let Some(&j) = index_of.get(dependency.as_str()) {
+                if !kept[j] {
+                    kept[j] = true;
+                    needed_by[j] = Some(complete[i].listing.label.clone());
+                    stack.push(j);
+                }
+            }
+        }
+    }
+    let mut keep_backups = Vec::new();
+    let mut remove_backups = Vec::new();
+    let mut wal_kept_from: Option<Lsn> = None;
+    for (index, backup) in complete.iter().enumerate() {
+        if kept[index] {
             keep_backups.push(backup.listing.label.clone());
+            if let Some(dependent) = &needed_by[index] {
+                tracing::debug!(label = %backup.listing.label, dependent = %dependent, "kept: a kept backup is built on it");
+            }
             let start = backup.manifest.start_lsn;
             wal_kept_from = Some(wal_kept_from.map_or(start, |l| l.min(start)));
         } else {
             let bridge_label = bridge.map(|b| complete[b].listing.label.as_str());
+            let mut reason = removal_reason(policy, backup, window.as_ref(), bridge_label);
+            if !is_full(backup) {
+                match root_full(backup) {
+                    Some(root) => reason.push_str(&format!("; built on full backup {root}, which goes too")),
+                    None => reason.push_str("; the full backup it is built on is gone"),
+                }
+            }
             remove_backups.push(RemovedBackup {
                 label: backup.listing.label.clone(),
                 complete: true,
                 stored_bytes: backup.listing.stored_bytes,
-                reason: removal_reason(policy, backup, window.as_ref(), bridge_label),
+                reason,
             });
         }
     }
@@ -297,7 +354,12 @@ fn wal_is_expired(name: &WalFileName, keep_from: Lsn) -> bool {
 /// idempotent: after a failure, running expire again finishes the job.
 pub async fn apply_expire(repo: &Repository, plan: &ExpirePlan) -> Result<(), RepoError> {
     let store = repo.store();
-    for backup in &plan.remove_backups {
+    // Complete backups newest first: a backup goes before any backup it
+    // is built on, so an interrupted expire never leaves a complete backup
+    // without its base. Then the incomplete ones.
+    let (complete, incomplete): (Vec<&RemovedBackup>, Vec<&RemovedBackup>) =
+        plan.remove_backups.iter().partition(|b| b.complete);
+    for backup in complete.into_iter().rev().chain(incomplete) {
         // Labels come from listings; one that is not a walvault label would
         // not make the keys below (and was not found by listing).
         if !layout::is_backup_label(&backup.label) {
@@ -386,6 +448,172 @@ mod tests {
             stored_bytes: 1000,
             newest_object_unix_secs: 0,
             writer_alive: None,
+        }
+    }
+
+    /// A differential or incremental backup built on `depends` (labels).
+    fn chained(
+        label: &str,
+        kind: BackupType,
+        depends: &[&str],
+        start_segment: u64,
+        stop_time: &str,
+    ) -> BackupListing {
+        let mut b = complete(label, start_segment, stop_time);
+        let m = b.manifest.as_mut().unwrap();
+        m.backup_type = kind;
+        m.depends_on = depends.iter().map(|d| d.to_string()).collect();
+        m.reference = depends.last().map(|d| d.to_string());
+        b
+    }
+
+    fn kept_and_removed(plan: &ExpirePlan) -> (Vec<&str>, Vec<&str>) {
+        (
+            plan.keep_backups.iter().map(String::as_str).collect(),
+            plan.remove_backups.iter().map(|b| b.label.as_str()).collect(),
+        )
+    }
+
+    /// Two fulls, each with a differential and incrementals.
+    fn chains() -> Vec<BackupListing> {
+        use BackupType::*;
+        vec![
+            complete("20260101T000000Z", 10, "2026-01-01T00:10:00Z"),
+            chained("20260101T060000Z", Incr, &["20260101T000000Z"], 12, "2026-01-01T06:10:00Z"),
+            chained("20260101T120000Z", Incr, &["20260101T000000Z", "20260101T060000Z"], 14, "2026-01-01T12:10:00Z"),
+            chained("20260101T180000Z", Diff, &["20260101T000000Z"], 16, "2026-01-01T18:10:00Z"),
+            complete("20260102T000000Z", 20, "2026-01-02T00:10:00Z"),
+            chained("20260102T060000Z", Incr, &["20260102T000000Z"], 22, "2026-01-02T06:10:00Z"),
+        ]
+    }
+
+    #[test]
+    fn keep_full_counts_fulls_and_keeps_their_dependents() {
+        let policy = |n| RetentionPolicy {
+            keep_full: Some(n),
+            ..Default::default()
+        };
+        let plan = plan_expire(&policy(1), &chains(), &[], ts("2026-01-03T00:00:00Z")).unwrap();
+        let (kept, removed) = kept_and_removed(&plan);
+        assert_eq!(kept, ["20260102T000000Z", "20260102T060000Z"]);
+        assert_eq!(
+            removed,
+            ["20260101T000000Z", "20260101T060000Z", "20260101T120000Z", "20260101T180000Z"]
+        );
+        assert!(plan.remove_backups[1].reason.contains("built on full backup 20260101T000000Z"));
+        // Two fulls: everything stays, though six backups exist.
+        let plan = plan_expire(&policy(2), &chains(), &[], ts("2026-01-03T00:00:00Z")).unwrap();
+        assert!(plan.remove_backups.is_empty());
+        assert_eq!(plan.keep_backups.len(), 6);
+    }
+
+    #[test]
+    fn a_kept_backup_keeps_everything_it_is_built_on() {
+        // keep-days keeps only what stopped in the last hour of 2 Jan 12:00:
+        // the newest incr, which needs its full; the bridge is the newest
+        // backup before the window (that same incr's full is older).
+        let plan = plan_expire(
+            &RetentionPolicy {
+                keep_days: Some(0),
+                ..Default::default()
+            },
+            &chains(),
+            &[],
+            ts("2026-01-02T12:00:00Z"),
+        )
+        .unwrap();
+        let (kept, _) = kept_and_removed(&plan);
+        assert_eq!(kept, ["20260102T000000Z", "20260102T060000Z"]);
+        // The newest backup is an incremental of an old full: the full
+        // stays, whatever keep-full says.
+        use BackupType::*;
+        let backups = vec![
+            complete("20260101T000000Z", 10, "2026-01-01T00:10:00Z"),
+            complete("20260102T000000Z", 20, "2026-01-02T00:10:00Z"),
+            chained("20260103T000000Z", Diff, &["20260101T000000Z"], 30, "2026-01-03T00:10:00Z"),
+        ];
+        let plan = plan_expire(
+            &RetentionPolicy {
+                keep_full: Some(1),
+                ..Default::default()
+            },
+            &backups,
+            &[seg(1, 10), seg(1, 11), seg(1, 20), seg(1, 30)],
+            ts("2026-01-04T00:00:00Z"),
+        )
+        .unwrap();
+        let (kept, removed) = kept_and_removed(&plan);
+        assert_eq!(kept, ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]);
+        assert!(removed.is_empty());
+        // WAL from the oldest kept backup on stays.
+        assert!(plan.remove_wal.is_empty());
+        // An incremental whose full is already gone is removed with a reason.
+        let orphan = vec![
+            chained("20260101T060000Z", Incr, &["20251231T000000Z"], 12, "2026-01-01T06:10:00Z"),
+            complete("20260102T000000Z", 20, "2026-01-02T00:10:00Z"),
+        ];
+        let plan = plan_expire(
+            &RetentionPolicy {
+                keep_full: Some(1),
+                ..Default::default()
+            },
+            &orphan,
+            &[],
+            ts("2026-01-04T00:00:00Z"),
+        )
+        .unwrap();
+        assert_eq!(plan.remove_backups[0].label, "20260101T060000Z");
+        assert!(plan.remove_backups[0].reason.contains("is gone"));
+    }
+
+    #[test]
+    fn no_kept_backup_ever_loses_a_dependency() {
+        // Random chains and policies: every dependency of a kept backup is
+        // kept, and the newest backup with its chain always stays.
+        let mut rng = Lcg(7);
+        for _ in 0..500 {
+            let mut backups = Vec::new();
+            let mut fulls: Vec<String> = Vec::new();
+            let mut last: Vec<String> = Vec::new();
+            for i in 0..(1 + rng.below(12)) {
+                let label = format!("202601{:02}T000000Z", i + 1);
+                let stop = format!("2026-01-{:02}T00:10:00Z", i + 1);
+                let kind = if fulls.is_empty() { 0 } else { rng.below(3) };
+                let b = match kind {
+                    0 => {
+                        fulls.push(label.clone());
+                        last = vec![label.clone()];
+                        complete(&label, 10 + i * 2, &stop)
+                    }
+                    1 => {
+                        let full = fulls.last().unwrap().clone();
+                        last = vec![full.clone(), label.clone()];
+                        chained(&label, BackupType::Diff, &[&full], 10 + i * 2, &stop)
+                    }
+                    _ => {
+                        let deps: Vec<&str> = last.iter().map(String::as_str).collect();
+                        let b = chained(&label, BackupType::Incr, &deps, 10 + i * 2, &stop);
+                        last.push(label.clone());
+                        b
+                    }
+                };
+                backups.push(b);
+            }
+            let policy = RetentionPolicy {
+                keep_full: (rng.below(2) == 0).then(|| 1 + rng.below(3) as usize),
+                keep_days: Some(rng.below(8) as u32),
+                ..Default::default()
+            };
+            let plan = plan_expire(&policy, &backups, &[], ts("2026-01-14T00:00:00Z")).unwrap();
+            for b in &backups {
+                let m = b.manifest.as_ref().unwrap();
+                if plan.keep_backups.contains(&b.label) {
+                    for d in &m.depends_on {
+                        assert!(plan.keep_backups.contains(d), "{} kept without {d}", b.label);
+                    }
+                }
+            }
+            assert!(plan.keep_backups.contains(&backups.last().unwrap().label));
         }
     }
 

@@ -7,7 +7,7 @@ use std::fmt;
 use std::str::FromStr;
 
 /// The BLAKE3 hash of an object's raw (uncompressed, unencrypted) bytes.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct Checksum(pub [u8; 32]);
 
 impl Checksum {

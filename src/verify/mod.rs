@@ -27,6 +27,7 @@ use crate::repo::{layout, ObjectInfo, RepoError, Repository};
 use crate::restore::plan::{plan_restore, BackupChoice, PlanInput};
 use crate::restore::target::RecoveryTarget;
 use crate::storage::Key;
+use crate::stream::Checksum;
 use crate::wal::{TimelineHistory, WalFileName, WalSegmentSize};
 
 /// One thing found broken.
@@ -88,43 +89,73 @@ pub async fn run_verify(repo: &Repository, jobs: usize) -> Result<VerifyReport, 
             Vec::new()
         }
     };
+    let complete_labels: std::collections::BTreeSet<String> = listings
+        .iter()
+        .filter(|l| l.manifest.is_some())
+        .map(|l| l.label.clone())
+        .collect();
     let mut manifests = Vec::new();
     for listing in listings {
         let Some(manifest) = listing.manifest else {
             continue;
         };
         report.backups_checked += 1;
-        for file in &manifest.files {
-            // Not in the listing of step 1: a backup that completed while
-            // verify ran wrote it later. Read it now before calling it
-            // missing.
-            let late: Option<Option<ObjectInfo>> = if infos.contains_key(&file.object) {
-                None
-            } else {
-                let read = match Key::new(file.object.clone()) {
-                    Ok(key) => read_object(repo.store(), &key, &mut |_: &[u8]| Ok(()))
-                        .await
-                        .ok(),
-                    Err(_) => None,
-                };
-                report.objects_checked += usize::from(read.is_some());
-                read.map(Some)
-            };
-            let problem = match infos.get(&file.object).or(late.as_ref()) {
-                None => Some(format!("object {} for \"{}\" is missing", file.object, file.path)),
-                Some(None) => Some(format!("object {} for \"{}\" is unreadable (see above)", file.object, file.path)),
-                Some(Some(info)) if info.checksum != file.checksum || info.raw_size != file.size => Some(format!(
-                    "object {} holds {} bytes with checksum {}, the manifest says \"{}\" is {} bytes with {}",
-                    file.object, info.raw_size, info.checksum, file.path, file.size, file.checksum
-                )),
-                Some(Some(_)) => None,
-            };
-            if let Some(message) = problem {
+        for dependency in &manifest.depends_on {
+            if !complete_labels.contains(dependency.as_str()) {
                 report.problems.push(Problem {
-                    kind: "backup_file",
+                    kind: "backup_chain",
                     subject: manifest.label.clone(),
-                    message,
+                    message: format!(
+                        "backup {} is built on backup {dependency}, which is not a complete backup in the repository",
+                        manifest.label
+                    ),
                 });
+            }
+        }
+        for file in &manifest.files {
+            // What each object of the file must hold: the whole file, or a
+            // base, block deltas and a block map with their own sizes and
+            // checksums.
+            let mut expected: Vec<(&str, u64, Checksum)> = Vec::new();
+            match &file.base {
+                None => expected.push((&file.object, file.size, file.checksum)),
+                Some(base) => expected.push((&base.object, base.raw_size, base.checksum)),
+            }
+            for part in file.deltas.iter().chain(file.map.iter()) {
+                expected.push((&part.object, part.raw_size, part.checksum));
+            }
+            for (object, size, checksum) in expected {
+                // Not in the listing of step 1: a backup that completed
+                // while verify ran wrote it later. Read it now before
+                // calling it missing.
+                let late: Option<Option<ObjectInfo>> = if infos.contains_key(object) {
+                    None
+                } else {
+                    let read = match Key::new(object.to_string()) {
+                        Ok(key) => read_object(repo.store(), &key, &mut |_: &[u8]| Ok(()))
+                            .await
+                            .ok(),
+                        Err(_) => None,
+                    };
+                    report.objects_checked += usize::from(read.is_some());
+                    read.map(Some)
+                };
+                let problem = match infos.get(object).or(late.as_ref()) {
+                    None => Some(format!("object {object} for \"{}\" is missing", file.path)),
+                    Some(None) => Some(format!("object {object} for \"{}\" is unreadable (see above)", file.path)),
+                    Some(Some(info)) if info.checksum != checksum || info.raw_size != size => Some(format!(
+                        "object {object} holds {} bytes with checksum {}, the manifest of \"{}\" says {size} bytes with {checksum}",
+                        info.raw_size, info.checksum, file.path
+                    )),
+                    Some(Some(_)) => None,
+                };
+                if let Some(message) = problem {
+                    report.problems.push(Problem {
+                        kind: "backup_file",
+                        subject: manifest.label.clone(),
+                        message,
+                    });
+                }
             }
         }
         manifests.push(manifest);
@@ -353,6 +384,9 @@ mod tests {
                 mtime: 0,
                 object: object.to_string(),
                 stored_size: 0,
+                base: None,
+                deltas: Vec::new(),
+                map: None,
             });
             repo.write_manifest(&m).await.unwrap();
         }
