@@ -212,8 +212,14 @@ pub async fn copy_file(
     };
     if !wants_map(file.size, ctx.block_size) {
         let mut src = src;
-        let info = write_object(ctx.repo.store(), &key, PutMode::Create, &mut src, ctx.compress)
-            .await?;
+        let info = write_object(
+            ctx.repo.store(),
+            &key,
+            PutMode::Create,
+            &mut src,
+            ctx.compress,
+        )
+        .await?;
         return Ok(Some(entry(
             info.raw_size,
             info.checksum,
@@ -222,8 +228,14 @@ pub async fn copy_file(
         )));
     }
     let mut reader = BlockReader::new(src, ctx.block_size, None);
-    let info = write_object(ctx.repo.store(), &key, PutMode::Create, &mut reader, ctx.compress)
-        .await?;
+    let info = write_object(
+        ctx.repo.store(),
+        &key,
+        PutMode::Create,
+        &mut reader,
+        ctx.compress,
+    )
+    .await?;
     let scan = reader.into_scan();
     let map = write_map(ctx, &scan).await?;
     let mut e = entry(
@@ -248,7 +260,14 @@ async fn write_map(
     }
     .encode();
     let mut src: &[u8] = &bytes;
-    let info = write_object(ctx.repo.store(), &key, PutMode::Create, &mut src, ctx.compress).await?;
+    let info = write_object(
+        ctx.repo.store(),
+        &key,
+        PutMode::Create,
+        &mut src,
+        ctx.compress,
+    )
+    .await?;
     Ok((as_ref(&key, &info), info.stored_size))
 }
 
@@ -266,8 +285,14 @@ async fn copy_against_map(
     };
     let key = layout::backup_file_key(ctx.label, ctx.index);
     let mut reader = BlockReader::new(src, ctx.block_size, Some(&map));
-    let info = write_object(ctx.repo.store(), &key, PutMode::Create, &mut reader, ctx.compress)
-        .await?;
+    let info = write_object(
+        ctx.repo.store(),
+        &key,
+        PutMode::Create,
+        &mut reader,
+        ctx.compress,
+    )
+    .await?;
     let scan = reader.into_scan();
     let blocks_now = scan.hashes.len() as u64;
     // The reference's layers: its base (or whole object) and deltas.
@@ -304,9 +329,8 @@ async fn copy_against_map(
     let (map, map_stored) = write_map(ctx, &scan).await?;
     stored += map_stored;
     // The base alone is the file only if nothing changed it.
-    let layered = !deltas.is_empty()
-        || base.raw_size != scan.file_size
-        || base.checksum != scan.checksum;
+    let layered =
+        !deltas.is_empty() || base.raw_size != scan.file_size || base.checksum != scan.checksum;
     Ok(Some(FileEntry {
         path: file.rel.clone(),
         size: scan.file_size,
@@ -350,14 +374,8 @@ mod tests {
         let all = [&f1, &i1, &d1];
         let r = |t, list: &[&BackupManifest]| plan_reference(t, list);
         assert_eq!(r(Full, &all).reference, None);
-        assert_eq!(
-            r(Diff, &all).reference.as_deref(),
-            Some("20260101T000000Z")
-        );
-        assert_eq!(
-            r(Incr, &all).reference.as_deref(),
-            Some("20260101T020000Z")
-        );
+        assert_eq!(r(Diff, &all).reference.as_deref(), Some("20260101T000000Z"));
+        assert_eq!(r(Incr, &all).reference.as_deref(), Some("20260101T020000Z"));
         // No full backup: full, with a note.
         let p = r(Incr, &[]);
         assert_eq!((p.backup_type, p.reference), (Full, None));
@@ -392,7 +410,13 @@ mod tests {
             map: None,
         };
         let files = [
-            e("backup/20260101T000000Z/files/000001", &["backup/20260101T010000Z/files/000002", "backup/20260101T020000Z/files/000001"]),
+            e(
+                "backup/20260101T000000Z/files/000001",
+                &[
+                    "backup/20260101T010000Z/files/000002",
+                    "backup/20260101T020000Z/files/000001",
+                ],
+            ),
             e("backup/20260101T020000Z/files/000003", &[]),
         ];
         assert_eq!(

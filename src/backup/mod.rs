@@ -233,17 +233,21 @@ pub async fn run_backup(
     // What to compare with: read before the label is claimed, under the
     // repository lock, so no expire removes it meanwhile.
     let listings = repo.list_backups().await?;
-    let complete: Vec<&BackupManifest> =
-        listings.iter().filter_map(|l| l.manifest.as_ref()).collect();
+    let complete: Vec<&BackupManifest> = listings
+        .iter()
+        .filter_map(|l| l.manifest.as_ref())
+        .collect();
     let requested = opts.requested_type.unwrap_or(opts.default_type);
     let reference_plan = incremental::plan_reference(requested, &complete);
     if let Some(note) = &reference_plan.note {
         tracing::warn!("{note}");
     }
-    let reference: Option<BackupManifest> = reference_plan
-        .reference
-        .as_ref()
-        .and_then(|l| complete.iter().find(|m| &m.label == l).map(|m| (*m).clone()));
+    let reference: Option<BackupManifest> = reference_plan.reference.as_ref().and_then(|l| {
+        complete
+            .iter()
+            .find(|m| &m.label == l)
+            .map(|m| (*m).clone())
+    });
     drop(listings);
     let label = new_label(repo).await?;
 
@@ -450,7 +454,12 @@ async fn copy_files(
     let ref_block_size = reference.and_then(|m| m.block_size);
     let by_path: Arc<std::collections::HashMap<String, FileEntry>> = Arc::new(
         reference
-            .map(|m| m.files.iter().map(|f| (f.path.clone(), f.clone())).collect())
+            .map(|m| {
+                m.files
+                    .iter()
+                    .map(|f| (f.path.clone(), f.clone()))
+                    .collect()
+            })
             .unwrap_or_default(),
     );
     let (repo, label) = (repo.clone(), label.to_string());

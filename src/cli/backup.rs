@@ -7,9 +7,9 @@ use crate::backup::{run_backup, BackupOptions};
 use crate::config::GlobalArgs;
 use crate::exit::Exit;
 
+use super::human_bytes;
 use super::logging::report_error;
 use super::ops::{emit, repository_metrics, MetricsArgs};
-use super::human_bytes;
 use crate::metrics::Metrics;
 use crate::repo::lock::RepoLock;
 
@@ -122,11 +122,11 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         Ok(s) => {
             let secs = s.duration.as_secs_f64().max(0.001);
             let kind = match &s.reference {
-                Some(r) => format!("{} backup (on {r})", s.backup_type),
-                None => format!("{} backup", s.backup_type),
+                Some(r) => format!("{} on {r}", s.backup_type),
+                None => s.backup_type.to_string(),
             };
             println!(
-                "{kind} {} complete: {} files, {} of data stored as {} ({:.1}x) in {:.1}s ({}/s); WAL {} to {}",
+                "backup {} complete ({kind}): {} files, {} of data stored as {} ({:.1}x) in {:.1}s ({}/s); WAL {} to {}",
                 s.label,
                 s.files,
                 human_bytes(s.data_bytes),

@@ -235,7 +235,17 @@ fn print_human(r: &ListReport) {
     } else {
         println!(
             "{:<20} {:<10} {:<4} {:<20} {:>3}  {:<27} {:<27} {:<12} {:<12} {:>10} {:>10}",
-            "LABEL", "STATUS", "TYPE", "ON", "TLI", "START", "STOP", "START LSN", "STOP LSN", "DB SIZE", "ADDED"
+            "LABEL",
+            "STATUS",
+            "TYPE",
+            "ON",
+            "TLI",
+            "START",
+            "STOP",
+            "START LSN",
+            "STOP LSN",
+            "DB SIZE",
+            "ADDED"
         );
         for b in &r.backups {
             println!(

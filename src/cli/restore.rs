@@ -304,7 +304,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
         report_error(program, e);
         match e {
             RestoreError::Repo(r) => super::wal::repo_exit(r),
-            RestoreError::BadManifest { .. } => Exit::Corrupt,
+            RestoreError::BadManifest { .. } | RestoreError::MissingDependency { .. } => {
+                Exit::Corrupt
+            }
             _ => Exit::Failed,
         }
     };

@@ -262,7 +262,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for BlockReader<'_, R> {
                 this.started = true;
                 if this.reference.is_some() {
                     this.out.clear();
-                    this.out.extend_from_slice(&delta_header(this.block_size as u32));
+                    this.out
+                        .extend_from_slice(&delta_header(this.block_size as u32));
                     this.out_pos = 0;
                     continue;
                 }
@@ -284,7 +285,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for BlockReader<'_, R> {
                             let mut tail = [0u8; HASH_LEN];
                             tail[..8].copy_from_slice(&this.scan.file_size.to_le_bytes());
                             tail[8..].copy_from_slice(&this.scan.stored_blocks.to_le_bytes());
-                            this.out.extend_from_slice(&record_head(END_BLOCK, 0, &tail));
+                            this.out
+                                .extend_from_slice(&record_head(END_BLOCK, 0, &tail));
                         }
                         this.finished = true;
                         continue;
@@ -318,7 +320,11 @@ pub struct DeltaParser {
 enum ParseState {
     Header,
     Head,
-    Data { number: u32, len: usize, hash: BlockHash },
+    Data {
+        number: u32,
+        len: usize,
+        hash: BlockHash,
+    },
     Done,
 }
 
@@ -531,14 +537,18 @@ mod tests {
         let delta = read_all(&mut r).await;
         let run = |d: &[u8], bs: u32| {
             let mut p = DeltaParser::new(bs);
-            p.feed(d, &mut |_| Ok(())).and_then(|()| p.finish().map(|_| ()))
+            p.feed(d, &mut |_| Ok(()))
+                .and_then(|()| p.finish().map(|_| ()))
         };
         run(&delta, bs).unwrap();
         let mut flipped = delta.clone();
         flipped[DELTA_HEADER_LEN + RECORD_HEAD_LEN + 10] ^= 1;
         assert!(run(&flipped, bs).unwrap_err().to_string().contains("hash"));
         assert!(run(&delta[..delta.len() - 3], bs).is_err());
-        assert!(run(&delta, 2048).unwrap_err().to_string().contains("block size"));
+        assert!(run(&delta, 2048)
+            .unwrap_err()
+            .to_string()
+            .contains("block size"));
         let mut newer = delta.clone();
         newer[4] = 2;
         assert!(run(&newer, bs).unwrap_err().to_string().contains("upgrade"));

@@ -259,9 +259,8 @@ impl BackupManifest {
                 .strip_prefix("backup/")
                 .and_then(|rest| rest.split_once("/files/"))
                 .map(|(label, _)| label);
-            let known = label.is_some_and(|l| {
-                l == self.label || self.depends_on.iter().any(|d| d == l)
-            });
+            let known =
+                label.is_some_and(|l| l == self.label || self.depends_on.iter().any(|d| d == l));
             if !known {
                 return Err(format!(
                     "file {:?} names object {key:?}, which is not a file object of this backup or of one it depends on",

@@ -155,6 +155,23 @@ pub async fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePla
         .into_iter()
         .filter_map(|b| b.manifest)
         .collect();
+    // A backup built on one that is gone cannot be restored: plan without
+    // it (naming it with --backup still explains why).
+    let labels: std::collections::BTreeSet<String> =
+        backups.iter().map(|m| m.label.clone()).collect();
+    let backups: Vec<BackupManifest> = backups
+        .into_iter()
+        .filter(|m| {
+            let missing = m.depends_on.iter().find(|d| !labels.contains(*d));
+            if let Some(missing) = missing {
+                tracing::warn!(label = %m.label, missing = %missing, "backup skipped: it is built on a backup that is not complete in the repository");
+                if opts.backup == BackupChoice::Label(m.label.clone()) {
+                    return true;
+                }
+            }
+            missing.is_none()
+        })
+        .collect();
     let wal = repo.list_wal().await?;
     let mut histories = BTreeMap::new();
     for w in &wal {
@@ -742,7 +759,9 @@ async fn assemble(
         let key = key_of(&delta.object)?;
         let mut parser = crate::repo::blocks::DeltaParser::new(bs);
         let info = read_object(repo.store(), &key, &mut |piece: &[u8]| {
-            parser.feed(piece, &mut |b| write_block(&mut done, b.number as usize, b.data))
+            parser.feed(piece, &mut |b| {
+                write_block(&mut done, b.number as usize, b.data)
+            })
         })
         .await
         .map_err(|e| layer_err(&delta.object, e))?;
@@ -793,7 +812,9 @@ async fn assemble(
     let mut buf = vec![0u8; crate::repo::object::CHUNK_BYTES];
     let mut at = 0u64;
     loop {
-        let n = file.read_at(&mut buf, at).map_err(io_err("read back", path))?;
+        let n = file
+            .read_at(&mut buf, at)
+            .map_err(io_err("read back", path))?;
         if n == 0 {
             break;
         }

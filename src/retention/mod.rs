@@ -211,7 +211,9 @@ pub fn plan_expire(
             let mut reason = removal_reason(policy, backup, window.as_ref(), bridge_label);
             if !is_full(backup) {
                 match root_full(backup) {
-                    Some(root) => reason.push_str(&format!("; built on full backup {root}, which goes too")),
+                    Some(root) => {
+                        reason.push_str(&format!("; built on full backup {root}, which goes too"))
+                    }
                     None => reason.push_str("; the full backup it is built on is gone"),
                 }
             }
@@ -470,7 +472,10 @@ mod tests {
     fn kept_and_removed(plan: &ExpirePlan) -> (Vec<&str>, Vec<&str>) {
         (
             plan.keep_backups.iter().map(String::as_str).collect(),
-            plan.remove_backups.iter().map(|b| b.label.as_str()).collect(),
+            plan.remove_backups
+                .iter()
+                .map(|b| b.label.as_str())
+                .collect(),
         )
     }
 
@@ -479,11 +484,35 @@ mod tests {
         use BackupType::*;
         vec![
             complete("20260101T000000Z", 10, "2026-01-01T00:10:00Z"),
-            chained("20260101T060000Z", Incr, &["20260101T000000Z"], 12, "2026-01-01T06:10:00Z"),
-            chained("20260101T120000Z", Incr, &["20260101T000000Z", "20260101T060000Z"], 14, "2026-01-01T12:10:00Z"),
-            chained("20260101T180000Z", Diff, &["20260101T000000Z"], 16, "2026-01-01T18:10:00Z"),
+            chained(
+                "20260101T060000Z",
+                Incr,
+                &["20260101T000000Z"],
+                12,
+                "2026-01-01T06:10:00Z",
+            ),
+            chained(
+                "20260101T120000Z",
+                Incr,
+                &["20260101T000000Z", "20260101T060000Z"],
+                14,
+                "2026-01-01T12:10:00Z",
+            ),
+            chained(
+                "20260101T180000Z",
+                Diff,
+                &["20260101T000000Z"],
+                16,
+                "2026-01-01T18:10:00Z",
+            ),
             complete("20260102T000000Z", 20, "2026-01-02T00:10:00Z"),
-            chained("20260102T060000Z", Incr, &["20260102T000000Z"], 22, "2026-01-02T06:10:00Z"),
+            chained(
+                "20260102T060000Z",
+                Incr,
+                &["20260102T000000Z"],
+                22,
+                "2026-01-02T06:10:00Z",
+            ),
         ]
     }
 
@@ -498,9 +527,16 @@ mod tests {
         assert_eq!(kept, ["20260102T000000Z", "20260102T060000Z"]);
         assert_eq!(
             removed,
-            ["20260101T000000Z", "20260101T060000Z", "20260101T120000Z", "20260101T180000Z"]
+            [
+                "20260101T000000Z",
+                "20260101T060000Z",
+                "20260101T120000Z",
+                "20260101T180000Z"
+            ]
         );
-        assert!(plan.remove_backups[1].reason.contains("built on full backup 20260101T000000Z"));
+        assert!(plan.remove_backups[1]
+            .reason
+            .contains("built on full backup 20260101T000000Z"));
         // Two fulls: everything stays, though six backups exist.
         let plan = plan_expire(&policy(2), &chains(), &[], ts("2026-01-03T00:00:00Z")).unwrap();
         assert!(plan.remove_backups.is_empty());
@@ -530,7 +566,13 @@ mod tests {
         let backups = vec![
             complete("20260101T000000Z", 10, "2026-01-01T00:10:00Z"),
             complete("20260102T000000Z", 20, "2026-01-02T00:10:00Z"),
-            chained("20260103T000000Z", Diff, &["20260101T000000Z"], 30, "2026-01-03T00:10:00Z"),
+            chained(
+                "20260103T000000Z",
+                Diff,
+                &["20260101T000000Z"],
+                30,
+                "2026-01-03T00:10:00Z",
+            ),
         ];
         let plan = plan_expire(
             &RetentionPolicy {
@@ -543,13 +585,22 @@ mod tests {
         )
         .unwrap();
         let (kept, removed) = kept_and_removed(&plan);
-        assert_eq!(kept, ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]);
+        assert_eq!(
+            kept,
+            ["20260101T000000Z", "20260102T000000Z", "20260103T000000Z"]
+        );
         assert!(removed.is_empty());
         // WAL from the oldest kept backup on stays.
         assert!(plan.remove_wal.is_empty());
         // An incremental whose full is already gone is removed with a reason.
         let orphan = vec![
-            chained("20260101T060000Z", Incr, &["20251231T000000Z"], 12, "2026-01-01T06:10:00Z"),
+            chained(
+                "20260101T060000Z",
+                Incr,
+                &["20251231T000000Z"],
+                12,
+                "2026-01-01T06:10:00Z",
+            ),
             complete("20260102T000000Z", 20, "2026-01-02T00:10:00Z"),
         ];
         let plan = plan_expire(
@@ -609,7 +660,11 @@ mod tests {
                 let m = b.manifest.as_ref().unwrap();
                 if plan.keep_backups.contains(&b.label) {
                     for d in &m.depends_on {
-                        assert!(plan.keep_backups.contains(d), "{} kept without {d}", b.label);
+                        assert!(
+                            plan.keep_backups.contains(d),
+                            "{} kept without {d}",
+                            b.label
+                        );
                     }
                 }
             }

@@ -12,6 +12,7 @@ mod archive_errors;
 mod async_archive;
 mod create_only;
 mod faults;
+mod incremental;
 mod ops;
 mod pitr;
 mod s3_storage;
