@@ -71,11 +71,7 @@ pub fn plan_reference(requested: BackupType, complete: &[&BackupManifest]) -> Re
         BackupType::Diff => newest_full,
         // The newest usable backup; the newest full is one, so this finds
         // one at least as new.
-        _ => complete
-            .iter()
-            .filter(usable)
-            .next_back()
-            .unwrap_or(newest_full),
+        _ => complete.iter().rfind(usable).unwrap_or(newest_full),
     };
     ReferencePlan {
         backup_type: requested,

@@ -17,7 +17,7 @@ use super::logging::report_error;
 #[derive(Debug, Clone, clap::Args)]
 #[command(group(clap::ArgGroup::new("target_kind").args(["target_time", "target_lsn", "target_xid", "target_name", "target_immediate"])))]
 pub struct RestoreArgs {
-    /// The data directory to restore into (must be empty or missing)
+    /// The data directory to restore into (empty or missing; with --delta, an existing stopped cluster)
     #[arg(long, short = 'D', value_name = "DIR")]
     pub pgdata: PathBuf,
 
@@ -61,9 +61,17 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub standby: bool,
 
-    /// Move a non-empty data directory aside (renamed, never deleted)
+    /// Move a non-empty data directory aside (renamed, never deleted); with --delta, overwrite a data directory of another cluster
     #[arg(long)]
     pub force: bool,
+
+    /// Restore into the existing, stopped data directory, rewriting only files that differ from the backup and removing files it does not have
+    #[arg(long)]
+    pub delta: bool,
+
+    /// With --delta: compare every file by checksum, even when its size and modification time match
+    #[arg(long, requires = "delta")]
+    pub delta_force_checksum: bool,
 
     /// Print the plan and write nothing
     #[arg(long)]
@@ -299,6 +307,8 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
         }),
         restore_command: restore_command(global, &settings, false),
         archive_off: args.archive_mode == ArchiveMode::Off,
+        delta: args.delta,
+        delta_force_checksum: args.delta_force_checksum,
     };
     let fail = |e: &RestoreError| {
         report_error(program, e);
@@ -332,6 +342,12 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
                     "moved the previous contents of \"{}\" to \"{}\"",
                     pgdata.display(),
                     aside.display()
+                );
+            }
+            if let Some(d) = &report.delta {
+                println!(
+                    "delta: {} files kept (size and time match), {} equal by checksum, {} written, {} removed",
+                    d.kept, d.checked_equal, d.rewritten, d.removed
                 );
             }
             print_plan(&report.plan, &report.recovery_lines, &pgdata);

@@ -47,6 +47,25 @@ pub struct RestoreOptions {
     pub tablespace_map: BTreeMap<u32, PathBuf>,
     /// Write `archive_mode = 'off'`: the restored server never archives.
     pub archive_off: bool,
+    /// Restore into an existing, stopped data directory, rewriting only
+    /// what differs (with `force`: even one of another cluster).
+    pub delta: bool,
+    /// With `delta`: compare every file by checksum, never by size and
+    /// time alone.
+    pub delta_force_checksum: bool,
+}
+
+/// What a delta restore found.
+#[derive(Debug, Clone, Default)]
+pub struct DeltaSummary {
+    /// Kept because size and time matched.
+    pub kept: usize,
+    /// Read and found equal.
+    pub checked_equal: usize,
+    /// Written.
+    pub rewritten: usize,
+    /// Removed because the backup does not have them.
+    pub removed: usize,
 }
 
 /// Where each tablespace of a manifest goes: its recorded location unless
@@ -141,6 +160,8 @@ fn io_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Res
 pub struct RestoreReport {
     pub plan: RestorePlan,
     pub moved_aside: Option<PathBuf>,
+    /// For `--delta`: what was kept, checked, rewritten and removed.
+    pub delta: Option<DeltaSummary>,
     pub recovery_lines: Vec<(String, String)>,
     /// Whether, and where, the restored server archives once started.
     pub archiving: String,
@@ -417,8 +438,9 @@ pub async fn apply(
         }
     }
 
-    // Nothing is written until every target directory is known to be free.
-    for ts in &tablespaces {
+    // Nothing is written until every target directory is known to be free
+    // (a delta restore reuses what is there instead).
+    for ts in tablespaces.iter().filter(|_| !opts.delta) {
         let location = PathBuf::from(&ts.location);
         if location.exists()
             && fs::read_dir(&location)
@@ -434,7 +456,12 @@ pub async fn apply(
             });
         }
     }
-    let moved_aside = prepare_target(&pgdata, opts.force)?;
+    let (moved_aside, delta_files, delta_summary) = if opts.delta {
+        let (files, summary) = prepare_delta(repo, &pgdata, manifest, &tablespaces, opts).await?;
+        (None, Some(files), Some(summary))
+    } else {
+        (prepare_target(&pgdata, opts.force)?, None, None)
+    };
 
     // Tablespace links first, so their directories are created through them.
     let mut links = Vec::new();
@@ -460,19 +487,24 @@ pub async fn apply(
         if dir.path == "pg_tblspc" {
             for ts in &tablespaces {
                 let link = pgdata.join(format!("pg_tblspc/{}", ts.oid));
+                if opts.delta && fs::symlink_metadata(&link).is_ok() {
+                    // Made again, pointing where this restore puts it.
+                    fs::remove_file(&link)
+                        .or_else(|_| fs::remove_dir_all(&link))
+                        .map_err(io_err("remove", &link))?;
+                }
                 std::os::unix::fs::symlink(&ts.location, &link)
                     .map_err(io_err("link tablespace", &link))?;
             }
         }
     }
 
-    let (control, rest): (Vec<FileEntry>, Vec<FileEntry>) = manifest
-        .files
-        .iter()
-        .cloned()
+    let (control, rest): (Vec<FileEntry>, Vec<FileEntry>) = delta_files
+        .unwrap_or_else(|| manifest.files.clone())
+        .into_iter()
         .partition(|f| f.path == "global/pg_control");
     let block_size = manifest.block_size;
-    if let Err(e) = restore_files(repo, &pgdata, rest, opts.jobs, block_size).await {
+    if let Err(e) = restore_files(repo, &pgdata, rest, opts.jobs, block_size, opts.delta).await {
         return Err(explain_vanished(repo, &manifest.label, e).await);
     }
 
@@ -512,7 +544,7 @@ pub async fn apply(
     for dir in plan_sync_targets(&pgdata, &tablespaces) {
         sync_filesystem(&dir)?;
     }
-    restore_files(repo, &pgdata, control, 1, block_size).await?;
+    restore_files(repo, &pgdata, control, 1, block_size, opts.delta).await?;
     sync_filesystem(&pgdata)?;
     if let Some(parent) = pgdata.parent() {
         give_to_parent_owner(&pgdata, parent, &tablespaces)?;
@@ -524,6 +556,7 @@ pub async fn apply(
     Ok(RestoreReport {
         plan,
         moved_aside,
+        delta: delta_summary,
         recovery_lines: lines,
         archiving,
     })
@@ -625,11 +658,24 @@ async fn restore_files(
     files: Vec<FileEntry>,
     jobs: usize,
     block_size: Option<u32>,
+    replace: bool,
 ) -> Result<(), RestoreError> {
     let (repo, pgdata) = (repo.clone(), pgdata.to_path_buf());
     crate::pool::run_bounded(files, jobs, move |entry| {
         let (repo, pgdata) = (repo.clone(), pgdata.clone());
         async move {
+            if replace {
+                // A delta restore rewrites a file that differs: whatever is
+                // at its path goes first (never followed if a link).
+                let path = pgdata.join(&entry.path);
+                match fs::symlink_metadata(&path) {
+                    Ok(m) if m.is_dir() => {
+                        fs::remove_dir_all(&path).map_err(io_err("remove", &path))?
+                    }
+                    Ok(_) => fs::remove_file(&path).map_err(io_err("remove", &path))?,
+                    Err(_) => {}
+                }
+            }
             restore_one(&repo, &pgdata, &entry, block_size)
                 .await
                 .map(|()| None::<()>)
@@ -668,6 +714,7 @@ async fn restore_one(
         .map_err(io_err("create", &path))?;
     if let Some(base) = &entry.base {
         assemble(repo, &path, &file, entry, base, block_size).await?;
+        set_mtime(&file, entry.mtime, &path)?;
         if entry.path == "global/pg_control" {
             file.sync_all().map_err(io_err("fsync", &path))?;
         }
@@ -696,10 +743,156 @@ async fn restore_one(
             ),
         });
     }
+    set_mtime(&file, entry.mtime, &path)?;
     if entry.path == "global/pg_control" {
         file.sync_all().map_err(io_err("fsync", &path))?;
     }
     Ok(())
+}
+
+/// Gives a restored file the modification time the manifest records
+/// (whole seconds), so a later delta restore can tell it is unchanged.
+fn set_mtime(file: &fs::File, mtime: i64, path: &Path) -> Result<(), RestoreError> {
+    let Ok(secs) = u64::try_from(mtime) else {
+        return Ok(());
+    };
+    file.set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+        .map_err(io_err("set the modification time of", path))
+}
+
+/// Where a manifest path lies: under the data directory, or for
+/// `pg_tblspc/<oid>/…` at the tablespace's planned location.
+fn local_path(
+    pgdata: &Path,
+    tablespaces: &[crate::repo::manifest::TablespaceEntry],
+    rel: &str,
+) -> PathBuf {
+    if let Some(rest) = rel.strip_prefix("pg_tblspc/") {
+        if let Some((oid, below)) = rest.split_once('/') {
+            if let Some(ts) = tablespaces.iter().find(|t| t.oid.to_string() == oid) {
+                return Path::new(&ts.location).join(below);
+            }
+        }
+    }
+    pgdata.join(rel)
+}
+
+/// A delta restore's preparation: refuse a running server and (unless
+/// forced) another cluster's directory, remove `global/pg_control` first,
+/// remove what the backup does not have, and compare files by size and
+/// time or checksum. Returns the files to write.
+async fn prepare_delta(
+    _repo: &Repository,
+    pgdata: &Path,
+    manifest: &BackupManifest,
+    tablespaces: &[crate::repo::manifest::TablespaceEntry],
+    opts: &RestoreOptions,
+) -> Result<(Vec<FileEntry>, DeltaSummary), RestoreError> {
+    let target = |reason: String| RestoreError::Target {
+        path: pgdata.to_path_buf(),
+        reason,
+    };
+    if let Some(pid) = live_postmaster(pgdata) {
+        return Err(target(format!(
+            "belongs to a running PostgreSQL server (postmaster.pid names live process {pid})\nHINT: stop the server first; walvault never restores over a running cluster"
+        )));
+    }
+    if !pgdata.exists() {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(pgdata)
+            .map_err(io_err("create", pgdata))?;
+    }
+    // A directory without pg_control is one an interrupted delta restore
+    // left (it removes pg_control first), or empty: both are fine.
+    if let Ok(found) = crate::pg::control::read_system_identifier(pgdata) {
+        if found.to_string() != manifest.system_identifier && !opts.force {
+            return Err(target(format!(
+                "holds another cluster (system identifier {found}; backup {} is of {})\nHINT: check --pgdata; pass --force to overwrite that cluster with this backup",
+                manifest.label, manifest.system_identifier
+            )));
+        }
+    }
+    fs::set_permissions(pgdata, fs::Permissions::from_mode(0o700))
+        .map_err(io_err("chmod", pgdata))?;
+    let control = pgdata.join("global/pg_control");
+    match fs::remove_file(&control) {
+        Ok(()) => sync_dir(&pgdata.join("global"))?,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err("remove", &control)(e)),
+    }
+    let local = super::delta::list_local(pgdata, tablespaces, manifest.pg_major)
+        .map_err(io_err("list", pgdata))?;
+    let plan = super::delta::plan_delta(manifest, &local, opts.delta_force_checksum);
+    for rel in &plan.remove {
+        let path = local_path(pgdata, tablespaces, rel);
+        let result = match fs::symlink_metadata(&path) {
+            Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
+            Ok(_) => fs::remove_file(&path),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        };
+        result.map_err(io_err("remove", &path))?;
+    }
+    // Same size, other time: compare by checksum, in parallel.
+    let checks: Vec<(FileEntry, PathBuf)> = plan
+        .check
+        .iter()
+        .map(|f| (f.clone(), local_path(pgdata, tablespaces, &f.path)))
+        .collect();
+    let differing = crate::pool::run_bounded(checks, opts.jobs, |(entry, path)| async move {
+        let same = tokio::task::spawn_blocking({
+            let path = path.clone();
+            let entry = entry.clone();
+            move || -> io::Result<bool> {
+                let mut f = fs::OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW)
+                    .open(&path)?;
+                let mut hasher = crate::stream::Hasher::new();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    let n = io::Read::read(&mut f, &mut buf)?;
+                    if n == 0 {
+                        break;
+                    }
+                    hasher.update(&buf[..n]);
+                }
+                let same = hasher.len() == entry.size && hasher.finish() == entry.checksum;
+                if same {
+                    // Equal: give it the recorded time, so the next delta
+                    // restore keeps it without reading.
+                    if let Ok(secs) = u64::try_from(entry.mtime) {
+                        let _ = f.set_modified(
+                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                        );
+                    }
+                }
+                Ok(same)
+            }
+        })
+        .await
+        .map_err(|e| io_err("compare", &path)(io::Error::other(e)))?
+        .map_err(io_err("compare", &path))?;
+        Ok::<_, RestoreError>((!same).then_some(entry))
+    })
+    .await?;
+    let summary = DeltaSummary {
+        kept: plan.keep.len(),
+        checked_equal: plan.check.len() - differing.len(),
+        rewritten: plan.rewrite.len() + differing.len(),
+        removed: plan.remove.len(),
+    };
+    let mut files = plan.rewrite;
+    files.extend(differing);
+    Ok((files, summary))
+}
+
+fn sync_dir(path: &Path) -> Result<(), RestoreError> {
+    fs::File::open(path)
+        .and_then(|d| d.sync_all())
+        .map_err(io_err("sync", path))
 }
 
 /// Builds a file from its base and block deltas: the newest delta's

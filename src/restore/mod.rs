@@ -9,8 +9,11 @@
 //!   postgresql.auto.conf.
 //! - [`apply`]: the side effects, in an order that never leaves a
 //!   startable half-restored cluster.
+//! - [`delta`]: `--delta`, into an existing data directory: what to keep,
+//!   check, rewrite and remove.
 
 pub mod apply;
+pub mod delta;
 pub mod plan;
 pub mod recovery_conf;
 pub mod target;

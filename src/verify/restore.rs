@@ -160,6 +160,8 @@ pub async fn run_restore_verify(
         restore_command: opts.restore_command.clone(),
         tablespace_map: Default::default(),
         archive_off: true,
+        delta: false,
+        delta_force_checksum: false,
     };
     let planned = plan(repo, &restore_opts).await?;
     // Tablespaces go inside the scratch directory too, never over the

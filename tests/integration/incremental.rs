@@ -316,3 +316,146 @@ fn a_chain_without_its_base_is_refused_and_expire_keeps_bases() {
     assert_ne!(out.code, 0);
     assert!(out.stderr.contains(&delta), "{}", out.stderr);
 }
+
+/// Every path under `dir` with its kind and, for files, a hash of the
+/// contents (postgresql.auto.conf without walvault's time-stamped comment).
+fn tree(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let rel = e.path().strip_prefix(dir).unwrap().display().to_string();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.is_dir() {
+                stack.push(e.path());
+                out.push(format!("{rel}/"));
+            } else if meta.file_type().is_symlink() {
+                out.push(format!(
+                    "{rel} -> {}",
+                    std::fs::read_link(e.path()).unwrap().display()
+                ));
+            } else {
+                let mut bytes = std::fs::read(e.path()).unwrap();
+                if rel == "postgresql.auto.conf" {
+                    let text = String::from_utf8(bytes).unwrap();
+                    bytes = text
+                        .lines()
+                        .filter(|l| !l.contains("written by walvault restore at"))
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                        .into_bytes();
+                }
+                out.push(format!("{rel} {}", walvault::stream::Checksum::of(&bytes)));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn delta_restore_rewrites_only_what_differs_and_ends_as_a_fresh_restore() {
+    let setup = Setup::new("delta", Backend::Local);
+    let p = &setup.primary;
+    run_ok(
+        p.client("pgbench")
+            .args(["-i", "-s", "2", "-q", "postgres"]),
+    );
+    p.sql("CREATE TABLE keep_me(id int)");
+    p.sql("INSERT INTO keep_me SELECT generate_series(1, 1000)");
+    let (full, _) = backup_typed(&setup, p, "full");
+    let want = fingerprint(p, "postgres");
+    let restore_args = [
+        "--backup",
+        full.as_str(),
+        "--target-immediate",
+        "--archive-mode",
+        "off",
+    ];
+
+    // A copy that ran and drifted: rows changed, a table dropped, one
+    // created, a stray file.
+    let mut copy = setup.restore_and_start("copy", &restore_args);
+    copy.sql("UPDATE pgbench_accounts SET abalance = 1 WHERE aid < 50");
+    copy.sql("DROP TABLE keep_me");
+    copy.sql("CREATE TABLE extra AS SELECT generate_series(1, 5000) AS x");
+    copy.sql("CHECKPOINT");
+
+    // Refused while it runs, and nothing is touched.
+    let (out, _) = setup.restore("copy", &[&["--delta"][..], &restore_args].concat());
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("running PostgreSQL server"),
+        "{}",
+        out.stderr
+    );
+    assert_ne!(fingerprint(&copy, "postgres"), want);
+    copy.stop();
+    std::fs::write(copy.data.join("base/stray"), b"not in the backup").unwrap();
+
+    let (out, pgdata) = setup.restore("copy", &[&["--delta"][..], &restore_args].concat());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let line = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("delta:"))
+        .unwrap()
+        .to_string();
+    let number = |word: &str| -> usize {
+        let before = line.split(word).next().unwrap();
+        before.split_whitespace().last().unwrap().parse().unwrap()
+    };
+    let (kept, written, removed) = (
+        number(" files kept"),
+        number(" written"),
+        number(" removed"),
+    );
+    assert!(kept > 500, "most files are kept: {line}");
+    assert!(written * 5 < kept, "few files written: {line}");
+    assert!(removed >= 2, "the stray file and the new table go: {line}");
+
+    // The same tree as a fresh restore of the same backup.
+    let (fresh_out, fresh) = setup.restore("fresh", &restore_args);
+    assert_eq!(fresh_out.code, 0, "{}", fresh_out.stderr);
+    assert_eq!(tree(&pgdata), tree(&fresh));
+
+    let mut copy = PgCluster::existing(setup.dir.path(), "copy", pgdata.clone());
+    copy.start();
+    copy.wait_promoted(180);
+    assert_eq!(fingerprint(&copy, "postgres"), want);
+    copy.stop();
+
+    // A data directory of another cluster is refused unless forced.
+    let other = PgCluster::init(setup.dir.path(), "other", &[]);
+    let mut args = vec!["--delta"];
+    args.extend_from_slice(&restore_args);
+    let out = setup.walvault(
+        &[
+            &["restore", "--pgdata", other.data.to_str().unwrap()][..],
+            &args,
+        ]
+        .concat(),
+    );
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("holds another cluster"),
+        "{}",
+        out.stderr
+    );
+    assert!(
+        other.data.join("global/pg_control").exists(),
+        "left untouched"
+    );
+    args.push("--force");
+    args.push("--delta-force-checksum");
+    let out = setup.walvault(
+        &[
+            &["restore", "--pgdata", other.data.to_str().unwrap()][..],
+            &args,
+        ]
+        .concat(),
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(tree(&other.data), tree(&fresh));
+}
