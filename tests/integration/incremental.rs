@@ -128,6 +128,8 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     // the first read later change pages without any WAL.
     p.sql("CHECKPOINT");
     let hints_path = relpath(p, "postgres", "hints");
+    let shrink_path = relpath(p, "postgres", "shrink");
+    let tellers_path = relpath(p, "postgres", "pgbench_tellers");
 
     // A differential or incremental with no full backup yet is full.
     let (full, out) = backup_typed(&setup, p, "incr");
@@ -157,6 +159,25 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
         Some(1),
         "{hints}"
     );
+    // `shrink` was truncated and filled again with other rows: more than
+    // half its blocks changed, so it is copied whole, with a new map.
+    let shrink = manifest_entry(&setup, &incr1, &shrink_path);
+    assert!(shrink.get("deltas").is_none(), "{shrink}");
+    assert!(
+        shrink["object"].as_str().unwrap().contains(&incr1),
+        "{shrink}"
+    );
+    assert!(
+        shrink["map"]["object"].as_str().unwrap().contains(&incr1),
+        "{shrink}"
+    );
+    // An untouched table refers to the full's object and adds nothing.
+    let tellers = manifest_entry(&setup, &incr1, &tellers_path);
+    assert!(
+        tellers["object"].as_str().unwrap().contains(&full),
+        "{tellers}"
+    );
+    assert_eq!(tellers["stored_size"], 0, "{tellers}");
 
     p.sql(
         "UPDATE pgbench_accounts SET abalance = abalance - 3 WHERE aid BETWEEN 200000 AND 203000",
@@ -448,14 +469,101 @@ fn delta_restore_rewrites_only_what_differs_and_ends_as_a_fresh_restore() {
         "left untouched"
     );
     args.push("--force");
-    args.push("--delta-force-checksum");
-    let out = setup.walvault(
-        &[
-            &["restore", "--pgdata", other.data.to_str().unwrap()][..],
-            &args,
-        ]
-        .concat(),
-    );
+    let restore_other = |args: &[&str]| {
+        setup.walvault(
+            &[
+                &["restore", "--pgdata", other.data.to_str().unwrap()][..],
+                args,
+            ]
+            .concat(),
+        )
+    };
+    let out = restore_other(&args);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(tree(&other.data), tree(&fresh));
+
+    // --delta-force-checksum reads every file, and keeps those equal.
+    args.push("--delta-force-checksum");
+    let out = restore_other(&args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains("delta: 0 files kept"), "{}", out.stdout);
+    assert!(
+        !out.stdout.contains(" 0 equal by checksum"),
+        "{}",
+        out.stdout
+    );
+
+    // Killed at some moment: pg_control is either gone (nothing can start
+    // the half-written directory) or the restore had finished; running it
+    // again ends as a fresh restore, and the cluster starts.
+    for delay_ms in [5, 40, 150] {
+        let before = tree(&pgdata);
+        let mut child = setup
+            .command(
+                &[
+                    &["restore", "--pgdata", pgdata.to_str().unwrap()][..],
+                    &args,
+                ]
+                .concat(),
+            )
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let status = child.wait().unwrap();
+        if !status.success() {
+            let after = tree(&pgdata);
+            assert!(
+                !pgdata.join("global/pg_control").exists()
+                    || after == before
+                    || after == tree(&fresh),
+                "a killed delta restore left a startable, half-written directory"
+            );
+        }
+        let (out, _) = setup.restore("copy", &[&["--delta"][..], &restore_args].concat());
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        assert_eq!(tree(&pgdata), tree(&fresh));
+    }
+    let mut copy = PgCluster::existing(setup.dir.path(), "copy", pgdata.clone());
+    copy.start();
+    copy.wait_promoted(180);
+    assert_eq!(fingerprint(&copy, "postgres"), want);
+    copy.stop();
+}
+
+#[test]
+fn incremental_backups_on_s3_restore_exactly() {
+    let setup = Setup::new("incr-s3", Backend::S3);
+    let p = &setup.primary;
+    run_ok(
+        p.client("pgbench")
+            .args(["-i", "-s", "2", "-q", "postgres"]),
+    );
+    let (full, _) = backup_typed(&setup, p, "full");
+    p.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 2000");
+    p.sql("CREATE TABLE added AS SELECT generate_series(1, 3000) AS x");
+    let (incr, out) = backup_typed(&setup, p, "incr");
+    assert!(out.contains(&format!("(incr on {full})")), "{out}");
+    let want = fingerprint(p, "postgres");
+    let list = list_json(&setup);
+    assert!(
+        row(&list, &incr)["stored_size_bytes"].as_u64().unwrap() * 5
+            < row(&list, &full)["stored_size_bytes"].as_u64().unwrap(),
+        "{list}"
+    );
+    let verify = setup.walvault(&["verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    let r = setup.restore_and_start(
+        "r",
+        &[
+            "--backup",
+            &incr,
+            "--target-immediate",
+            "--archive-mode",
+            "off",
+        ],
+    );
+    assert_eq!(fingerprint(&r, "postgres"), want);
 }
