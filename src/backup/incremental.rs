@@ -120,8 +120,8 @@ fn as_ref(key: &Key, info: &ObjectInfo) -> ObjectRef {
     }
 }
 
-/// Reads a block map object.
-async fn read_map(repo: &Repository, map: &ObjectRef) -> Result<BlockMap, ObjectError> {
+/// Reads a block map object and checks it against its reference.
+pub async fn read_map(repo: &Repository, map: &ObjectRef) -> Result<BlockMap, ObjectError> {
     let key = Key::new(map.object.clone())?;
     let mut bytes = Vec::new();
     let info = read_object(repo.store(), &key, &mut |p: &[u8]| {

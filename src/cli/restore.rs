@@ -346,8 +346,8 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &RestoreArgs) -> Exit
             }
             if let Some(d) = &report.delta {
                 println!(
-                    "delta: {} files kept (size and time match), {} equal by checksum, {} written, {} removed",
-                    d.kept, d.checked_equal, d.rewritten, d.removed
+                    "delta: {} files kept (size and time match), {} equal by checksum, {} patched ({} blocks), {} written, {} removed",
+                    d.kept, d.checked_equal, d.patched, d.blocks_written, d.rewritten, d.removed
                 );
             }
             print_plan(&report.plan, &report.recovery_lines, &pgdata);

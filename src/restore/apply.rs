@@ -66,6 +66,10 @@ pub struct DeltaSummary {
     pub rewritten: usize,
     /// Removed because the backup does not have them.
     pub removed: usize,
+    /// Patched block by block against their block maps, and the blocks
+    /// written into them.
+    pub patched: usize,
+    pub blocks_written: usize,
 }
 
 /// Where each tablespace of a manifest goes: its recorded location unless
@@ -457,7 +461,15 @@ pub async fn apply(
         }
     }
     let (moved_aside, delta_files, delta_summary) = if opts.delta {
-        let (files, summary) = prepare_delta(repo, &pgdata, manifest, &tablespaces, opts).await?;
+        let (files, summary) = prepare_delta(
+            repo,
+            manifest.block_size,
+            &pgdata,
+            manifest,
+            &tablespaces,
+            opts,
+        )
+        .await?;
         (None, Some(files), Some(summary))
     } else {
         (prepare_target(&pgdata, opts.force)?, None, None)
@@ -712,8 +724,8 @@ async fn restore_one(
         .mode(file_mode(entry.mode))
         .open(&path)
         .map_err(io_err("create", &path))?;
-    if let Some(base) = &entry.base {
-        assemble(repo, &path, &file, entry, base, block_size).await?;
+    if entry.base.is_some() {
+        assemble(repo, &path, &file, entry, block_size).await?;
         set_mtime(&file, entry.mtime, &path)?;
         if entry.path == "global/pg_control" {
             file.sync_all().map_err(io_err("fsync", &path))?;
@@ -782,7 +794,8 @@ fn local_path(
 /// remove what the backup does not have, and compare files by size and
 /// time or checksum. Returns the files to write.
 async fn prepare_delta(
-    _repo: &Repository,
+    repo: &Repository,
+    block_size: Option<u32>,
     pgdata: &Path,
     manifest: &BackupManifest,
     tablespaces: &[crate::repo::manifest::TablespaceEntry],
@@ -841,48 +854,78 @@ async fn prepare_delta(
         .iter()
         .map(|f| (f.clone(), local_path(pgdata, tablespaces, &f.path)))
         .collect();
-    let differing = crate::pool::run_bounded(checks, opts.jobs, |(entry, path)| async move {
-        let same = tokio::task::spawn_blocking({
-            let path = path.clone();
-            let entry = entry.clone();
-            move || -> io::Result<bool> {
-                let mut f = fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_NOFOLLOW)
-                    .open(&path)?;
-                let mut hasher = crate::stream::Hasher::new();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    let n = io::Read::read(&mut f, &mut buf)?;
-                    if n == 0 {
-                        break;
-                    }
-                    hasher.update(&buf[..n]);
-                }
-                let same = hasher.len() == entry.size && hasher.finish() == entry.checksum;
-                if same {
-                    // Equal: give it the recorded time, so the next delta
-                    // restore keeps it without reading.
-                    if let Ok(secs) = u64::try_from(entry.mtime) {
-                        let _ = f.set_modified(
-                            std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-                        );
-                    }
-                }
-                Ok(same)
+    let repo_for_checks = repo.clone();
+    let outcomes = crate::pool::run_bounded(checks, opts.jobs, move |(entry, path)| {
+        let repo = repo_for_checks.clone();
+        async move {
+            if let Some(map) = &entry.map {
+                // Block by block against the map: only differing blocks
+                // are written.
+                return match patch(&repo, &path, &entry, map, block_size).await? {
+                    Patched::Equal => Ok::<_, RestoreError>(Some(Checked::Equal)),
+                    Patched::Blocks(n) => Ok(Some(Checked::Patched(n))),
+                };
             }
-        })
-        .await
-        .map_err(|e| io_err("compare", &path)(io::Error::other(e)))?
-        .map_err(io_err("compare", &path))?;
-        Ok::<_, RestoreError>((!same).then_some(entry))
+            let same = tokio::task::spawn_blocking({
+                let path = path.clone();
+                let entry = entry.clone();
+                move || -> io::Result<bool> {
+                    let mut f = fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_NOFOLLOW)
+                        .open(&path)?;
+                    let mut hasher = crate::stream::Hasher::new();
+                    let mut buf = vec![0u8; 1 << 20];
+                    loop {
+                        let n = io::Read::read(&mut f, &mut buf)?;
+                        if n == 0 {
+                            break;
+                        }
+                        hasher.update(&buf[..n]);
+                    }
+                    let same = hasher.len() == entry.size && hasher.finish() == entry.checksum;
+                    if same {
+                        // Equal: give it the recorded time, so the next
+                        // delta restore keeps it without reading.
+                        if let Ok(secs) = u64::try_from(entry.mtime) {
+                            let _ = f.set_modified(
+                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
+                            );
+                        }
+                    }
+                    Ok(same)
+                }
+            })
+            .await
+            .map_err(|e| io_err("compare", &path)(io::Error::other(e)))?
+            .map_err(io_err("compare", &path))?;
+            Ok(Some(if same {
+                Checked::Equal
+            } else {
+                Checked::Differs(entry)
+            }))
+        }
     })
     .await?;
+    let mut differing = Vec::new();
+    let (mut equal, mut patched, mut blocks) = (0, 0, 0);
+    for outcome in outcomes {
+        match outcome {
+            Checked::Equal => equal += 1,
+            Checked::Patched(n) => {
+                patched += 1;
+                blocks += n;
+            }
+            Checked::Differs(entry) => differing.push(entry),
+        }
+    }
     let summary = DeltaSummary {
         kept: plan.keep.len(),
-        checked_equal: plan.check.len() - differing.len(),
+        checked_equal: equal,
         rewritten: plan.rewrite.len() + differing.len(),
         removed: plan.remove.len(),
+        patched,
+        blocks_written: blocks,
     };
     let mut files = plan.rewrite;
     files.extend(differing);
@@ -895,30 +938,35 @@ fn sync_dir(path: &Path) -> Result<(), RestoreError> {
         .map_err(io_err("sync", path))
 }
 
-/// Builds a file from its base and block deltas: the newest delta's
-/// blocks first, then each older layer's blocks not yet written, the base
-/// last, so every block is written once; memory is one bitmap and one
-/// block whatever the chain length. The result is read back and checked
-/// against the manifest's size and checksum.
-async fn assemble(
+/// Writes the blocks of a file not yet marked in `done` from its layers:
+/// the newest delta's blocks first, then each older delta's, the base
+/// (`entry.object`, or `entry.base`) last and only if a block is still
+/// missing, so every block is written once; memory is one bitmap and one
+/// block whatever the chain length. Every delta block's hash is checked
+/// as it is read; with `map`, every block written is checked against it.
+async fn write_layers(
     repo: &Repository,
     path: &Path,
     file: &fs::File,
     entry: &FileEntry,
-    base: &crate::repo::manifest::ObjectRef,
-    block_size: Option<u32>,
+    bs: u32,
+    done: &mut [bool],
+    map: Option<&crate::repo::blocks::BlockMap>,
 ) -> Result<(), RestoreError> {
     use std::os::unix::fs::FileExt;
     let bad = |reason: String| RestoreError::Mismatch {
         path: entry.path.clone(),
         reason,
     };
-    let bs = block_size
-        .filter(|&b| crate::repo::blocks::valid_block_size(b))
-        .ok_or_else(|| bad("the manifest gives no valid block size for its block deltas".into()))?;
     let size = entry.size;
-    let blocks = crate::repo::blocks::block_count(size, bs) as usize;
-    let mut done = vec![false; blocks];
+    let base = entry
+        .base
+        .clone()
+        .unwrap_or_else(|| crate::repo::manifest::ObjectRef {
+            object: entry.object.clone(),
+            raw_size: entry.size,
+            checksum: entry.checksum,
+        });
     let layer_err = |object: &str, source: ObjectError| RestoreError::Object {
         path: entry.path.clone(),
         object: object.to_string(),
@@ -938,23 +986,32 @@ async fn assemble(
         }
         Ok(())
     };
-    let write_block = |done: &mut Vec<bool>, number: usize, data: &[u8]| -> io::Result<()> {
+    let write_block = |done: &mut [bool], number: usize, data: &[u8]| -> io::Result<()> {
         if number >= done.len() || done[number] {
             return Ok(());
         }
         let offset = number as u64 * u64::from(bs);
         let len = (size - offset).min(data.len() as u64) as usize;
+        if let Some(map) = map {
+            if map.hashes.get(number) != Some(&crate::repo::blocks::block_hash(&data[..len])) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("block {number} does not match the block map"),
+                ));
+            }
+        }
         file.write_all_at(&data[..len], offset)?;
         done[number] = true;
         Ok(())
     };
     for delta in entry.deltas.iter().rev() {
+        if done.iter().all(|d| *d) {
+            break;
+        }
         let key = key_of(&delta.object)?;
         let mut parser = crate::repo::blocks::DeltaParser::new(bs);
         let info = read_object(repo.store(), &key, &mut |piece: &[u8]| {
-            parser.feed(piece, &mut |b| {
-                write_block(&mut done, b.number as usize, b.data)
-            })
+            parser.feed(piece, &mut |b| write_block(done, b.number as usize, b.data))
         })
         .await
         .map_err(|e| layer_err(&delta.object, e))?;
@@ -962,6 +1019,9 @@ async fn assemble(
         parser
             .finish()
             .map_err(|e| layer_err(&delta.object, ObjectError::Sink(e)))?;
+    }
+    if done.iter().all(|d| *d) {
+        return Ok(());
     }
     let key = key_of(&base.object)?;
     let mut offset = 0u64;
@@ -974,11 +1034,11 @@ async fn assemble(
             let take = (bs as usize - in_block).min(piece.len());
             let number = (offset / u64::from(bs)) as usize;
             if in_block == 0 && take == bs as usize {
-                write_block(&mut done, number, &piece[..take])?;
+                write_block(done, number, &piece[..take])?;
             } else {
                 partial.extend_from_slice(&piece[..take]);
                 if partial.len() == bs as usize {
-                    write_block(&mut done, number, &partial)?;
+                    write_block(done, number, &partial)?;
                     partial.clear();
                 }
             }
@@ -991,14 +1051,41 @@ async fn assemble(
     .map_err(|e| layer_err(&base.object, e))?;
     if !partial.is_empty() {
         let number = (offset / u64::from(bs)) as usize;
-        write_block(&mut done, number, &partial).map_err(io_err("write", path))?;
+        write_block(done, number, &partial).map_err(io_err("write", path))?;
     }
-    check(base, info)?;
+    check(&base, info)?;
     if let Some(missing) = done.iter().position(|d| !d) {
         return Err(bad(format!(
             "block {missing} is in neither the base nor any delta"
         )));
     }
+    Ok(())
+}
+
+fn valid_bs(entry: &FileEntry, block_size: Option<u32>) -> Result<u32, RestoreError> {
+    block_size
+        .filter(|&b| crate::repo::blocks::valid_block_size(b))
+        .ok_or_else(|| RestoreError::Mismatch {
+            path: entry.path.clone(),
+            reason: "the manifest gives no valid block size for its block deltas".into(),
+        })
+}
+
+/// Builds a new file from its base and block deltas ([`write_layers`]),
+/// then reads it back and checks it against the manifest's size and
+/// checksum.
+async fn assemble(
+    repo: &Repository,
+    path: &Path,
+    file: &fs::File,
+    entry: &FileEntry,
+    block_size: Option<u32>,
+) -> Result<(), RestoreError> {
+    use std::os::unix::fs::FileExt;
+    let bs = valid_bs(entry, block_size)?;
+    let size = entry.size;
+    let mut done = vec![false; crate::repo::blocks::block_count(size, bs) as usize];
+    write_layers(repo, path, file, entry, bs, &mut done, None).await?;
     file.set_len(size).map_err(io_err("truncate", path))?;
     // The assembled file, read back, must be the file that was backed up.
     let mut hasher = crate::stream::Hasher::new();
@@ -1015,16 +1102,101 @@ async fn assemble(
         at += n as u64;
     }
     if hasher.len() != size || hasher.finish() != entry.checksum {
-        return Err(bad(format!(
-            "the file assembled from its base and {} block delta(s) is {} bytes with checksum {}, the manifest says {} bytes with {}",
-            entry.deltas.len(),
-            hasher.len(),
-            hasher.finish(),
-            size,
-            entry.checksum
-        )));
+        return Err(RestoreError::Mismatch {
+            path: entry.path.clone(),
+            reason: format!(
+                "the file assembled from its base and {} block delta(s) is {} bytes with checksum {}, the manifest says {} bytes with {}",
+                entry.deltas.len(),
+                hasher.len(),
+                hasher.finish(),
+                size,
+                entry.checksum
+            ),
+        });
     }
     Ok(())
+}
+
+/// What comparing one file of a delta restore found.
+enum Checked {
+    Equal,
+    /// Patched block by block: this many blocks written.
+    Patched(usize),
+    /// Differs and has no map: written whole.
+    Differs(FileEntry),
+}
+
+/// What [`patch`] did to an existing file.
+enum Patched {
+    /// Every block already matched the map.
+    Equal,
+    /// This many blocks were written.
+    Blocks(usize),
+}
+
+/// Delta restore of a file with a block map: hashes the existing file's
+/// blocks, and writes only those that differ from the map, from the
+/// newest layer that has them (the base is read only when a differing
+/// block is in no delta). Every block of the result matches the map, whose
+/// own checksum the manifest records.
+async fn patch(
+    repo: &Repository,
+    path: &Path,
+    entry: &FileEntry,
+    map_ref: &crate::repo::manifest::ObjectRef,
+    block_size: Option<u32>,
+) -> Result<Patched, RestoreError> {
+    use std::os::unix::fs::FileExt;
+    let bs = valid_bs(entry, block_size)?;
+    let map = crate::backup::incremental::read_map(repo, map_ref)
+        .await
+        .map_err(|source| RestoreError::Object {
+            path: entry.path.clone(),
+            object: map_ref.object.clone(),
+            source,
+        })?;
+    if map.block_size != bs || map.file_size != entry.size {
+        return Err(RestoreError::Mismatch {
+            path: entry.path.clone(),
+            reason: format!(
+                "its block map is of a {}-byte file in {}-byte blocks, the manifest says {} bytes in {bs}-byte blocks",
+                map.file_size, map.block_size, entry.size
+            ),
+        });
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .map_err(io_err("open", path))?;
+    let local_len = file.metadata().map_err(io_err("stat", path))?.len();
+    let blocks = map.hashes.len();
+    let mut done = vec![false; blocks];
+    let mut buf = vec![0u8; bs as usize];
+    for (number, want) in map.hashes.iter().enumerate() {
+        let offset = number as u64 * u64::from(bs);
+        let expected = (entry.size - offset).min(u64::from(bs)) as usize;
+        if offset + expected as u64 > local_len {
+            break;
+        }
+        file.read_exact_at(&mut buf[..expected], offset)
+            .map_err(io_err("read", path))?;
+        done[number] = crate::repo::blocks::block_hash(&buf[..expected]) == *want;
+    }
+    let differing = done.iter().filter(|d| !**d).count();
+    if differing > 0 {
+        write_layers(repo, path, &file, entry, bs, &mut done, Some(&map)).await?;
+    }
+    if local_len != entry.size {
+        file.set_len(entry.size).map_err(io_err("truncate", path))?;
+    }
+    set_mtime(&file, entry.mtime, path)?;
+    Ok(if differing == 0 && local_len == entry.size {
+        Patched::Equal
+    } else {
+        Patched::Blocks(differing)
+    })
 }
 
 #[cfg(test)]

@@ -52,7 +52,8 @@ pub struct DeltaPlan {
     pub remove: Vec<String>,
     /// Files whose size and time match: kept without reading.
     pub keep: Vec<String>,
-    /// Files of the right size to compare by checksum (kept if equal).
+    /// Files to compare: by block against their block map (and patched),
+    /// or, without a map, of the right size by checksum (kept if equal).
     pub check: Vec<FileEntry>,
     /// Files to write (after removing whatever is at their path).
     pub rewrite: Vec<FileEntry>,
@@ -101,12 +102,18 @@ pub fn plan_delta(
                     plan.remove.push(entry.rel.clone());
                     plan.rewrite.push((*file).clone());
                 }
+                // A file with a block map is patched block by block, so it
+                // is checked even when its size differs.
                 LocalKind::File {
                     size,
                     mtime,
                     mtime_nsec,
-                } if *size == file.size => {
-                    if !force_checksum && *mtime == file.mtime && *mtime_nsec == 0 {
+                } if *size == file.size || file.map.is_some() => {
+                    if *size == file.size
+                        && !force_checksum
+                        && *mtime == file.mtime
+                        && *mtime_nsec == 0
+                    {
                         plan.keep.push(entry.rel.clone());
                     } else {
                         plan.check.push((*file).clone());
@@ -356,6 +363,17 @@ mod tests {
                 "recovery.signal"
             ]
         );
+        // A file with a block map is compared block by block even when
+        // its size differs.
+        let mut m = manifest();
+        m.files[2].map = Some(crate::repo::manifest::ObjectRef {
+            object: "backup/20260101T000000Z/files/2.map".into(),
+            raw_size: 0,
+            checksum: Default::default(),
+        });
+        let plan_with_map = plan_delta(&m, &local, false);
+        assert!(plan_with_map.check.iter().any(|f| f.path == "base/1/300"));
+        assert!(!plan_with_map.remove.contains(&"base/1/300".to_string()));
         // Forced checksums: nothing is kept unread.
         let plan = plan_delta(&manifest(), &local, true);
         assert!(plan.keep.is_empty());
