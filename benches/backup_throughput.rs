@@ -36,6 +36,16 @@
 //!   (default 3; the tables show the median and the range)
 //! - `WALVAULT_BENCH_PG_BIN`: PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 //! - `WALVAULT_BENCH_KEEP=1`: keep the temporary directory (cluster, repository)
+//! - `WALVAULT_BENCH_ONLY=incremental`: only the incremental phase (below)
+//!
+//! The incremental phase, after the rounds above, in each round: a full
+//! backup with walvault and with pgBackRest (zst 3, `process-max` = cores,
+//! into its own repository), then 1% of pgbench_accounts' rows updated
+//! (a contiguous range, a different one each round) and an incremental
+//! backup with each; then each full backup restored into a directory and
+//! that directory brought to the incremental with a delta restore
+//! (walvault `--delta`, pgBackRest `--delta` with checksums and with
+//! `--force`, which trusts size and time).
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -182,34 +192,41 @@ fn main() {
     );
     // walvault backup: global options (before the subcommand), then backup
     // options. Returns the new backup's label.
-    let walvault_backup =
-        |results: &mut Results, label: &str, global: &[&str], extra: &[&str]| -> String {
-            let before = backup_labels(&repo);
-            let mut cmd = walvault_command(&walvault);
-            cmd.arg("--repo")
-                .arg(&repo)
-                .args(global)
-                .arg("backup")
-                .arg("--pgdata")
-                .arg(&cluster.data)
-                .arg("--dbname")
-                .arg(&conninfo)
-                .arg("--no-progress")
-                .args(extra);
-            let run = bench.measure(label, &mut cmd, None);
-            let new: Vec<String> = backup_labels(&repo)
-                .into_iter()
-                .filter(|l| !before.contains(l))
-                .collect();
-            assert_eq!(
-                new.len(),
-                1,
-                "{label}: expected one new backup, found {new:?}"
-            );
-            let size = tree_size(&repo.join("backup").join(&new[0]));
-            results.record(Kind::Backup, label, run, size);
-            new[0].clone()
-        };
+    let walvault_backup_as = |results: &mut Results,
+                              kind: Kind,
+                              label: &str,
+                              global: &[&str],
+                              extra: &[&str]|
+     -> String {
+        let before = backup_labels(&repo);
+        let mut cmd = walvault_command(&walvault);
+        cmd.arg("--repo")
+            .arg(&repo)
+            .args(global)
+            .arg("backup")
+            .arg("--pgdata")
+            .arg(&cluster.data)
+            .arg("--dbname")
+            .arg(&conninfo)
+            .arg("--no-progress")
+            .args(extra);
+        let run = bench.measure(label, &mut cmd, None);
+        let new: Vec<String> = backup_labels(&repo)
+            .into_iter()
+            .filter(|l| !before.contains(l))
+            .collect();
+        assert_eq!(
+            new.len(),
+            1,
+            "{label}: expected one new backup, found {new:?}"
+        );
+        let size = tree_size(&repo.join("backup").join(&new[0]));
+        results.record(kind, label, run, size);
+        new[0].clone()
+    };
+    let walvault_backup = |results: &mut Results, label: &str, global: &[&str], extra: &[&str]| {
+        walvault_backup_as(results, Kind::Backup, label, global, extra)
+    };
 
     // pg_basebackup, tar format, with each compression, then unpacking the
     // tarball with tar as the matching restore; plain format as a reference.
@@ -251,11 +268,12 @@ fn main() {
         },
     ];
     let mut failed: Vec<(&str, String)> = Vec::new();
+    let only_incremental = std::env::var("WALVAULT_BENCH_ONLY").is_ok_and(|v| v == "incremental");
 
     // Every configuration once per round, rounds one after another, so that
     // changing load from elsewhere on the machine spreads over all of them.
     let mut restore_label: Option<String> = None;
-    for round in 1..=rounds {
+    for round in (1..=rounds).filter(|_| !only_incremental) {
         eprintln!("--- round {round} of {rounds}");
         let label = walvault_backup(
             &mut results,
@@ -347,6 +365,170 @@ fn main() {
         }
     }
 
+    // The incremental phase.
+    let pgbr = on_path("pgbackrest").then(|| {
+        let pgbr = PgBackRest::new(&root, &cluster.data);
+        pgbr.stanza_create();
+        pgbr
+    });
+    if pgbr.is_none() {
+        eprintln!("pgbackrest is not installed: its rows are left out");
+    }
+    let accounts: u64 = cluster
+        .psql("SELECT count(*) FROM pgbench_accounts")
+        .parse()
+        .expect("row count");
+    for round in 1..=rounds {
+        eprintln!("--- incremental round {round} of {rounds}");
+        let full = walvault_backup_as(
+            &mut results,
+            Kind::Incremental,
+            "walvault backup --type full",
+            &[],
+            &["--type", "full"],
+        );
+        if let Some(pgbr) = &pgbr {
+            let run = bench.measure(
+                "pgbackrest backup --type=full (zst 3)",
+                &mut pgbr.command().args(["backup", "--type=full"]),
+                None,
+            );
+            results.record(
+                Kind::Incremental,
+                "pgbackrest backup --type=full (zst 3)",
+                run,
+                pgbr.newest_set_size(),
+            );
+        }
+        let pgbr_full = pgbr.as_ref().map(|p| p.newest_set());
+        // 1% of the rows, a different contiguous range each round.
+        let step = (accounts / 100).max(1);
+        let first = 1 + (round as u64 - 1) * step * 3;
+        cluster.psql(&format!(
+            "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN {first} AND {}",
+            first + step - 1
+        ));
+        cluster.psql("CHECKPOINT");
+        let incr = walvault_backup_as(
+            &mut results,
+            Kind::Incremental,
+            "walvault backup --type incr (after 1% of rows updated)",
+            &[],
+            &["--type", "incr"],
+        );
+        if let Some(pgbr) = &pgbr {
+            let run = bench.measure(
+                "pgbackrest backup --type=incr (after 1% of rows updated)",
+                &mut pgbr.command().args(["backup", "--type=incr"]),
+                None,
+            );
+            results.record(
+                Kind::Incremental,
+                "pgbackrest backup --type=incr (after 1% of rows updated)",
+                run,
+                pgbr.newest_set_size(),
+            );
+        }
+        let pgbr_incr = pgbr.as_ref().map(|p| p.newest_set());
+
+        // walvault: the full restored, then brought to the incremental.
+        let target = root.join("restore-delta-walvault");
+        let restore = |label: &str, backup: &str, extra: &[&str]| {
+            let mut cmd = walvault_command(&walvault);
+            cmd.arg("--repo")
+                .arg(&repo)
+                .arg("restore")
+                .arg("--pgdata")
+                .arg(&target)
+                .arg("--backup")
+                .arg(backup)
+                .args(extra);
+            bench.measure(label, &mut cmd, None)
+        };
+        let run = restore(
+            "walvault restore (full backup, empty directory)",
+            &full,
+            &[],
+        );
+        results.record(
+            Kind::Delta,
+            "walvault restore (full backup, empty directory)",
+            run,
+            tree_size(&target),
+        );
+        let run = restore(
+            "walvault restore --delta (to the incremental)",
+            &incr,
+            &["--delta"],
+        );
+        check_restored("walvault restore --delta", &target, base_bytes);
+        results.record(
+            Kind::Delta,
+            "walvault restore --delta (to the incremental)",
+            run,
+            tree_size(&target),
+        );
+        remove_tree(&target);
+        let run = restore(
+            "walvault restore (full backup, empty directory)",
+            &full,
+            &[],
+        );
+        let _ = run;
+        let run = restore(
+            "walvault restore --delta --delta-force-checksum (to the incremental)",
+            &incr,
+            &["--delta", "--delta-force-checksum"],
+        );
+        results.record(
+            Kind::Delta,
+            "walvault restore --delta --delta-force-checksum (to the incremental)",
+            run,
+            tree_size(&target),
+        );
+        remove_tree(&target);
+
+        if let (Some(pgbr), Some(pfull), Some(pincr)) = (&pgbr, &pgbr_full, &pgbr_incr) {
+            let target = root.join("restore-delta-pgbackrest");
+            for (label, extra) in [
+                (
+                    "pgbackrest restore --delta (to the incremental, checksums)",
+                    &["--delta"][..],
+                ),
+                (
+                    "pgbackrest restore --delta --force (to the incremental, size and time)",
+                    &["--delta", "--force"][..],
+                ),
+            ] {
+                fs::create_dir_all(&target).expect("create restore directory");
+                let mut cmd = pgbr.command();
+                cmd.args(["restore", "--type=immediate"])
+                    .arg(format!("--set={pfull}"))
+                    .arg(format!("--pg1-path={}", target.display()));
+                let run = bench.measure(
+                    "pgbackrest restore (full backup, empty directory)",
+                    &mut cmd,
+                    None,
+                );
+                results.record(
+                    Kind::Delta,
+                    "pgbackrest restore (full backup, empty directory)",
+                    run,
+                    tree_size(&target),
+                );
+                let mut cmd = pgbr.command();
+                cmd.args(["restore", "--type=immediate"])
+                    .arg(format!("--set={pincr}"))
+                    .arg(format!("--pg1-path={}", target.display()))
+                    .args(extra);
+                let run = bench.measure(label, &mut cmd, None);
+                check_restored(label, &target, base_bytes);
+                results.record(Kind::Delta, label, run, tree_size(&target));
+                remove_tree(&target);
+            }
+        }
+    }
+
     // Results.
     let mut md = String::new();
     md.push_str(&format!(
@@ -389,6 +571,10 @@ fn main() {
     md.push_str(&results.table(Kind::Backup, db_bytes));
     md.push_str("\n### Restore\n\n");
     md.push_str(&results.table(Kind::Restore, db_bytes));
+    md.push_str("\n### Full and incremental backups, 1% of rows updated in between\n\n");
+    md.push_str(&results.table(Kind::Incremental, db_bytes));
+    md.push_str("\n### Full and delta restores, to the incremental\n\n");
+    md.push_str(&results.table(Kind::Delta, db_bytes));
     for (label, why) in &failed {
         md.push_str(&format!("\nLeft out, failed: {label}: {why}\n"));
     }
@@ -777,6 +963,10 @@ struct Bench<'a> {
 enum Kind {
     Backup,
     Restore,
+    /// Full and incremental backups after 1% of rows changed.
+    Incremental,
+    /// Full and delta restores after 1% of rows changed.
+    Delta,
 }
 
 /// Every run of one configuration.
@@ -915,6 +1105,105 @@ impl Bench<'_> {
 
 fn is_runuser(cmd: &Command) -> bool {
     cmd.get_program() == "runuser"
+}
+
+// ---------------------------------------------------------------------------
+// pgBackRest, the peer
+
+fn on_path(program: &str) -> bool {
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(program).is_file()))
+}
+
+/// pgBackRest with its own repository, config, locks and logs under
+/// `<root>/pgbr-*`, backing up the benchmark's cluster at the same zstd
+/// level as walvault and with as many processes as cores.
+struct PgBackRest {
+    config: PathBuf,
+    repo: PathBuf,
+}
+
+impl PgBackRest {
+    const STANZA: &'static str = "bench";
+
+    fn new(root: &Path, data: &Path) -> PgBackRest {
+        let config = root.join("pgbackrest.conf");
+        let repo = root.join("pgbr-repo");
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let text = format!(
+            "[global]\n\
+             repo1-path={repo}\n\
+             repo1-retention-full=99\n\
+             lock-path={root}/pgbr-lock\n\
+             log-path={root}/pgbr-log\n\
+             log-level-console=warn\n\
+             log-level-stderr=warn\n\
+             log-level-file=off\n\
+             compress-type=zst\n\
+             compress-level=3\n\
+             process-max={cores}\n\
+             archive-check=n\n\
+             start-fast=y\n\
+             \n\
+             [{stanza}]\n\
+             pg1-path={data}\n\
+             pg1-socket-path={root}\n\
+             pg1-port={PORT}\n\
+             pg1-user=postgres\n",
+            repo = repo.display(),
+            root = root.display(),
+            data = data.display(),
+            stanza = Self::STANZA,
+        );
+        fs::write(&config, text).expect("write pgbackrest.conf");
+        fs::create_dir_all(&repo).expect("create pgbackrest repository");
+        PgBackRest { config, repo }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("pgbackrest");
+        cmd.arg(format!("--config={}", self.config.display()))
+            .arg(format!("--stanza={}", Self::STANZA))
+            .stdout(Stdio::null());
+        cmd
+    }
+
+    fn stanza_create(&self) {
+        run_ok(self.command().arg("stanza-create"));
+    }
+
+    fn sets(&self) -> Vec<String> {
+        let dir = self.repo.join("backup").join(Self::STANZA);
+        let mut sets: Vec<String> = fs::read_dir(&dir)
+            .map(|entries| {
+                entries
+                    .filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| n.len() >= 16 && n.as_bytes()[8] == b'-')
+                    .collect()
+            })
+            .unwrap_or_default();
+        sets.sort();
+        sets
+    }
+
+    /// The label of the newest backup set (`YYYYMMDD-HHMMSSF`, with
+    /// `_YYYYMMDD-HHMMSSI` for an incremental: sorted by their start).
+    fn newest_set(&self) -> String {
+        let mut sets = self.sets();
+        sets.sort_by(|a, b| a.rsplit('_').next().cmp(&b.rsplit('_').next()));
+        sets.pop().expect("a pgbackrest backup set")
+    }
+
+    fn newest_set_size(&self) -> Size {
+        tree_size(
+            &self
+                .repo
+                .join("backup")
+                .join(Self::STANZA)
+                .join(self.newest_set()),
+        )
+    }
 }
 
 // ---------------------------------------------------------------------------

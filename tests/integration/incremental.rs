@@ -425,7 +425,13 @@ fn delta_restore_rewrites_only_what_differs_and_ends_as_a_fresh_restore() {
         .to_string();
     let number = |word: &str| -> usize {
         let before = line.split(word).next().unwrap();
-        before.split_whitespace().last().unwrap().trim_start_matches('(').parse().unwrap()
+        before
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .trim_start_matches('(')
+            .parse()
+            .unwrap()
     };
     let (kept, written, removed) = (
         number(" files kept"),
