@@ -27,6 +27,9 @@ use crate::stream::Hasher;
 
 use super::scan::ScannedFile;
 
+/// How much of a file is read at once under a [`BlockReader`].
+const READ_BYTES: usize = 1 << 20;
+
 /// What a backup is compared with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferencePlan {
@@ -110,6 +113,10 @@ pub struct CopyContext<'a> {
     pub block_size: u32,
     /// The reference's entry for this path, and the reference's block size.
     pub reference: Option<(&'a FileEntry, Option<u32>)>,
+    /// `--trust-mtime`: a file whose size and modification time equal the
+    /// reference's, and whose time is before this one (the reference's
+    /// start, less a second), is taken as unchanged without being read.
+    pub trust_mtime_before: Option<i64>,
 }
 
 fn as_ref(key: &Key, info: &ObjectInfo) -> ObjectRef {
@@ -171,6 +178,15 @@ pub async fn copy_file(
         map: None,
     };
     if let Some((reference, ref_block_size)) = ctx.reference {
+        if let Some(before) = ctx.trust_mtime_before {
+            if file.size == reference.size && file.mtime == reference.mtime && file.mtime < before {
+                return Ok(Some(FileEntry {
+                    mode: file.mode,
+                    stored_size: 0,
+                    ..reference.clone()
+                }));
+            }
+        }
         let mappable = wants_map(file.size, ctx.block_size);
         if let (true, Some(map_ref), Some(bs)) = (mappable, &reference.map, ref_block_size) {
             if bs == ctx.block_size {
@@ -223,6 +239,8 @@ pub async fn copy_file(
             info.stored_size,
         )));
     }
+    // Large reads underneath: the block reader asks for one block at a time.
+    let src = tokio::io::BufReader::with_capacity(READ_BYTES, src);
     let mut reader = BlockReader::new(src, ctx.block_size, None);
     let info = write_object(
         ctx.repo.store(),
@@ -280,6 +298,7 @@ async fn copy_against_map(
         return Ok(None);
     };
     let key = layout::backup_file_key(ctx.label, ctx.index);
+    let src = tokio::io::BufReader::with_capacity(READ_BYTES, src);
     let mut reader = BlockReader::new(src, ctx.block_size, Some(&map));
     let info = write_object(
         ctx.repo.store(),
@@ -315,6 +334,7 @@ async fn copy_against_map(
         ctx.repo.store().delete(&key).await?;
         let whole = CopyContext {
             reference: None,
+            trust_mtime_before: None,
             ..*ctx
         };
         return Box::pin(copy_file(&whole, file)).await;

@@ -56,6 +56,10 @@ pub struct BackupOptions {
     pub requested_type: Option<BackupType>,
     /// The configured type (`backup_type`).
     pub default_type: BackupType,
+    /// Take a file whose size and modification time match the reference's
+    /// as unchanged without reading it (faster; trusts the file system's
+    /// times).
+    pub trust_mtime: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -242,13 +246,12 @@ pub async fn run_backup(
     if let Some(note) = &reference_plan.note {
         tracing::warn!("{note}");
     }
-    let reference: Option<BackupManifest> = reference_plan.reference.as_ref().and_then(|l| {
-        complete
-            .iter()
-            .find(|m| &m.label == l)
-            .map(|m| (*m).clone())
-    });
     drop(listings);
+    // The reference's whole manifest (listings carry no file lists).
+    let reference: Option<BackupManifest> = match &reference_plan.reference {
+        Some(label) => Some(repo.read_manifest(label).await?),
+        None => None,
+    };
     let label = new_label(repo).await?;
 
     // Start. The session must stay open until the stop: closing it aborts
@@ -404,6 +407,10 @@ pub async fn run_backup(
         }
     }
     let info = repo.write_manifest(&manifest).await?;
+    // The summary lets listings skip the manifest; rebuilt if missing.
+    if let Err(e) = repo.write_summary(&manifest).await {
+        tracing::warn!(label = %manifest.label, error = %e, "backup summary not written; the next listing writes it");
+    }
     Ok(BackupSummary {
         label,
         files: manifest.files.len(),
@@ -452,6 +459,12 @@ async fn copy_files(
     };
     // The reference's entries by path (one at most per path: checked).
     let ref_block_size = reference.and_then(|m| m.block_size);
+    // A file changed within the second the reference started may keep its
+    // time: only times before that second are trusted.
+    let trust_mtime_before = reference
+        .filter(|_| opts.trust_mtime)
+        .and_then(|m| m.start_time_ts())
+        .map(|t| t.as_second() - 1);
     let by_path: Arc<std::collections::HashMap<String, FileEntry>> = Arc::new(
         reference
             .map(|m| {
@@ -479,6 +492,7 @@ async fn copy_files(
                 compress,
                 block_size,
                 reference: by_path.get(&file.rel).map(|e| (e, ref_block_size)),
+                trust_mtime_before,
             };
             let entry = incremental::copy_file(&ctx, &file)
                 .await

@@ -48,6 +48,10 @@ pub struct BackupArgs {
     #[arg(long = "type", env = "WALVAULT_BACKUP_TYPE", value_name = "TYPE")]
     pub backup_type: Option<crate::repo::manifest::BackupType>,
 
+    /// diff and incr: take a file whose size and modification time match the reference's as unchanged without reading it (faster; trusts that nothing changes a file without changing its time)
+    #[arg(long)]
+    pub trust_mtime: bool,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
@@ -71,6 +75,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         progress_bar: !args.no_progress,
         requested_type: args.backup_type,
         default_type: settings.backup_type,
+        trust_mtime: args.trust_mtime,
     };
     // The header first: an uninitialized repository is refused, and the
     // store learns how create-only writes (the lock's) are kept safe.

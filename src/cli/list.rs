@@ -118,7 +118,7 @@ pub fn build_report(
                 start_lsn: m.map(|m| m.start_lsn.to_string()),
                 stop_lsn: m.map(|m| m.stop_lsn.to_string()),
                 pg_version_num: m.map(|m| m.pg_version_num),
-                files: m.map(|m| m.files.len()),
+                files: m.map(|_| b.file_count),
                 data_size_bytes: m.map(|m| m.data_size_bytes),
                 stored_size_bytes: b.stored_bytes,
                 backup_type: m.map(|m| m.backup_type.as_str()),

@@ -53,6 +53,13 @@ pub fn manifest_key(label: &str) -> Key {
     Key::new(format!("backup/{label}/manifest")).expect("labels make valid keys")
 }
 
+/// A complete backup's summary: its manifest without the file list, and
+/// what its objects occupy. Written after the manifest; rebuilt from it
+/// when missing.
+pub fn summary_key(label: &str) -> Key {
+    Key::new(format!("backup/{label}/summary")).expect("labels make valid keys")
+}
+
 /// Who is writing a backup: written first, create-only, so it also claims
 /// the label. Lets expire tell a dead writer on this host from a live one.
 pub fn writer_key(label: &str) -> Key {

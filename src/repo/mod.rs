@@ -335,8 +335,13 @@ pub fn describe_probe(probe: &CreateOnlyProbe) -> String {
 #[derive(Debug, Clone)]
 pub struct BackupListing {
     pub label: String,
-    /// `None`: no manifest, an incomplete (interrupted or in-progress) backup.
+    /// `None`: no manifest, an incomplete (interrupted or in-progress)
+    /// backup. Its `files` and `directories` are empty: a listing reads
+    /// summaries, not whole manifests ([`Repository::read_manifest`] reads
+    /// one).
     pub manifest: Option<manifest::BackupManifest>,
+    /// How many files the manifest lists.
+    pub file_count: usize,
     pub object_count: usize,
     pub stored_bytes: u64,
     /// The modification time of its newest object (Unix seconds): how
@@ -345,6 +350,19 @@ pub struct BackupListing {
     /// For an incomplete backup: whether its writer process still runs,
     /// when that can be known (it ran on this host); `None` otherwise.
     pub writer_alive: Option<bool>,
+}
+
+/// `backup/<label>/summary` (JSON in the envelope).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SummaryObject {
+    pub summary_version: u32,
+    /// Objects of the backup and what they occupy, the summary excluded.
+    pub object_count: usize,
+    pub stored_bytes: u64,
+    pub newest_object_unix_secs: i64,
+    pub file_count: usize,
+    /// The manifest with empty `files` and `directories`.
+    pub manifest: manifest::BackupManifest,
 }
 
 /// `backup/<label>/writer`: the process writing a backup.
@@ -488,48 +506,180 @@ impl Repository {
         serde_json::from_value(probe).map_err(|e| corrupt(e.to_string()))
     }
 
-    /// Every backup, complete or not, oldest first (in creation order, see
-    /// [`layout::label_order`]).
-    pub async fn list_backups(&self) -> Result<Vec<BackupListing>, RepoError> {
-        let objects = self.store.list(Some(layout::BACKUP_PREFIX)).await?;
-        let mut listings: Vec<BackupListing> = Vec::new();
-        let mut has_manifest = Vec::new();
-        for meta in &objects {
-            let Some(label) = layout::label_of_backup_key(meta.key.as_str()) else {
-                continue;
-            };
-            if !layout::is_backup_label(label) {
-                continue;
-            }
-            if listings.last().map(|l| l.label.as_str()) != Some(label) {
-                listings.push(BackupListing {
-                    label: label.to_string(),
-                    manifest: None,
-                    object_count: 0,
-                    stored_bytes: 0,
-                    newest_object_unix_secs: 0,
-                    writer_alive: None,
-                });
-                has_manifest.push(false);
-            }
-            let last = listings.len() - 1;
-            listings[last].object_count += 1;
-            listings[last].stored_bytes += meta.size_bytes;
-            listings[last].newest_object_unix_secs = listings[last]
-                .newest_object_unix_secs
-                .max(meta.modified_unix_secs);
-            if meta.key == layout::manifest_key(label) {
-                has_manifest[last] = true;
-            }
+    /// Writes a complete backup's summary (create-only; one already there
+    /// stays). Lists only that backup's objects.
+    pub async fn write_summary(
+        &self,
+        manifest: &manifest::BackupManifest,
+    ) -> Result<SummaryObject, RepoError> {
+        let objects = self
+            .store
+            .list(Some(&layout::backup_prefix(&manifest.label)))
+            .await?;
+        let summary_key = layout::summary_key(&manifest.label);
+        let own: Vec<_> = objects.iter().filter(|m| m.key != summary_key).collect();
+        let mut header = manifest.clone();
+        header.files = Vec::new();
+        header.directories = Vec::new();
+        let summary = SummaryObject {
+            summary_version: 1,
+            object_count: own.len(),
+            stored_bytes: own.iter().map(|m| m.size_bytes).sum(),
+            newest_object_unix_secs: own.iter().map(|m| m.modified_unix_secs).max().unwrap_or(0),
+            file_count: manifest.files.len(),
+            manifest: header,
+        };
+        let json = serde_json::to_vec(&summary).expect("summaries serialize");
+        let mut src: &[u8] = &json;
+        match object::write_object(
+            self.store(),
+            &summary_key,
+            PutMode::Create,
+            &mut src,
+            self.compress,
+        )
+        .await
+        {
+            Ok(_) | Err(ObjectError::Storage(StorageError::AlreadyExists { .. })) => Ok(summary),
+            Err(e) => Err(e.into()),
         }
-        for (listing, complete) in listings.iter_mut().zip(has_manifest) {
-            if complete {
-                listing.manifest = Some(self.read_manifest(&listing.label).await?);
-            } else {
-                listing.writer_alive = self
-                    .read_writer(&listing.label)
-                    .await
-                    .and_then(|w| w.alive());
+    }
+
+    async fn read_summary(&self, label: &str) -> Result<SummaryObject, RepoError> {
+        let key = layout::summary_key(label);
+        let mut json = Vec::new();
+        object::read_object(self.store(), &key, &mut |p: &[u8]| {
+            json.extend_from_slice(p);
+            Ok(())
+        })
+        .await?;
+        let corrupt = |reason: String| RepoError::HeaderCorrupt {
+            key: key.to_string(),
+            repo: self.describe(),
+            reason,
+        };
+        let probe: serde_json::Value =
+            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        let too_new = |field: &str, known: u64| {
+            probe
+                .pointer(field)
+                .and_then(|v| v.as_u64())
+                .is_some_and(|v| v > known)
+        };
+        if too_new("/summary_version", 1)
+            || too_new(
+                "/manifest/manifest_version",
+                manifest::MANIFEST_VERSION as u64,
+            )
+        {
+            return Err(RepoError::FormatTooNew {
+                repo: self.describe(),
+                found: probe
+                    .pointer("/manifest/manifest_version")
+                    .and_then(|v| v.as_u64())
+                    .unwrap_or(0) as u32,
+            });
+        }
+        serde_json::from_value(probe).map_err(|e| corrupt(e.to_string()))
+    }
+
+    /// Every backup, complete or not, oldest first (in creation order, see
+    /// [`layout::label_order`]). Names the backups with one delimited
+    /// listing and reads each complete backup's small summary: no
+    /// backup's objects are listed and no manifest is read, except to
+    /// rebuild a missing summary (written then, unless the store refuses
+    /// writes) and for incomplete backups.
+    pub async fn list_backups(&self) -> Result<Vec<BackupListing>, RepoError> {
+        let labels = self.store.list_dirs(layout::BACKUP_PREFIX).await?;
+        let mut listings: Vec<BackupListing> = Vec::new();
+        for label in labels.into_iter().filter(|l| layout::is_backup_label(l)) {
+            let summary = match self.read_summary(&label).await {
+                Ok(s) if s.manifest.label == label => Some(s),
+                Ok(_) => None,
+                Err(RepoError::FormatTooNew { repo, found }) => {
+                    return Err(RepoError::FormatTooNew { repo, found })
+                }
+                Err(RepoError::Object(ObjectError::Storage(StorageError::NotFound { .. }))) => None,
+                Err(e) => {
+                    tracing::warn!(label = %label, error = %e, "unreadable backup summary: reading the manifest instead");
+                    None
+                }
+            };
+            let summary = match summary {
+                Some(s) => Some(s),
+                None => match self.store.head(&layout::manifest_key(&label)).await {
+                    Ok(_) => {
+                        let manifest = match self.read_manifest(&label).await {
+                            Ok(m) => m,
+                            // Removed by an expire since the head: gone.
+                            Err(RepoError::Object(ObjectError::Storage(
+                                StorageError::NotFound { .. },
+                            ))) => continue,
+                            Err(e) => return Err(e),
+                        };
+                        match self.write_summary(&manifest).await {
+                            Ok(s) => Some(s),
+                            Err(e) => {
+                                tracing::debug!(label = %label, error = %e, "backup summary not written");
+                                let mut header = manifest.clone();
+                                header.files = Vec::new();
+                                header.directories = Vec::new();
+                                let objects = self
+                                    .store
+                                    .list(Some(&layout::backup_prefix(&label)))
+                                    .await?;
+                                Some(SummaryObject {
+                                    summary_version: 1,
+                                    object_count: objects.len(),
+                                    stored_bytes: objects.iter().map(|m| m.size_bytes).sum(),
+                                    newest_object_unix_secs: objects
+                                        .iter()
+                                        .map(|m| m.modified_unix_secs)
+                                        .max()
+                                        .unwrap_or(0),
+                                    file_count: manifest.files.len(),
+                                    manifest: header,
+                                })
+                            }
+                        }
+                    }
+                    Err(StorageError::NotFound { .. }) => None,
+                    Err(e) => return Err(e.into()),
+                },
+            };
+            match summary {
+                Some(s) => listings.push(BackupListing {
+                    label,
+                    manifest: Some(s.manifest),
+                    file_count: s.file_count,
+                    object_count: s.object_count,
+                    stored_bytes: s.stored_bytes,
+                    newest_object_unix_secs: s.newest_object_unix_secs,
+                    writer_alive: None,
+                }),
+                None => {
+                    let objects = self
+                        .store
+                        .list(Some(&layout::backup_prefix(&label)))
+                        .await?;
+                    if objects.is_empty() {
+                        continue;
+                    }
+                    let writer_alive = self.read_writer(&label).await.and_then(|w| w.alive());
+                    listings.push(BackupListing {
+                        label,
+                        manifest: None,
+                        file_count: 0,
+                        object_count: objects.len(),
+                        stored_bytes: objects.iter().map(|m| m.size_bytes).sum(),
+                        newest_object_unix_secs: objects
+                            .iter()
+                            .map(|m| m.modified_unix_secs)
+                            .max()
+                            .unwrap_or(0),
+                        writer_alive,
+                    });
+                }
             }
         }
         // Key order puts "…Z-2/" before "…Z/": order by creation instead.
@@ -621,5 +771,127 @@ mod writer_tests {
             ..me
         };
         assert_eq!(elsewhere.alive(), None, "unknowable on another host");
+    }
+}
+
+#[cfg(test)]
+mod listing_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::manifest::{test_manifest, FileEntry};
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::readonly::ReadOnlyStore;
+    use crate::wal::{Lsn, TimelineId};
+
+    fn manifest(label: &str, files: usize) -> manifest::BackupManifest {
+        let mut m = test_manifest(
+            label,
+            TimelineId(1),
+            Lsn(0x1000000),
+            Lsn(0x2000000),
+            WalSegmentSize::DEFAULT,
+            "2026-01-01T00:00:00Z",
+        );
+        for i in 0..files {
+            m.files.push(FileEntry {
+                path: format!("base/1/{i}"),
+                size: 1,
+                checksum: Default::default(),
+                mode: 0o600,
+                mtime: 0,
+                object: format!("backup/{label}/files/{i:06}"),
+                stored_size: 1,
+                base: None,
+                deltas: Vec::new(),
+                map: None,
+            });
+        }
+        m
+    }
+
+    /// Listings read summaries; a missing one is rebuilt from the manifest
+    /// (and written, unless the store refuses writes); a backup without a
+    /// manifest is incomplete, and its summary never outlives it.
+    #[tokio::test]
+    async fn listings_read_summaries_and_rebuild_missing_ones() {
+        let store = MemoryStore::new();
+        let repo = Repository::new(Arc::new(store.clone()), CompressSettings::default());
+        let full = manifest("20260101T000000Z", 3);
+        repo.write_manifest(&full).await.unwrap();
+        let mut src: &[u8] = b"content";
+        object::write_object(
+            repo.store(),
+            &layout::backup_file_key("20260101T000000Z", 0),
+            PutMode::Create,
+            &mut src,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap();
+        let mut src: &[u8] = b"partial";
+        object::write_object(
+            repo.store(),
+            &layout::backup_file_key("20260102T000000Z", 0),
+            PutMode::Create,
+            &mut src,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap();
+
+        // Read-only: rebuilt in memory, nothing written.
+        let ro = Repository::new(
+            Arc::new(ReadOnlyStore::new(store.clone())),
+            CompressSettings::default(),
+        );
+        let listed = ro.list_backups().await.unwrap();
+        assert_eq!(listed.len(), 2);
+        assert_eq!(listed[0].file_count, 3);
+        assert!(listed[0].manifest.as_ref().unwrap().files.is_empty());
+        assert!(listed[1].manifest.is_none());
+        let summary = layout::summary_key("20260101T000000Z");
+        assert!(store.head(&summary).await.is_err());
+
+        // Writable: the summary is written, and read next time.
+        let listed = repo.list_backups().await.unwrap();
+        assert!(store.head(&summary).await.is_ok());
+        let again = repo.list_backups().await.unwrap();
+        assert_eq!(again[0].stored_bytes, listed[0].stored_bytes);
+        assert_eq!(again[0].object_count, 2, "manifest and one file");
+        assert_eq!(again[0].manifest, listed[0].manifest);
+        // Whole manifests come from read_manifest.
+        assert_eq!(
+            repo.read_manifest("20260101T000000Z")
+                .await
+                .unwrap()
+                .files
+                .len(),
+            3
+        );
+        // A summary naming another label is not trusted.
+        let mut other = full.clone();
+        other.label = "20260103T000000Z".into();
+        let json = serde_json::to_vec(&SummaryObject {
+            summary_version: 1,
+            object_count: 1,
+            stored_bytes: 1,
+            newest_object_unix_secs: 0,
+            file_count: 3,
+            manifest: other,
+        })
+        .unwrap();
+        let mut src: &[u8] = &json;
+        object::write_object(
+            repo.store(),
+            &layout::summary_key("20260102T000000Z"),
+            PutMode::Create,
+            &mut src,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap();
+        let listed = repo.list_backups().await.unwrap();
+        assert!(listed[1].manifest.is_none(), "still incomplete");
     }
 }

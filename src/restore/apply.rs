@@ -229,7 +229,10 @@ pub async fn plan(repo: &Repository, opts: &RestoreOptions) -> Result<RestorePla
         target_timeline: opts.target_timeline,
         wal_segment_size: size,
     };
-    Ok(plan_restore(&input)?)
+    let mut planned = plan_restore(&input)?;
+    // Listings carry no file lists: the chosen backup's whole manifest.
+    planned.backup = repo.read_manifest(&planned.backup.label).await?;
+    Ok(planned)
 }
 
 /// The recovery settings a plan leads to.

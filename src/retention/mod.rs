@@ -152,9 +152,28 @@ pub fn plan_expire(
         Some(keep) => &fulls[fulls.len().saturating_sub(keep)..],
         None => &[],
     };
+    // The full backup a backup is built on: followed through `reference`
+    // (a backup whose every file changed names no object of its full, but
+    // still belongs to it), else the full whose objects it uses.
+    let by_label: std::collections::HashMap<&str, &Complete<'_>> = complete
+        .iter()
+        .map(|c| (c.listing.label.as_str(), c))
+        .collect();
     let root_full = |c: &Complete<'_>| -> Option<String> {
-        if is_full(c) {
-            return Some(c.listing.label.clone());
+        let mut at = c;
+        for _ in 0..=complete.len() {
+            if is_full(at) {
+                return Some(at.listing.label.clone());
+            }
+            match at
+                .manifest
+                .reference
+                .as_deref()
+                .and_then(|r| by_label.get(r))
+            {
+                Some(next) => at = next,
+                None => break,
+            }
         }
         c.manifest
             .depends_on
@@ -370,6 +389,9 @@ pub async fn apply_expire(repo: &Repository, plan: &ExpirePlan) -> Result<(), Re
             }
             .into());
         }
+        // The summary, then the manifest: a listing never sees a summary
+        // of a backup whose manifest is gone.
+        store.delete(&layout::summary_key(&backup.label)).await?;
         store.delete(&layout::manifest_key(&backup.label)).await?;
         let objects = store
             .list(Some(&layout::backup_prefix(&backup.label)))
@@ -446,6 +468,7 @@ mod tests {
         BackupListing {
             label: label.to_string(),
             manifest: Some(manifest(label, timeline, start_segment, stop_time)),
+            file_count: 0,
             object_count: 3,
             stored_bytes: 1000,
             newest_object_unix_secs: 0,
@@ -676,6 +699,7 @@ mod tests {
         BackupListing {
             label: label.to_string(),
             manifest: None,
+            file_count: 0,
             object_count: 2,
             stored_bytes: 300,
             newest_object_unix_secs: 0,

@@ -798,6 +798,7 @@ mod tests {
         BackupListing {
             label: label.to_owned(),
             manifest: Some(manifest(label, tli, first, last, stop_time)),
+            file_count: 0,
             object_count: 3,
             stored_bytes: 600,
             newest_object_unix_secs: 0,
@@ -809,6 +810,7 @@ mod tests {
         BackupListing {
             label: label.to_owned(),
             manifest: None,
+            file_count: 0,
             object_count: 2,
             stored_bytes: 100,
             newest_object_unix_secs: 0,

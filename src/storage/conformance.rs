@@ -21,6 +21,7 @@ pub async fn run_all(store: &dyn ObjectStore, base: &str) {
     overwrite_replaces(store, base).await;
     uncommitted_is_invisible(store, base).await;
     list_is_sorted_and_filtered(store, base).await;
+    list_dirs_names_one_level(store, base).await;
     delete_is_idempotent(store, base).await;
     ranges(store, base).await;
 }
@@ -222,6 +223,46 @@ pub async fn uncommitted_is_invisible(store: &dyn ObjectStore, base: &str) {
         .put_bytes(&k, Bytes::from_static(b"whole"), PutMode::Create)
         .await
         .expect("create after abort");
+}
+
+pub async fn list_dirs_names_one_level(store: &dyn ObjectStore, base: &str) {
+    for name in [
+        "dirs/b/x/1",
+        "dirs/a/1",
+        "dirs/a/2",
+        "dirs/c",
+        "dirs-other/z/1",
+    ] {
+        store
+            .put_bytes(
+                &key(base, name),
+                Bytes::from_static(b"d"),
+                PutMode::Overwrite,
+            )
+            .await
+            .expect("put for list_dirs");
+    }
+    let dirs = store
+        .list_dirs(&format!("{base}/dirs/"))
+        .await
+        .expect("list_dirs");
+    assert_eq!(
+        dirs,
+        ["a", "b"],
+        "list_dirs names the directories one level down, sorted, without plain objects"
+    );
+    store.delete(&key(base, "dirs/a/1")).await.expect("delete");
+    store.delete(&key(base, "dirs/a/2")).await.expect("delete");
+    let dirs = store
+        .list_dirs(&format!("{base}/dirs/"))
+        .await
+        .expect("list_dirs");
+    assert_eq!(dirs, ["b"], "a directory without objects is not named");
+    assert!(store
+        .list_dirs(&format!("{base}/nothing-here/"))
+        .await
+        .expect("list_dirs of nothing")
+        .is_empty());
 }
 
 pub async fn list_is_sorted_and_filtered(store: &dyn ObjectStore, base: &str) {

@@ -106,6 +106,11 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
         self.inner.list(prefix).await
     }
 
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        self.check(Op::List, prefix)?;
+        self.inner.list_dirs(prefix).await
+    }
+
     async fn delete(&self, key: &Key) -> Result<()> {
         self.check(Op::Delete, key.as_str())?;
         self.inner.delete(key).await

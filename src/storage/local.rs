@@ -42,6 +42,26 @@ pub struct LocalStore {
 }
 
 impl LocalStore {
+    /// Whether a directory holds at least one object (a file whose name is
+    /// not a temporary one), at any depth.
+    fn holds_objects(dir: &Path) -> bool {
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            let Ok(entries) = fs::read_dir(&d) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let hidden = entry.file_name().to_string_lossy().starts_with('.');
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(entry.path()),
+                    Ok(t) if t.is_file() && !hidden => return true,
+                    _ => {}
+                }
+            }
+        }
+        false
+    }
+
     /// A store rooted at `root`. Nothing is created: a missing root is an
     /// error at the first put or list (an unmounted mount point must never
     /// quietly become a new repository); only [`ObjectStore::create_root`],
@@ -422,6 +442,33 @@ impl ObjectStore for LocalStore {
         })?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        self.check_root()?;
+        let dir = self.root.join(prefix.trim_end_matches('/'));
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_err("list", &Key(prefix.to_string()), e)),
+        };
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| io_err("list", &Key(prefix.to_string()), e))?;
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            // Only what could be a key segment; temporary files start with `.`.
+            if name.starts_with('.') || Key::new(format!("{prefix}{name}")).is_err() {
+                continue;
+            }
+            let is_dir = entry.file_type().map(|t| t.is_dir()).unwrap_or(false);
+            if is_dir && Self::holds_objects(&entry.path()) {
+                names.push(name);
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {

@@ -224,6 +224,27 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// directory), sorted by key. `None` lists everything.
     async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>>;
 
+    /// The names one level below `prefix` (which ends with `/`) that hold
+    /// objects, sorted: `list_dirs("backup/")` gives the backup labels
+    /// without listing a single backup's objects. S3 lists with a
+    /// delimiter; the default lists everything below and is for stores
+    /// where that is cheap.
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut names: Vec<String> = Vec::new();
+        for meta in self.list(Some(prefix)).await? {
+            let Some(rest) = meta.key.as_str().strip_prefix(prefix) else {
+                continue;
+            };
+            if let Some((name, _)) = rest.split_once('/') {
+                if names.last().map(String::as_str) != Some(name) {
+                    names.push(name.to_string());
+                }
+            }
+        }
+        names.dedup();
+        Ok(names)
+    }
+
     /// Removes an object; a missing key is not an error.
     async fn delete(&self, key: &Key) -> Result<()>;
 

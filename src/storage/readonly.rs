@@ -48,6 +48,10 @@ impl<S: ObjectStore> ObjectStore for ReadOnlyStore<S> {
         self.inner.list(prefix).await
     }
 
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        self.inner.list_dirs(prefix).await
+    }
+
     async fn delete(&self, key: &Key) -> Result<()> {
         Err(refused("delete", key.as_str()))
     }

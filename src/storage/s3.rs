@@ -534,6 +534,49 @@ impl ObjectStore for S3Store {
         Ok(out)
     }
 
+    async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
+        let base = if self.settings.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.settings.prefix)
+        };
+        let full_prefix = format!("{base}{prefix}");
+        let list_key = Key(full_prefix.clone());
+        let mut out = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.settings.bucket)
+                .prefix(&full_prefix)
+                .delimiter("/")
+                .set_continuation_token(token.take())
+                .send()
+                .await
+                .map_err(|e| map_err("list", &list_key, e))?;
+            for common in page.common_prefixes() {
+                let Some(name) = common
+                    .prefix()
+                    .and_then(|p| p.strip_prefix(&full_prefix))
+                    .and_then(|p| p.strip_suffix('/'))
+                else {
+                    continue;
+                };
+                if Key::new(format!("{prefix}{name}")).is_ok() {
+                    out.push(name.to_string());
+                }
+            }
+            match page.next_continuation_token() {
+                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
+                _ => break,
+            }
+        }
+        out.sort();
+        out.dedup();
+        Ok(out)
+    }
+
     async fn delete(&self, key: &Key) -> Result<()> {
         match self
             .client

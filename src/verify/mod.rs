@@ -96,8 +96,20 @@ pub async fn run_verify(repo: &Repository, jobs: usize) -> Result<VerifyReport, 
         .collect();
     let mut manifests = Vec::new();
     for listing in listings {
-        let Some(manifest) = listing.manifest else {
+        if listing.manifest.is_none() {
             continue;
+        }
+        // The whole manifest: listings carry no file lists.
+        let manifest = match repo.read_manifest(&listing.label).await {
+            Ok(m) => m,
+            Err(e) => {
+                report.problems.push(Problem {
+                    kind: "manifest",
+                    subject: listing.label.clone(),
+                    message: e.to_string(),
+                });
+                continue;
+            }
         };
         report.backups_checked += 1;
         for dependency in &manifest.depends_on {
