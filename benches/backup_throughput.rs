@@ -390,7 +390,7 @@ fn main() {
         if let Some(pgbr) = &pgbr {
             let run = bench.measure(
                 "pgbackrest backup --type=full (zst 3)",
-                &mut pgbr.command().args(["backup", "--type=full"]),
+                pgbr.command().args(["backup", "--type=full"]),
                 None,
             );
             results.record(
@@ -419,7 +419,7 @@ fn main() {
         if let Some(pgbr) = &pgbr {
             let run = bench.measure(
                 "pgbackrest backup --type=incr (after 1% of rows updated)",
-                &mut pgbr.command().args(["backup", "--type=incr"]),
+                pgbr.command().args(["backup", "--type=incr"]),
                 None,
             );
             results.record(

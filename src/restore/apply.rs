@@ -905,7 +905,7 @@ async fn prepare_delta(
             Ok(Some(if same {
                 Checked::Equal
             } else {
-                Checked::Differs(entry)
+                Checked::Differs(Box::new(entry))
             }))
         }
     })
@@ -919,7 +919,7 @@ async fn prepare_delta(
                 patched += 1;
                 blocks += n;
             }
-            Checked::Differs(entry) => differing.push(entry),
+            Checked::Differs(entry) => differing.push(*entry),
         }
     }
     let summary = DeltaSummary {
@@ -1126,7 +1126,7 @@ enum Checked {
     /// Patched block by block: this many blocks written.
     Patched(usize),
     /// Differs and has no map: written whole.
-    Differs(FileEntry),
+    Differs(Box<FileEntry>),
 }
 
 /// What [`patch`] did to an existing file.
