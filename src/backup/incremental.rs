@@ -148,6 +148,51 @@ pub async fn read_map(repo: &Repository, map: &ObjectRef) -> Result<BlockMap, Ob
     })
 }
 
+/// The block hashes of the file an entry restores to: its base's map,
+/// overlaid with every delta's block hashes (oldest first), cut at the
+/// entry's size. `None` when the entry has no map or its map is of
+/// another block size. Reads the deltas (small), never the base.
+pub async fn effective_map(
+    repo: &Repository,
+    entry: &FileEntry,
+    block_size: u32,
+) -> Result<Option<BlockMap>, ObjectError> {
+    let Some(map_ref) = &entry.map else {
+        return Ok(None);
+    };
+    let mut map = read_map(repo, map_ref).await?;
+    if map.block_size != block_size {
+        return Ok(None);
+    }
+    for delta in &entry.deltas {
+        let key = Key::new(delta.object.clone())?;
+        let mut parser = blocks::DeltaParser::new(block_size);
+        let mut gap = false;
+        let info = read_object(repo.store(), &key, &mut |piece: &[u8]| {
+            parser.feed(piece, &mut |b| {
+                gap |= !map.overlay(b.number, b.hash);
+                Ok(())
+            })
+        })
+        .await?;
+        let integrity = |reason: String| ObjectError::Integrity {
+            key: key.clone(),
+            reason,
+        };
+        if info.checksum != delta.checksum || info.raw_size != delta.raw_size {
+            return Err(integrity(
+                "the block delta does not match the checksum its manifest records".into(),
+            ));
+        }
+        parser.finish().map_err(|e| integrity(e.to_string()))?;
+        if gap {
+            return Ok(None);
+        }
+    }
+    map.cut(entry.size);
+    Ok(Some(map))
+}
+
 async fn open(file: &ScannedFile) -> Result<Option<tokio::fs::File>, ObjectError> {
     match tokio::fs::File::open(&file.abs).await {
         Ok(f) => Ok(Some(f)),
@@ -293,7 +338,15 @@ async fn copy_against_map(
     reference: &FileEntry,
     map_ref: &ObjectRef,
 ) -> Result<Option<FileEntry>, ObjectError> {
-    let map = read_map(ctx.repo, map_ref).await?;
+    let Some(map) = effective_map(ctx.repo, reference, ctx.block_size).await? else {
+        // Not comparable block by block: a whole copy.
+        let whole = CopyContext {
+            reference: None,
+            trust_mtime_before: None,
+            ..*ctx
+        };
+        return Box::pin(copy_file(&whole, file)).await;
+    };
     let Some(src) = open(file).await? else {
         return Ok(None);
     };
@@ -342,8 +395,7 @@ async fn copy_against_map(
         deltas.push(as_ref(&key, &info));
         stored += info.stored_size;
     }
-    let (map, map_stored) = write_map(ctx, &scan).await?;
-    stored += map_stored;
+    // The map stays the base's: the deltas carry their blocks' hashes.
     // The base alone is the file only if nothing changed it.
     let layered =
         !deltas.is_empty() || base.raw_size != scan.file_size || base.checksum != scan.checksum;
@@ -357,7 +409,7 @@ async fn copy_against_map(
         stored_size: stored,
         base: layered.then_some(base),
         deltas,
-        map: Some(map),
+        map: Some(map_ref.clone()),
     }))
 }
 

@@ -532,6 +532,8 @@ async fn wait_for_wal(
     };
     let (first, last) = (parse(start_wal)?, parse(stop_wal)?);
     let deadline = Instant::now() + wait;
+    // Usually archived within milliseconds: poll quickly at first.
+    let mut pause = Duration::from_millis(10);
     let mut segment = first;
     while segment <= last {
         let name = WalFileName::Segment {
@@ -548,7 +550,8 @@ async fn wait_for_wal(
                 };
             }
             Err(StorageError::NotFound { .. }) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_millis(250));
             }
             Err(StorageError::NotFound { .. }) => {
                 return Err(BackupError::WalMissing {

@@ -88,6 +88,28 @@ pub struct BlockMap {
 }
 
 impl BlockMap {
+    /// Overlays one block's hash from a delta (blocks come in increasing
+    /// order; a block just past the end extends the map). `false` when
+    /// the block leaves a gap, which a delta walvault wrote never does.
+    pub fn overlay(&mut self, number: u32, hash: BlockHash) -> bool {
+        let n = number as usize;
+        match n.cmp(&self.hashes.len()) {
+            std::cmp::Ordering::Less => self.hashes[n] = hash,
+            std::cmp::Ordering::Equal => self.hashes.push(hash),
+            std::cmp::Ordering::Greater => return false,
+        }
+        true
+    }
+
+    /// Cuts the map at a file size: blocks past it go, and so does a last
+    /// block the size leaves short (which layer's hash it has is not
+    /// known), so the next comparison stores it.
+    pub fn cut(&mut self, file_size: u64) {
+        let whole = (file_size / u64::from(self.block_size)) as usize;
+        self.hashes.truncate(whole);
+        self.file_size = file_size;
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAP_HEADER_LEN + self.hashes.len() * HASH_LEN);
         out.extend_from_slice(MAP_MAGIC);
@@ -305,6 +327,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for BlockReader<'_, R> {
 pub struct DeltaBlock<'a> {
     pub number: u32,
     pub data: &'a [u8],
+    /// The block's hash, checked against `data`.
+    pub hash: BlockHash,
 }
 
 /// Parses a block delta fed in arbitrary pieces, checking each block's
@@ -417,6 +441,7 @@ impl DeltaParser {
                     on_block(DeltaBlock {
                         number,
                         data: &self.buf[..len],
+                        hash,
                     })?;
                     self.state = ParseState::Head;
                 }
@@ -552,6 +577,48 @@ mod tests {
         let mut newer = delta.clone();
         newer[4] = 2;
         assert!(run(&newer, bs).unwrap_err().to_string().contains("upgrade"));
+    }
+
+    #[tokio::test]
+    async fn a_base_map_and_its_deltas_give_the_files_block_hashes() {
+        let bs = 1024u32;
+        let v1 = file(20, 1024, 0, 1);
+        let map_of = |d: &[u8]| BlockMap {
+            block_size: bs,
+            file_size: d.len() as u64,
+            hashes: d.chunks(1024).map(block_hash).collect(),
+        };
+        let base = map_of(&v1);
+        // v2: block 2 changed, two blocks more; v3: block 21 changed.
+        let mut v2 = v1.clone();
+        v2[2 * 1024] ^= 1;
+        v2.extend(file(2, 1024, 0, 5));
+        let mut v3 = v2.clone();
+        v3[21 * 1024 + 7] ^= 1;
+        let mut effective = base.clone();
+        let mut reference = base.clone();
+        for next in [&v2, &v3] {
+            let mut r = BlockReader::new(&next[..], bs, Some(&reference));
+            let delta = read_all(&mut r).await;
+            let mut p = DeltaParser::new(bs);
+            let mut ok = true;
+            p.feed(&delta, &mut |b| {
+                ok &= effective.overlay(b.number, b.hash);
+                Ok(())
+            })
+            .unwrap();
+            assert!(ok);
+            effective.cut(next.len() as u64);
+            assert_eq!(effective.hashes, map_of(next).hashes);
+            reference = effective.clone();
+        }
+        // Cut short mid-block: the short block is not vouched for.
+        let mut cut = effective.clone();
+        cut.cut(10 * 1024 + 5);
+        assert_eq!(cut.hashes.len(), 10);
+        // A gap is refused.
+        let mut gap = base.clone();
+        assert!(!gap.overlay(25, [0; 16]));
     }
 
     #[test]

@@ -867,6 +867,7 @@ async fn prepare_delta(
                 return match patch(&repo, &path, &entry, map, block_size).await? {
                     Patched::Equal => Ok::<_, RestoreError>(Some(Checked::Equal)),
                     Patched::Blocks(n) => Ok(Some(Checked::Patched(n))),
+                    Patched::Unpatchable => Ok(Some(Checked::Differs(Box::new(entry.clone())))),
                 };
             }
             let same = tokio::task::spawn_blocking({
@@ -1135,6 +1136,8 @@ enum Patched {
     Equal,
     /// This many blocks were written.
     Blocks(usize),
+    /// Its map cannot vouch for every block: write it whole.
+    Unpatchable,
 }
 
 /// Delta restore of a file with a block map: hashes the existing file's
@@ -1151,22 +1154,20 @@ async fn patch(
 ) -> Result<Patched, RestoreError> {
     use std::os::unix::fs::FileExt;
     let bs = valid_bs(entry, block_size)?;
-    let map = crate::backup::incremental::read_map(repo, map_ref)
+    let map = crate::backup::incremental::effective_map(repo, entry, bs)
         .await
         .map_err(|source| RestoreError::Object {
             path: entry.path.clone(),
             object: map_ref.object.clone(),
             source,
         })?;
-    if map.block_size != bs || map.file_size != entry.size {
-        return Err(RestoreError::Mismatch {
-            path: entry.path.clone(),
-            reason: format!(
-                "its block map is of a {}-byte file in {}-byte blocks, the manifest says {} bytes in {bs}-byte blocks",
-                map.file_size, map.block_size, entry.size
-            ),
-        });
-    }
+    // A map that does not cover every block (a file cut short mid-block)
+    // cannot vouch for the result: such a file is written whole.
+    let Some(map) =
+        map.filter(|m| m.hashes.len() as u64 == crate::repo::blocks::block_count(entry.size, bs))
+    else {
+        return Ok(Patched::Unpatchable);
+    };
     let file = fs::OpenOptions::new()
         .read(true)
         .write(true)

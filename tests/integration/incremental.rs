@@ -130,6 +130,7 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     let hints_path = relpath(p, "postgres", "hints");
     let shrink_path = relpath(p, "postgres", "shrink");
     let tellers_path = relpath(p, "postgres", "pgbench_tellers");
+    let accounts_path = relpath(p, "postgres", "pgbench_accounts");
 
     // A differential or incremental with no full backup yet is full.
     let (full, out) = backup_typed(&setup, p, "incr");
@@ -193,6 +194,27 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     assert!(out.contains(&format!("(incr on {diff})")), "{out}");
     let incr2_fp = fingerprint(p, "postgres");
 
+    // The accounts change again: another delta on the differential's,
+    // compared with the block hashes the base's map and the first delta
+    // give together.
+    p.sql(
+        "UPDATE pgbench_accounts SET abalance = abalance + 5 WHERE aid BETWEEN 100000 AND 102000",
+    );
+    let (incr3, out) = backup_typed(&setup, p, "incr");
+    assert!(out.contains(&format!("(incr on {incr2})")), "{out}");
+    let incr3_fp = fingerprint(p, "postgres");
+    let accounts = manifest_entry(&setup, &incr3, &accounts_path);
+    // The differential's delta, incr2's if autovacuum touched the table,
+    // and this one's.
+    assert!(
+        accounts["deltas"].as_array().unwrap().len() >= 2,
+        "{accounts}"
+    );
+    assert!(
+        accounts["map"]["object"].as_str().unwrap().contains(&full),
+        "{accounts}"
+    );
+
     // Sizes: each chained backup adds a small part of the full.
     let list = list_json(&setup);
     let added = |l: &str| row(&list, l)["stored_size_bytes"].as_u64().unwrap();
@@ -237,6 +259,7 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
         (&incr1, &incr1_fp, "r-incr1"),
         (&diff, &diff_fp, "r-diff"),
         (&incr2, &incr2_fp, "r-incr2"),
+        (&incr3, &incr3_fp, "r-incr3"),
     ] {
         let mut r = setup.restore_and_start(
             name,
