@@ -363,7 +363,10 @@ pub async fn run_backup(
     let stored_files: u64 = files.iter().map(|f| f.stored_size).sum();
     let depends_on = incremental::plan_depends_on(&label, &files);
     let mut manifest = BackupManifest {
-        manifest_version: if depends_on.is_empty() {
+        // Only a full backup is written as version 1: a differential or
+        // incremental one, even one that needs no other backup's objects,
+        // carries a reference an older walvault would not understand.
+        manifest_version: if reference_plan.backup_type == BackupType::Full {
             MANIFEST_VERSION_FULL
         } else {
             MANIFEST_VERSION

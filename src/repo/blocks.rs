@@ -339,6 +339,8 @@ pub struct DeltaParser {
     buf: Vec<u8>,
     records: u64,
     end: Option<(u64, u64)>,
+    /// The previous record's block number: records come in increasing order.
+    last: Option<u32>,
 }
 
 enum ParseState {
@@ -360,6 +362,7 @@ impl DeltaParser {
             buf: Vec::with_capacity(block_size as usize + RECORD_HEAD_LEN),
             records: 0,
             end: None,
+            last: None,
         }
     }
 
@@ -428,6 +431,13 @@ impl DeltaParser {
                                 "block {number} of a delta has length {len}"
                             )));
                         }
+                        if self.last.is_some_and(|last| number <= last) {
+                            return Err(corrupt(format!(
+                                "block {number} of a delta comes after block {}",
+                                self.last.unwrap_or(0)
+                            )));
+                        }
+                        self.last = Some(number);
                         self.state = ParseState::Data { number, len, hash };
                     }
                 }

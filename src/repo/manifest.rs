@@ -254,6 +254,15 @@ impl BackupManifest {
     /// Every object a file entry names is a file object of this backup or
     /// of one it lists in `depends_on`, and deltas come with their base.
     fn check_objects(&self, f: &FileEntry) -> Result<(), String> {
+        if let Some(bad) = self
+            .depends_on
+            .iter()
+            .find(|d| !crate::repo::layout::is_backup_label(d) || **d == self.label)
+        {
+            return Err(format!(
+                "depends_on names {bad:?}, which is not another backup's label"
+            ));
+        }
         for key in f.objects() {
             let label = key
                 .strip_prefix("backup/")

@@ -618,7 +618,18 @@ impl Repository {
                             Err(e) => return Err(e),
                         };
                         match self.write_summary(&manifest).await {
-                            Ok(s) => Some(s),
+                            Ok(s) => {
+                                // An expire may have removed the backup
+                                // meanwhile: a summary must never outlive
+                                // its manifest.
+                                if let Err(StorageError::NotFound { .. }) =
+                                    self.store.head(&layout::manifest_key(&label)).await
+                                {
+                                    let _ = self.store.delete(&layout::summary_key(&label)).await;
+                                    continue;
+                                }
+                                Some(s)
+                            }
                             Err(e) => {
                                 tracing::debug!(label = %label, error = %e, "backup summary not written");
                                 let mut header = manifest.clone();

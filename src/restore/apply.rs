@@ -931,6 +931,22 @@ async fn prepare_delta(
         patched,
         blocks_written: blocks,
     };
+    // Files and directories kept get the modes a fresh restore gives
+    // (those about to be written get them when created).
+    for dir in &manifest.directories {
+        let path = local_path(pgdata, tablespaces, &dir.path);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            fs::set_permissions(&path, fs::Permissions::from_mode(dir_mode(dir.mode)))
+                .map_err(io_err("chmod", &path))?;
+        }
+    }
+    for file in &manifest.files {
+        let path = local_path(pgdata, tablespaces, &file.path);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
+            fs::set_permissions(&path, fs::Permissions::from_mode(file_mode(file.mode)))
+                .map_err(io_err("chmod", &path))?;
+        }
+    }
     let mut files = plan.rewrite;
     files.extend(differing);
     Ok((files, summary))
@@ -1174,7 +1190,13 @@ async fn patch(
         .custom_flags(libc::O_NOFOLLOW)
         .open(path)
         .map_err(io_err("open", path))?;
-    let local_len = file.metadata().map_err(io_err("stat", path))?.len();
+    let meta = file.metadata().map_err(io_err("stat", path))?;
+    // Another name for the same inode (pg_upgrade --link, cp -al, rsync
+    // --link-dest) lies outside this data directory: never written through.
+    if std::os::unix::fs::MetadataExt::nlink(&meta) > 1 {
+        return Ok(Patched::Unpatchable);
+    }
+    let local_len = meta.len();
     let blocks = map.hashes.len();
     let mut done = vec![false; blocks];
     let mut buf = vec![0u8; bs as usize];

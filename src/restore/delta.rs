@@ -31,6 +31,9 @@ pub enum LocalKind {
         size: u64,
         mtime: i64,
         mtime_nsec: i64,
+        /// Hard links to it: a file with others lies partly outside the
+        /// data directory and is never changed in place.
+        links: u64,
     },
     Dir,
     Symlink,
@@ -81,6 +84,7 @@ pub fn plan_delta(
         .iter()
         .map(|t| format!("pg_tblspc/{}", t.oid))
         .collect();
+    let trust_before = manifest.start_time_ts().map(|t| t.as_second() - 1);
     let mut plan = DeltaPlan::default();
     let mut present: BTreeSet<&str> = BTreeSet::new();
     let mut removed_dirs: Vec<String> = Vec::new();
@@ -108,9 +112,14 @@ pub fn plan_delta(
                     size,
                     mtime,
                     mtime_nsec,
-                } if *size == file.size || file.map.is_some() => {
+                    links,
+                } if *links <= 1 && (*size == file.size || file.map.is_some()) => {
+                    // A time in the second the backup started (or later)
+                    // can hide a change made in that same second.
+                    let trusted = trust_before.is_some_and(|t| file.mtime < t);
                     if *size == file.size
                         && !force_checksum
+                        && trusted
                         && *mtime == file.mtime
                         && *mtime_nsec == 0
                     {
@@ -164,6 +173,7 @@ fn kind_of(meta: &fs::Metadata) -> LocalKind {
             size: meta.len(),
             mtime: meta.mtime(),
             mtime_nsec: meta.mtime_nsec(),
+            links: meta.nlink(),
         }
     } else {
         LocalKind::Other
@@ -206,7 +216,10 @@ pub fn list_local(
                 Err(e) => return Err(e),
             };
             let kind = kind_of(&meta);
-            if kind == LocalKind::Dir {
+            // A real directory where a tablespace link belongs is replaced
+            // by the link whole; what is in it is never listed as the
+            // tablespace's (that lives at the tablespace's location).
+            if kind == LocalKind::Dir && !links.contains(&rel) {
                 stack.push((entry.path(), rel.clone()));
             }
             out.push(LocalEntry { rel, kind });
@@ -216,7 +229,6 @@ pub fn list_local(
     let version_prefix = format!("PG_{pg_major}_");
     for ts in tablespaces {
         let prefix = format!("pg_tblspc/{}", ts.oid);
-        debug_assert!(links.contains(&prefix));
         let location = Path::new(&ts.location);
         let entries = match fs::read_dir(location) {
             Ok(e) => e,
@@ -242,8 +254,8 @@ pub fn list_local(
             out.push(LocalEntry { rel, kind });
         }
     }
-    // Entries reached through a pg_tblspc link inside the data directory
-    // were not followed; the link itself is listed.
+    // Links inside the data directory are never followed; the link (or a
+    // directory in its place) is listed itself.
     Ok(out)
 }
 
@@ -299,6 +311,7 @@ mod tests {
                 size,
                 mtime,
                 mtime_nsec: nsec,
+                links: 1,
             },
         }
     }
@@ -378,6 +391,33 @@ mod tests {
         let plan = plan_delta(&manifest(), &local, true);
         assert!(plan.keep.is_empty());
         assert_eq!(plan.check.len(), 2);
+    }
+
+    #[test]
+    fn recent_times_and_hard_links_are_never_trusted() {
+        let mut m = manifest();
+        // The backup started at 1000 (its manifest's time), so a file time
+        // in that second could hide a change.
+        m.start_time = "1970-01-01T00:16:40Z".into();
+        let local = vec![
+            dir("base"),
+            dir("base/1"),
+            file("base/1/100", 8192, 1000, 0),
+            LocalEntry {
+                rel: "base/1/200".into(),
+                kind: LocalKind::File {
+                    size: 8192,
+                    mtime: 1000,
+                    mtime_nsec: 0,
+                    links: 2,
+                },
+            },
+        ];
+        let plan = plan_delta(&m, &local, false);
+        assert!(plan.keep.is_empty(), "{plan:?}");
+        assert_eq!(plan.check.len(), 1);
+        assert!(plan.remove.contains(&"base/1/200".to_string()));
+        assert!(plan.rewrite.iter().any(|f| f.path == "base/1/200"));
     }
 
     #[test]

@@ -102,6 +102,19 @@ pub async fn run_verify(repo: &Repository, jobs: usize) -> Result<VerifyReport, 
         // The whole manifest: listings carry no file lists.
         let manifest = match repo.read_manifest(&listing.label).await {
             Ok(m) => m,
+            // Expired since the listing (its manifest goes first): no damage.
+            Err(RepoError::Object(crate::repo::ObjectError::Storage(
+                crate::storage::StorageError::NotFound { .. },
+            ))) if matches!(
+                repo.store()
+                    .head(&layout::summary_key(&listing.label))
+                    .await,
+                Err(crate::storage::StorageError::NotFound { .. })
+            ) =>
+            {
+                report.objects_vanished += 1;
+                continue;
+            }
             Err(e) => {
                 report.problems.push(Problem {
                     kind: "manifest",
