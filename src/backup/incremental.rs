@@ -272,7 +272,7 @@ pub async fn copy_file(
         let info = write_object(
             ctx.repo.store(),
             &key,
-            PutMode::Create,
+            PutMode::CreateBatched,
             &mut src,
             ctx.compress,
         )
@@ -290,7 +290,7 @@ pub async fn copy_file(
     let info = write_object(
         ctx.repo.store(),
         &key,
-        PutMode::Create,
+        PutMode::CreateBatched,
         &mut reader,
         ctx.compress,
     )
@@ -322,7 +322,7 @@ async fn write_map(
     let info = write_object(
         ctx.repo.store(),
         &key,
-        PutMode::Create,
+        PutMode::CreateBatched,
         &mut src,
         ctx.compress,
     )
@@ -356,7 +356,7 @@ async fn copy_against_map(
     let info = write_object(
         ctx.repo.store(),
         &key,
-        PutMode::Create,
+        PutMode::CreateBatched,
         &mut reader,
         ctx.compress,
     )

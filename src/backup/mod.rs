@@ -309,7 +309,7 @@ pub async fn run_backup(
         total_bytes,
         opts,
         block_size,
-        reference.as_ref(),
+        reference,
     )
     .await?;
 
@@ -398,6 +398,11 @@ pub async fn run_backup(
         block_size: Some(block_size),
     };
     manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
+    // Every file object is durable before the manifest names them.
+    repo.store()
+        .sync_batched()
+        .await
+        .map_err(|e| BackupError::Repo(RepoError::from(e)))?;
     if let Some(lock) = lock {
         let ours = lock
             .confirm()
@@ -451,7 +456,7 @@ async fn copy_files(
     total_bytes: u64,
     opts: &BackupOptions,
     block_size: u32,
-    reference: Option<&BackupManifest>,
+    reference: Option<BackupManifest>,
 ) -> Result<Vec<FileEntry>, BackupError> {
     let done_bytes = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(total_bytes, done_bytes.clone(), opts.progress_bar);
@@ -461,20 +466,21 @@ async fn copy_files(
         ..repo.compress()
     };
     // The reference's entries by path (one at most per path: checked).
-    let ref_block_size = reference.and_then(|m| m.block_size);
+    let ref_block_size = reference.as_ref().and_then(|m| m.block_size);
     // A file changed within the second the reference started may keep its
     // time: only times before that second are trusted.
     let trust_mtime_before = reference
+        .as_ref()
         .filter(|_| opts.trust_mtime)
         .and_then(|m| m.start_time_ts())
         .map(|t| t.as_second() - 1);
-    let by_path: Arc<std::collections::HashMap<String, FileEntry>> = Arc::new(
+    // The reference's entries, sorted by path, looked up by binary search:
+    // no second copy of a large file list.
+    let by_path: Arc<Vec<FileEntry>> = Arc::new(
         reference
-            .map(|m| {
+            .map(|mut m| {
+                m.files.sort_by(|a, b| a.path.cmp(&b.path));
                 m.files
-                    .iter()
-                    .map(|f| (f.path.clone(), f.clone()))
-                    .collect()
             })
             .unwrap_or_default(),
     );
@@ -494,7 +500,10 @@ async fn copy_files(
                 index,
                 compress,
                 block_size,
-                reference: by_path.get(&file.rel).map(|e| (e, ref_block_size)),
+                reference: by_path
+                    .binary_search_by(|e| e.path.as_str().cmp(file.rel.as_str()))
+                    .ok()
+                    .map(|i| (&by_path[i], ref_block_size)),
                 trust_mtime_before,
             };
             let entry = incremental::copy_file(&ctx, &file)

@@ -493,9 +493,14 @@ impl Repository {
             repo: self.describe(),
             reason,
         };
-        let probe: serde_json::Value =
-            serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
-        if let Some(v) = probe.get("manifest_version").and_then(|v| v.as_u64()) {
+        // The version first (a newer manifest may not parse as this one),
+        // without building a tree of the whole file list.
+        #[derive(serde::Deserialize)]
+        struct Version {
+            manifest_version: Option<u64>,
+        }
+        let version: Version = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))?;
+        if let Some(v) = version.manifest_version {
             if v > manifest::MANIFEST_VERSION as u64 {
                 return Err(RepoError::FormatTooNew {
                     repo: self.describe(),
@@ -503,7 +508,9 @@ impl Repository {
                 });
             }
         }
-        serde_json::from_value(probe).map_err(|e| corrupt(e.to_string()))
+        let manifest = serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()));
+        drop(json);
+        manifest
     }
 
     /// Writes a complete backup's summary (create-only; one already there

@@ -22,6 +22,7 @@ pub async fn run_all(store: &dyn ObjectStore, base: &str) {
     uncommitted_is_invisible(store, base).await;
     list_is_sorted_and_filtered(store, base).await;
     list_dirs_names_one_level(store, base).await;
+    batched_creates_are_create_only(store, base).await;
     delete_is_idempotent(store, base).await;
     ranges(store, base).await;
 }
@@ -223,6 +224,21 @@ pub async fn uncommitted_is_invisible(store: &dyn ObjectStore, base: &str) {
         .put_bytes(&k, Bytes::from_static(b"whole"), PutMode::Create)
         .await
         .expect("create after abort");
+}
+
+pub async fn batched_creates_are_create_only(store: &dyn ObjectStore, base: &str) {
+    let k = key(base, "batched/one");
+    store
+        .put_bytes(&k, Bytes::from_static(b"first"), PutMode::CreateBatched)
+        .await
+        .expect("batched create");
+    let err = store
+        .put_bytes(&k, Bytes::from_static(b"second"), PutMode::CreateBatched)
+        .await
+        .expect_err("a batched create never overwrites");
+    assert!(matches!(err, StorageError::AlreadyExists { .. }), "{err}");
+    store.sync_batched().await.expect("sync batched puts");
+    assert_eq!(read_all(store, &k).await, b"first");
 }
 
 pub async fn list_dirs_names_one_level(store: &dyn ObjectStore, base: &str) {

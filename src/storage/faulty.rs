@@ -111,6 +111,10 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
         self.inner.list_dirs(prefix).await
     }
 
+    async fn sync_batched(&self) -> Result<()> {
+        self.inner.sync_batched().await
+    }
+
     async fn delete(&self, key: &Key) -> Result<()> {
         self.check(Op::Delete, key.as_str())?;
         self.inner.delete(key).await

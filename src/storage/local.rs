@@ -11,10 +11,12 @@
 //! the page cache costs less than handing it to another thread. Callers that
 //! want parallelism run their pipelines on blocking threads.
 
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
@@ -39,6 +41,10 @@ pub struct LocalStore {
     /// runs as that user and must read what `walvault backup` run as root
     /// wrote).
     owner: Option<(u32, u32)>,
+    /// Directories this store has swept for abandoned temporary files:
+    /// each once per process, so a backup writing thousands of objects
+    /// into one directory does not read it thousands of times.
+    swept: Arc<Mutex<HashSet<PathBuf>>>,
 }
 
 impl LocalStore {
@@ -84,7 +90,11 @@ impl LocalStore {
         } else {
             None
         };
-        Ok(LocalStore { root, owner })
+        Ok(LocalStore {
+            root,
+            owner,
+            swept: Arc::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -166,11 +176,12 @@ pub(crate) fn create_dirs_durably(dir: &Path, owner: Option<(u32, u32)>) -> io::
     Ok(())
 }
 
-/// Atomically replaces or creates `dest` with the already-fsynced `tmp`.
-/// With `create_only`, an existing `dest` is left alone and
+/// Atomically replaces or creates `dest` with `tmp` (already fsynced when
+/// `sync`). With `create_only`, an existing `dest` is left alone and
 /// `ErrorKind::AlreadyExists` is returned (a hard link fails atomically
-/// when the name is taken). The directory is fsynced afterwards.
-pub(crate) fn durable_rename(tmp: &Path, dest: &Path, create_only: bool) -> io::Result<()> {
+/// when the name is taken). With `sync`, the directory is fsynced
+/// afterwards; without, a later `syncfs` makes the name durable.
+fn place(tmp: &Path, dest: &Path, create_only: bool, sync: bool) -> io::Result<()> {
     if create_only {
         let linked = fs::hard_link(tmp, dest);
         let _ = fs::remove_file(tmp);
@@ -179,8 +190,10 @@ pub(crate) fn durable_rename(tmp: &Path, dest: &Path, create_only: bool) -> io::
         let _ = fs::remove_file(tmp);
         return Err(e);
     }
-    if let Some(dir) = dest.parent() {
-        fsync_dir(dir)?;
+    if sync {
+        if let Some(dir) = dest.parent() {
+            fsync_dir(dir)?;
+        }
     }
     Ok(())
 }
@@ -414,7 +427,14 @@ impl ObjectStore for LocalStore {
                 .map_err(|e| io_err("chown", key, e))?;
         }
         if let Some(dir) = dest.parent() {
-            sweep_abandoned_temps(dir, ABANDONED_AFTER);
+            let first = self
+                .swept
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(dir.to_path_buf());
+            if first {
+                sweep_abandoned_temps(dir, ABANDONED_AFTER);
+            }
         }
         Ok(Box::new(LocalWriter {
             key: key.clone(),
@@ -442,6 +462,21 @@ impl ObjectStore for LocalStore {
         })?;
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
+    }
+
+    async fn sync_batched(&self) -> Result<()> {
+        self.check_root()?;
+        let dir = File::open(&self.root).map_err(|e| io_err("sync", &Key(String::new()), e))?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: syncfs on a valid, open descriptor.
+        if unsafe { libc::syncfs(dir.as_raw_fd()) } != 0 {
+            return Err(io_err(
+                "sync",
+                &Key(String::new()),
+                io::Error::last_os_error(),
+            ));
+        }
+        Ok(())
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
@@ -601,11 +636,16 @@ impl ObjectWriter for LocalWriter {
                 io::Error::other("writer already finished"),
             ));
         };
-        file.sync_all().map_err(|e| io_err("fsync", &self.key, e))?;
-        let create_only = self.mode == PutMode::Create;
+        // A batched put is made durable by the store's sync_batched (one
+        // syncfs for all of them) instead of two fsyncs each.
+        let sync = self.mode != PutMode::CreateBatched;
+        if sync {
+            file.sync_all().map_err(|e| io_err("fsync", &self.key, e))?;
+        }
+        let create_only = self.mode.is_create();
         // The file (and its lock) stays open until it is in place, so no
         // sweep takes it for a leftover meanwhile.
-        let renamed = durable_rename(&self.tmp, &self.dest, create_only);
+        let renamed = place(&self.tmp, &self.dest, create_only, sync);
         drop(file);
         match renamed {
             Ok(()) => Ok(()),

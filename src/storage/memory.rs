@@ -125,7 +125,7 @@ impl ObjectWriter for MemoryWriter {
 
     async fn commit(self: Box<Self>) -> Result<()> {
         let mut objects = self.store.lock();
-        if self.mode == PutMode::Create && objects.contains_key(&self.key) {
+        if self.mode.is_create() && objects.contains_key(&self.key) {
             return Err(StorageError::AlreadyExists { key: self.key });
         }
         objects.insert(self.key, (self.buf.freeze(), now()));

@@ -94,6 +94,18 @@ pub enum PutMode {
     /// Fail with [`StorageError::AlreadyExists`] if the key exists; the
     /// existing object is never touched.
     Create,
+    /// As [`PutMode::Create`], but durable only once
+    /// [`ObjectStore::sync_batched`] returns: for the many objects of one
+    /// backup, made durable together before its manifest is written. A
+    /// crash before that may lose them, never leave part of one visible.
+    CreateBatched,
+}
+
+impl PutMode {
+    /// Whether an existing object makes the put fail.
+    pub fn is_create(self) -> bool {
+        matches!(self, PutMode::Create | PutMode::CreateBatched)
+    }
 }
 
 /// How a backend keeps [`PutMode::Create`] from overwriting.
@@ -243,6 +255,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         }
         names.dedup();
         Ok(names)
+    }
+
+    /// Makes every object put with [`PutMode::CreateBatched`] so far
+    /// durable. Stores whose puts are durable when they return (S3) have
+    /// nothing to do.
+    async fn sync_batched(&self) -> Result<()> {
+        Ok(())
     }
 
     /// Removes an object; a missing key is not an error.

@@ -884,7 +884,7 @@ impl S3Writer {
     }
 
     async fn put_single(&mut self, data: Bytes) -> Result<()> {
-        let create = self.mode == PutMode::Create;
+        let create = self.mode.is_create();
         let request = |conditional: bool| {
             let mut req = self
                 .client()
@@ -973,7 +973,7 @@ impl S3Writer {
             self.finish_oldest_part().await?;
         }
         let upload_id = self.start_multipart().await?;
-        let create = self.mode == PutMode::Create;
+        let create = self.mode.is_create();
         // Servers that ignore If-None-Match on completion would overwrite:
         // refuse what we can see first.
         if create && self.exists().await? {
