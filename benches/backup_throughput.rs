@@ -37,6 +37,10 @@
 //! - `WALVAULT_BENCH_PG_BIN`: PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 //! - `WALVAULT_BENCH_KEEP=1`: keep the temporary directory (cluster, repository)
 //! - `WALVAULT_BENCH_ONLY=incremental`: only the incremental phase (below)
+//! - `WALVAULT_BENCH_ONLY=many-files`: only the many-files phase: another
+//!   `WALVAULT_BENCH_FILES` (default 100000) files of 100 bytes in the data
+//!   directory, full and incremental backups (1% of the files changed),
+//!   a restore and a listing, beside pgBackRest
 //!
 //! The incremental phase, after the rounds above, in each round: a full
 //! backup with walvault and with pgBackRest (zst 3, `process-max` = cores,
@@ -268,12 +272,13 @@ fn main() {
         },
     ];
     let mut failed: Vec<(&str, String)> = Vec::new();
-    let only_incremental = std::env::var("WALVAULT_BENCH_ONLY").is_ok_and(|v| v == "incremental");
+    let only = std::env::var("WALVAULT_BENCH_ONLY").unwrap_or_default();
+    let only_one_phase = !only.is_empty();
 
     // Every configuration once per round, rounds one after another, so that
     // changing load from elsewhere on the machine spreads over all of them.
     let mut restore_label: Option<String> = None;
-    for round in (1..=rounds).filter(|_| !only_incremental) {
+    for round in (1..=rounds).filter(|_| !only_one_phase) {
         eprintln!("--- round {round} of {rounds}");
         let label = walvault_backup(
             &mut results,
@@ -378,7 +383,7 @@ fn main() {
         .psql("SELECT count(*) FROM pgbench_accounts")
         .parse()
         .expect("row count");
-    for round in 1..=rounds {
+    for round in (1..=rounds).filter(|_| only != "many-files") {
         eprintln!("--- incremental round {round} of {rounds}");
         let full = walvault_backup_as(
             &mut results,
@@ -554,6 +559,95 @@ fn main() {
         }
     }
 
+    // Many small files: `WALVAULT_BENCH_ONLY=many-files`.
+    let many: usize = std::env::var("WALVAULT_BENCH_FILES")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(100_000);
+    if only == "many-files" {
+        eprintln!("writing {many} files of 100 bytes into the data directory");
+        let dir = cluster.data.join("walvault_bench_many");
+        for i in 0..many {
+            let sub = dir.join(format!("{}", i / 1000));
+            if i % 1000 == 0 {
+                fs::create_dir_all(&sub).expect("create directory");
+            }
+            fs::write(sub.join(format!("{i}")), [b'x'; 100]).expect("write file");
+        }
+        runner.give_to_postgres(&dir);
+        for round in 1..=rounds {
+            eprintln!("--- many-files round {round} of {rounds}");
+            let full = walvault_backup_as(
+                &mut results,
+                Kind::Many,
+                "walvault backup --type full",
+                &[],
+                &["--type", "full"],
+            );
+            if let Some(pgbr) = &pgbr {
+                let label = "pgbackrest backup --type=full (zst 3)";
+                let run =
+                    bench.measure(label, pgbr.command().args(["backup", "--type=full"]), None);
+                results.record(Kind::Many, label, run, pgbr.newest_set_size());
+            }
+            // 1% of the files change.
+            for i in (0..many).step_by(100) {
+                fs::write(dir.join(format!("{}/{i}", i / 1000)), [b'y'; 100]).expect("write file");
+            }
+            walvault_backup_as(
+                &mut results,
+                Kind::Many,
+                "walvault backup --type incr (1% of the files changed)",
+                &[],
+                &["--type", "incr"],
+            );
+            if let Some(pgbr) = &pgbr {
+                let label = "pgbackrest backup --type=incr (1% of the files changed)";
+                let run =
+                    bench.measure(label, pgbr.command().args(["backup", "--type=incr"]), None);
+                results.record(Kind::Many, label, run, pgbr.newest_set_size());
+            }
+            let target = root.join("restore-many");
+            let mut cmd = walvault_command(&walvault);
+            cmd.arg("--repo")
+                .arg(&repo)
+                .arg("restore")
+                .arg("--pgdata")
+                .arg(&target)
+                .arg("--backup")
+                .arg(&full);
+            let label = "walvault restore (the full backup)";
+            let run = bench.measure(label, &mut cmd, None);
+            results.record(Kind::Many, label, run, tree_size(&target));
+            remove_tree(&target);
+            if let Some(pgbr) = &pgbr {
+                fs::create_dir_all(&target).expect("create restore directory");
+                let label = "pgbackrest restore (the full backup)";
+                let mut cmd = pgbr.command();
+                cmd.args(["restore", "--type=immediate"])
+                    .arg(format!(
+                        "--set={}",
+                        pgbr.sets()
+                            .into_iter()
+                            .rfind(|s| s.ends_with('F'))
+                            .expect("a full set")
+                    ))
+                    .arg(format!("--pg1-path={}", target.display()));
+                let run = bench.measure(label, &mut cmd, None);
+                results.record(Kind::Many, label, run, tree_size(&target));
+                remove_tree(&target);
+            }
+            let mut cmd = walvault_command(&walvault);
+            cmd.arg("--repo")
+                .arg(&repo)
+                .args(["list"])
+                .stdout(Stdio::null());
+            let label = "walvault list";
+            let run = bench.measure(label, &mut cmd, None);
+            results.record(Kind::Many, label, run, Size::default());
+        }
+    }
+
     // Results.
     let mut md = String::new();
     md.push_str(&format!(
@@ -600,6 +694,10 @@ fn main() {
     md.push_str(&results.table(Kind::Incremental, db_bytes));
     md.push_str("\n### Full and delta restores, to the incremental\n\n");
     md.push_str(&results.table(Kind::Delta, db_bytes));
+    md.push_str(&format!(
+        "\n### A data directory with {many} more files of 100 bytes (`WALVAULT_BENCH_ONLY=many-files`)\n\n"
+    ));
+    md.push_str(&results.table(Kind::Many, db_bytes));
     for (label, why) in &failed {
         md.push_str(&format!("\nLeft out, failed: {label}: {why}\n"));
     }
@@ -992,6 +1090,8 @@ enum Kind {
     Incremental,
     /// Full and delta restores after 1% of rows changed.
     Delta,
+    /// A data directory with many small files.
+    Many,
 }
 
 /// Every run of one configuration.
