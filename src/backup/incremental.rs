@@ -130,12 +130,7 @@ fn as_ref(key: &Key, info: &ObjectInfo) -> ObjectRef {
 /// Reads a block map object and checks it against its reference.
 pub async fn read_map(repo: &Repository, map: &ObjectRef) -> Result<BlockMap, ObjectError> {
     let key = Key::new(map.object.clone())?;
-    let mut bytes = Vec::new();
-    let info = read_object(repo.store(), &key, &mut |p: &[u8]| {
-        bytes.extend_from_slice(p);
-        Ok(())
-    })
-    .await?;
+    let (bytes, info) = crate::repo::object::read_to_vec(repo.store(), &key).await?;
     if info.checksum != map.checksum {
         return Err(ObjectError::Integrity {
             key,
@@ -284,18 +279,7 @@ pub async fn copy_file(
             info.stored_size,
         )));
     }
-    // Large reads underneath: the block reader asks for one block at a time.
-    let src = tokio::io::BufReader::with_capacity(READ_BYTES, src);
-    let mut reader = BlockReader::new(src, ctx.block_size, None);
-    let info = write_object(
-        ctx.repo.store(),
-        &key,
-        PutMode::CreateBatched,
-        &mut reader,
-        ctx.compress,
-    )
-    .await?;
-    let scan = reader.into_scan();
+    let (info, scan) = put_blocks(ctx, &key, src, None).await?;
     let map = write_map(ctx, &scan).await?;
     let mut e = entry(
         info.raw_size,
@@ -305,6 +289,29 @@ pub async fn copy_file(
     );
     e.map = Some(map.0);
     Ok(Some(e))
+}
+
+/// Stores a file through a [`BlockReader`]: whole (`reference: None`) or
+/// as a block delta against `reference`. Returns the object and what the
+/// reader saw.
+async fn put_blocks(
+    ctx: &CopyContext<'_>,
+    key: &Key,
+    src: tokio::fs::File,
+    reference: Option<&BlockMap>,
+) -> Result<(ObjectInfo, blocks::BlockScan), ObjectError> {
+    // Large reads underneath: the block reader asks for one block at a time.
+    let src = tokio::io::BufReader::with_capacity(READ_BYTES, src);
+    let mut reader = BlockReader::new(src, ctx.block_size, reference);
+    let info = write_object(
+        ctx.repo.store(),
+        key,
+        PutMode::CreateBatched,
+        &mut reader,
+        ctx.compress,
+    )
+    .await?;
+    Ok((info, reader.into_scan()))
 }
 
 async fn write_map(
@@ -351,17 +358,7 @@ async fn copy_against_map(
         return Ok(None);
     };
     let key = layout::backup_file_key(ctx.label, ctx.index);
-    let src = tokio::io::BufReader::with_capacity(READ_BYTES, src);
-    let mut reader = BlockReader::new(src, ctx.block_size, Some(&map));
-    let info = write_object(
-        ctx.repo.store(),
-        &key,
-        PutMode::CreateBatched,
-        &mut reader,
-        ctx.compress,
-    )
-    .await?;
-    let scan = reader.into_scan();
+    let (info, scan) = put_blocks(ctx, &key, src, Some(&map)).await?;
     let blocks_now = scan.hashes.len() as u64;
     // The reference's layers: its base (or whole object) and deltas.
     let base = reference.base.clone().unwrap_or_else(|| ObjectRef {

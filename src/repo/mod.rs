@@ -465,29 +465,16 @@ impl Repository {
 
     /// A backup's writer object, if it has a readable one.
     pub async fn read_writer(&self, label: &str) -> Option<WriterInfo> {
-        let mut json = Vec::new();
-        object::read_object(
-            self.store(),
-            &layout::writer_key(label),
-            &mut |p: &[u8]| {
-                json.extend_from_slice(p);
-                Ok(())
-            },
-        )
-        .await
-        .ok()?;
+        let (json, _) = object::read_to_vec(self.store(), &layout::writer_key(label))
+            .await
+            .ok()?;
         serde_json::from_slice(&json).ok()
     }
 
     /// Reads and checks a backup's manifest.
     pub async fn read_manifest(&self, label: &str) -> Result<manifest::BackupManifest, RepoError> {
         let key = layout::manifest_key(label);
-        let mut json = Vec::new();
-        object::read_object(self.store(), &key, &mut |piece: &[u8]| {
-            json.extend_from_slice(piece);
-            Ok(())
-        })
-        .await?;
+        let (json, _) = object::read_to_vec(self.store(), &key).await?;
         let corrupt = |reason: String| RepoError::HeaderCorrupt {
             key: key.to_string(),
             repo: self.describe(),
@@ -554,12 +541,7 @@ impl Repository {
 
     async fn read_summary(&self, label: &str) -> Result<SummaryObject, RepoError> {
         let key = layout::summary_key(label);
-        let mut json = Vec::new();
-        object::read_object(self.store(), &key, &mut |p: &[u8]| {
-            json.extend_from_slice(p);
-            Ok(())
-        })
-        .await?;
+        let (json, _) = object::read_to_vec(self.store(), &key).await?;
         let corrupt = |reason: String| RepoError::HeaderCorrupt {
             key: key.to_string(),
             repo: self.describe(),

@@ -278,6 +278,21 @@ pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
     }
 }
 
+/// Reads a small object (a manifest, a summary, a block map) whole into
+/// memory, checked as [`read_object`] checks it.
+pub async fn read_to_vec(
+    store: &dyn ObjectStore,
+    key: &Key,
+) -> Result<(Vec<u8>, ObjectInfo), ObjectError> {
+    let mut out = Vec::new();
+    let info = read_object(store, key, &mut |piece: &[u8]| {
+        out.extend_from_slice(piece);
+        Ok(())
+    })
+    .await?;
+    Ok((out, info))
+}
+
 /// Streams the object at `key` to `sink`, decompressed, and checks its size
 /// and checksum against the trailer. `sink` may have received bytes even
 /// when this fails: write to a temporary place and publish only on `Ok`.

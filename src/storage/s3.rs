@@ -112,6 +112,18 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// The repository's prefix in the bucket (`""` or `"prefix/"`), and
+    /// `rel` below it: what a listing asks the server for.
+    fn listing_prefix(&self, rel: &str) -> (String, String) {
+        let base = if self.settings.prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.settings.prefix)
+        };
+        let full = format!("{base}{rel}");
+        (base, full)
+    }
+
     /// Completes a one-part multipart upload over an existing object with
     /// `If-None-Match: *`, for [`ObjectStore::probe_create_only`].
     async fn probe_multipart(&self, object_key: &str) -> Result<&'static str> {
@@ -492,12 +504,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
-        let base = if self.settings.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.settings.prefix)
-        };
-        let full_prefix = format!("{base}{}", prefix.unwrap_or(""));
+        let (base, full_prefix) = self.listing_prefix(prefix.unwrap_or(""));
         let list_key = Key(full_prefix.clone());
         let mut out = Vec::new();
         let mut token: Option<String> = None;
@@ -535,12 +542,7 @@ impl ObjectStore for S3Store {
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
-        let base = if self.settings.prefix.is_empty() {
-            String::new()
-        } else {
-            format!("{}/", self.settings.prefix)
-        };
-        let full_prefix = format!("{base}{prefix}");
+        let (_, full_prefix) = self.listing_prefix(prefix);
         let list_key = Key(full_prefix.clone());
         let mut out = Vec::new();
         let mut token: Option<String> = None;

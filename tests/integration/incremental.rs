@@ -37,17 +37,24 @@ fn sql_in(cluster: &PgCluster, db: &str, sql: &str) -> String {
 }
 
 fn backup_typed(setup: &Setup, cluster: &PgCluster, kind: &str) -> (String, String) {
-    let out = setup.walvault(&[
+    backup_with(setup, cluster, &["--type", kind])
+}
+
+/// `walvault backup` with `extra` arguments; the new label and the summary.
+fn backup_with(setup: &Setup, cluster: &PgCluster, extra: &[&str]) -> (String, String) {
+    let pgdata = cluster.data.to_str().unwrap();
+    let conninfo = Setup::conninfo(cluster);
+    let mut args = vec![
         "backup",
-        "--type",
-        kind,
         "--pgdata",
-        cluster.data.to_str().unwrap(),
+        pgdata,
         "--dbname",
-        &Setup::conninfo(cluster),
+        &conninfo,
         "--no-progress",
-    ]);
-    assert_eq!(out.code, 0, "backup --type {kind}: {}", out.stderr);
+    ];
+    args.extend_from_slice(extra);
+    let out = setup.walvault(&args);
+    assert_eq!(out.code, 0, "backup {extra:?}: {}", out.stderr);
     let label = out.stdout.split_whitespace().nth(1).unwrap().to_string();
     (label, out.stdout)
 }
@@ -602,24 +609,8 @@ fn incremental_backups_on_s3_restore_exactly() {
         "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN 100000 AND 101000",
     );
     p.sql("CHECKPOINT");
-    let out = setup.walvault(&[
-        "backup",
-        "--type",
-        "incr",
-        "--trust-mtime",
-        "--pgdata",
-        p.data.to_str().unwrap(),
-        "--dbname",
-        &Setup::conninfo(p),
-        "--no-progress",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    assert!(
-        out.stdout.contains(&format!("(incr on {incr})")),
-        "{}",
-        out.stdout
-    );
-    let trusted = out.stdout.split_whitespace().nth(1).unwrap().to_string();
+    let (trusted, out) = backup_with(&setup, p, &["--type", "incr", "--trust-mtime"]);
+    assert!(out.contains(&format!("(incr on {incr})")), "{out}");
     let want = fingerprint(p, "postgres");
     let verify = setup.walvault(&["verify"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
