@@ -440,13 +440,7 @@ mod tests {
     }
 
     async fn load(store: &MemoryStore, key: &Key) -> Result<(Vec<u8>, ObjectInfo), ObjectError> {
-        let mut out = Vec::new();
-        let info = read_object(store, key, &mut |piece: &[u8]| {
-            out.extend_from_slice(piece);
-            Ok(())
-        })
-        .await?;
-        Ok((out, info))
+        read_to_vec(store, key).await
     }
 
     fn sample(len: usize) -> Vec<u8> {
