@@ -626,3 +626,65 @@ fn incremental_backups_on_s3_restore_exactly() {
     );
     assert_eq!(fingerprint(&r, "postgres"), want);
 }
+
+#[test]
+fn delta_restore_with_a_tablespace_patches_it_in_place() {
+    let setup = Setup::new("delta-ts", Backend::Local);
+    let p = &setup.primary;
+    let ts_dir = setup.dir.subdir("ts1");
+    p.sql(&format!(
+        "CREATE TABLESPACE ts1 LOCATION '{}'",
+        ts_dir.display()
+    ));
+    p.sql("CREATE TABLE big(id int, note text) TABLESPACE ts1");
+    p.sql("INSERT INTO big SELECT g, repeat('x', 100) FROM generate_series(1, 20000) g");
+    p.sql("VACUUM big");
+    p.sql("CHECKPOINT");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (full, _) = backup_typed(&setup, p, "full");
+    let want = fingerprint(p, "postgres");
+    let oid = p.sql("SELECT oid FROM pg_tablespace WHERE spcname = 'ts1'");
+    let location = setup.dir.path().join("ts1-copy");
+    let map = format!("{oid}={}", location.display());
+    let args = [
+        "--backup",
+        full.as_str(),
+        "--target-immediate",
+        "--archive-mode",
+        "off",
+        "--tablespace-map",
+        map.as_str(),
+    ];
+
+    // A copy with its tablespace elsewhere, which then drifts.
+    let mut copy = setup.restore_and_start("copy", &args);
+    copy.sql("UPDATE big SET note = 'changed' WHERE id <= 50");
+    copy.sql("CREATE TABLE extra TABLESPACE ts1 AS SELECT generate_series(1, 100) AS x");
+    copy.sql("CHECKPOINT");
+    copy.stop();
+    // Another cluster's directory in the same tablespace location is
+    // never touched.
+    let foreign = location.join("PG_14_202107181");
+    std::fs::create_dir_all(foreign.join("1")).unwrap();
+    std::fs::write(foreign.join("1/16384"), b"another cluster").unwrap();
+
+    let (out, pgdata) = setup.restore("copy", &[&["--delta"][..], &args].concat());
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(" patched ("), "{}", out.stdout);
+    assert_eq!(
+        std::fs::read(foreign.join("1/16384")).unwrap(),
+        b"another cluster"
+    );
+    let link = std::fs::read_link(pgdata.join(format!("pg_tblspc/{oid}"))).unwrap();
+    assert_eq!(link, location);
+
+    let mut copy = PgCluster::existing(setup.dir.path(), "copy", pgdata);
+    copy.start();
+    copy.wait_promoted(180);
+    assert_eq!(fingerprint(&copy, "postgres"), want);
+    assert_eq!(
+        copy.sql("SELECT count(*) FROM pg_class WHERE relname = 'extra'"),
+        "0"
+    );
+    copy.stop();
+}
