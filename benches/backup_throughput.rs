@@ -379,6 +379,18 @@ fn main() {
     if pgbr.is_none() {
         eprintln!("pgbackrest is not installed: its rows are left out");
     }
+    // A timed pgBackRest backup of `kind`, recorded as `label` with the size
+    // of the set it wrote; nothing without pgBackRest.
+    let pgbr_backup = |results: &mut Results, row: Kind, label: &str, kind: &str| {
+        if let Some(pgbr) = &pgbr {
+            let run = bench.measure(
+                label,
+                pgbr.command().args(["backup", &format!("--type={kind}")]),
+                None,
+            );
+            results.record(row, label, run, pgbr.newest_set_size());
+        }
+    };
     let accounts: u64 = cluster
         .psql("SELECT count(*) FROM pgbench_accounts")
         .parse()
@@ -392,19 +404,12 @@ fn main() {
             &[],
             &["--type", "full"],
         );
-        if let Some(pgbr) = &pgbr {
-            let run = bench.measure(
-                "pgbackrest backup --type=full (zst 3)",
-                pgbr.command().args(["backup", "--type=full"]),
-                None,
-            );
-            results.record(
-                Kind::Incremental,
-                "pgbackrest backup --type=full (zst 3)",
-                run,
-                pgbr.newest_set_size(),
-            );
-        }
+        pgbr_backup(
+            &mut results,
+            Kind::Incremental,
+            "pgbackrest backup --type=full (zst 3)",
+            "full",
+        );
         let pgbr_full = pgbr.as_ref().map(|p| p.newest_set());
         // 1% of the rows, a different contiguous range each round.
         let step = (accounts / 100).max(1);
@@ -421,19 +426,12 @@ fn main() {
             &[],
             &["--type", "incr"],
         );
-        if let Some(pgbr) = &pgbr {
-            let run = bench.measure(
-                "pgbackrest backup --type=incr (after 1% of rows updated)",
-                pgbr.command().args(["backup", "--type=incr"]),
-                None,
-            );
-            results.record(
-                Kind::Incremental,
-                "pgbackrest backup --type=incr (after 1% of rows updated)",
-                run,
-                pgbr.newest_set_size(),
-            );
-        }
+        pgbr_backup(
+            &mut results,
+            Kind::Incremental,
+            "pgbackrest backup --type=incr (after 1% of rows updated)",
+            "incr",
+        );
         let pgbr_incr = pgbr.as_ref().map(|p| p.newest_set());
 
         // walvault: the full restored, then brought to the incremental.
@@ -552,11 +550,12 @@ fn main() {
             &[],
             &["--type", "incr", "--trust-mtime"],
         );
-        if let Some(pgbr) = &pgbr {
-            let label = "pgbackrest backup --type=incr (after another 1%, size and time as always)";
-            let run = bench.measure(label, pgbr.command().args(["backup", "--type=incr"]), None);
-            results.record(Kind::Incremental, label, run, pgbr.newest_set_size());
-        }
+        pgbr_backup(
+            &mut results,
+            Kind::Incremental,
+            "pgbackrest backup --type=incr (after another 1%, size and time as always)",
+            "incr",
+        );
     }
 
     // Many small files: `WALVAULT_BENCH_ONLY=many-files`.
@@ -584,12 +583,12 @@ fn main() {
                 &[],
                 &["--type", "full"],
             );
-            if let Some(pgbr) = &pgbr {
-                let label = "pgbackrest backup --type=full (zst 3)";
-                let run =
-                    bench.measure(label, pgbr.command().args(["backup", "--type=full"]), None);
-                results.record(Kind::Many, label, run, pgbr.newest_set_size());
-            }
+            pgbr_backup(
+                &mut results,
+                Kind::Many,
+                "pgbackrest backup --type=full (zst 3)",
+                "full",
+            );
             // 1% of the files change.
             for i in (0..many).step_by(100) {
                 fs::write(dir.join(format!("{}/{i}", i / 1000)), [b'y'; 100]).expect("write file");
@@ -601,12 +600,12 @@ fn main() {
                 &[],
                 &["--type", "incr"],
             );
-            if let Some(pgbr) = &pgbr {
-                let label = "pgbackrest backup --type=incr (1% of the files changed)";
-                let run =
-                    bench.measure(label, pgbr.command().args(["backup", "--type=incr"]), None);
-                results.record(Kind::Many, label, run, pgbr.newest_set_size());
-            }
+            pgbr_backup(
+                &mut results,
+                Kind::Many,
+                "pgbackrest backup --type=incr (1% of the files changed)",
+                "incr",
+            );
             let target = root.join("restore-many");
             let mut cmd = walvault_command(&walvault);
             cmd.arg("--repo")

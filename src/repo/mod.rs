@@ -810,6 +810,18 @@ mod listing_tests {
         m
     }
 
+    async fn put(repo: &Repository, key: &crate::storage::Key, mut bytes: &[u8]) {
+        object::write_object(
+            repo.store(),
+            key,
+            PutMode::Create,
+            &mut bytes,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap();
+    }
+
     /// Listings read summaries; a missing one is rebuilt from the manifest
     /// (and written, unless the store refuses writes); a backup without a
     /// manifest is incomplete, and its summary never outlives it.
@@ -819,26 +831,18 @@ mod listing_tests {
         let repo = Repository::new(Arc::new(store.clone()), CompressSettings::default());
         let full = manifest("20260101T000000Z", 3);
         repo.write_manifest(&full).await.unwrap();
-        let mut src: &[u8] = b"content";
-        object::write_object(
-            repo.store(),
+        put(
+            &repo,
             &layout::backup_file_key("20260101T000000Z", 0),
-            PutMode::Create,
-            &mut src,
-            CompressSettings::default(),
+            b"content",
         )
-        .await
-        .unwrap();
-        let mut src: &[u8] = b"partial";
-        object::write_object(
-            repo.store(),
+        .await;
+        put(
+            &repo,
             &layout::backup_file_key("20260102T000000Z", 0),
-            PutMode::Create,
-            &mut src,
-            CompressSettings::default(),
+            b"partial",
         )
-        .await
-        .unwrap();
+        .await;
 
         // Read-only: rebuilt in memory, nothing written.
         let ro = Repository::new(
@@ -881,16 +885,7 @@ mod listing_tests {
             manifest: other,
         })
         .unwrap();
-        let mut src: &[u8] = &json;
-        object::write_object(
-            repo.store(),
-            &layout::summary_key("20260102T000000Z"),
-            PutMode::Create,
-            &mut src,
-            CompressSettings::default(),
-        )
-        .await
-        .unwrap();
+        put(&repo, &layout::summary_key("20260102T000000Z"), &json).await;
         let listed = repo.list_backups().await.unwrap();
         assert!(listed[1].manifest.is_none(), "still incomplete");
     }

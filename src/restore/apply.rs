@@ -1316,3 +1316,135 @@ mod symlink_tests {
         assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
     }
 }
+
+#[cfg(test)]
+mod chain_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::blocks::{block_hash, BlockMap, BlockReader};
+    use crate::repo::manifest::ObjectRef;
+    use crate::repo::object::write_object;
+    use crate::repo::CompressSettings;
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::PutMode;
+    use tokio::io::AsyncReadExt;
+
+    const BS: u32 = 1024;
+
+    async fn put(repo: &Repository, key: &str, mut bytes: &[u8]) -> ObjectRef {
+        let key = Key::new(key).unwrap();
+        let info = write_object(
+            repo.store(),
+            &key,
+            PutMode::Create,
+            &mut bytes,
+            CompressSettings::default(),
+        )
+        .await
+        .unwrap();
+        ObjectRef {
+            object: key.to_string(),
+            raw_size: info.raw_size,
+            checksum: info.checksum,
+        }
+    }
+
+    /// A chain of 41 deltas, with the file growing, shrinking (mid-block
+    /// too) and changing: restore assembles every version exactly, and a
+    /// delta restore patches the first version into the last.
+    #[tokio::test]
+    async fn long_chains_restore_and_patch_exactly() {
+        let repo = Repository::new(Arc::new(MemoryStore::new()), CompressSettings::default());
+        let mut seed = 7u64;
+        let mut next = move |n: u64| {
+            seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            (seed >> 33) % n
+        };
+        let mut content: Vec<u8> = (0..40 * BS as usize).map(|i| (i % 251) as u8).collect();
+        let first = content.clone();
+        let base = put(&repo, "backup/20260101T000000Z/files/000000", &content).await;
+        let map_bytes = BlockMap {
+            block_size: BS,
+            file_size: content.len() as u64,
+            hashes: content.chunks(BS as usize).map(block_hash).collect(),
+        }
+        .encode();
+        let map = put(
+            &repo,
+            "backup/20260101T000000Z/files/000000.map",
+            &map_bytes,
+        )
+        .await;
+        let mut entry = FileEntry {
+            path: "base/1/100".into(),
+            size: content.len() as u64,
+            checksum: crate::stream::Checksum::of(&content),
+            mode: 0o600,
+            mtime: 0,
+            object: base.object.clone(),
+            stored_size: 0,
+            base: None,
+            deltas: Vec::new(),
+            map: Some(map),
+        };
+        let dir = tempfile::tempdir().unwrap();
+        for step in 1..=41 {
+            // The last version ends on a block boundary, so the patch
+            // below can vouch for every block.
+            if step == 41 {
+                let whole = content.len().div_ceil(BS as usize) * BS as usize;
+                content.resize(whole, 9);
+                content[0] ^= 1;
+            }
+            // Change some blocks, and sometimes the length.
+            for _ in (0..1 + next(4)).filter(|_| step < 41) {
+                let at = next(content.len() as u64) as usize;
+                content[at] ^= 0x5a;
+            }
+            match if step < 41 { next(5) } else { 9 } {
+                0 => content.extend((0..BS as usize * 2 + 17).map(|i| (i * step) as u8)),
+                1 => content.truncate(content.len() - next(BS as u64 * 3) as usize),
+                _ => {}
+            }
+            let reference = crate::backup::incremental::effective_map(&repo, &entry, BS)
+                .await
+                .unwrap()
+                .unwrap();
+            let mut reader = BlockReader::new(&content[..], BS, Some(&reference));
+            let mut delta = Vec::new();
+            reader.read_to_end(&mut delta).await.unwrap();
+            let delta_ref = put(
+                &repo,
+                &format!("backup/20260102T0000{step:02}Z/files/000000"),
+                &delta,
+            )
+            .await;
+            entry.base.get_or_insert(base.clone());
+            entry.deltas.push(delta_ref);
+            entry.size = content.len() as u64;
+            entry.checksum = crate::stream::Checksum::of(&content);
+
+            let pgdata = dir.path().join(format!("restore-{step}"));
+            restore_one(&repo, &pgdata, &entry, Some(BS)).await.unwrap();
+            assert_eq!(
+                std::fs::read(pgdata.join("base/1/100")).unwrap(),
+                content,
+                "version {step}"
+            );
+        }
+        // The first version, patched block by block into the last.
+        let path = dir.path().join("patched");
+        std::fs::write(&path, &first).unwrap();
+        let map = entry.map.clone().unwrap();
+        match patch(&repo, &path, &entry, &map, Some(BS)).await.unwrap() {
+            Patched::Blocks(n) => {
+                assert!(n > 0);
+                assert_eq!(std::fs::read(&path).unwrap(), content);
+            }
+            // A last block cut short is not vouched for: written whole.
+            Patched::Unpatchable => assert_ne!(content.len() % BS as usize, 0),
+            Patched::Equal => panic!("the first and last versions differ"),
+        }
+    }
+}

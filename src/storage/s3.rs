@@ -112,6 +112,22 @@ pub struct S3Store {
 }
 
 impl S3Store {
+    /// A listing under `full_prefix`, page by page (with `delimiter`, the
+    /// names one level down come as common prefixes); the SDK's paginator
+    /// follows the continuation tokens.
+    fn list_pages(
+        &self,
+        full_prefix: &str,
+        delimiter: Option<&str>,
+    ) -> aws_sdk_s3::operation::list_objects_v2::paginator::ListObjectsV2Paginator {
+        self.client
+            .list_objects_v2()
+            .bucket(&self.settings.bucket)
+            .prefix(full_prefix)
+            .set_delimiter(delimiter.map(str::to_string))
+            .into_paginator()
+    }
+
     /// The repository's prefix in the bucket (`""` or `"prefix/"`), and
     /// `rel` below it: what a listing asks the server for.
     fn listing_prefix(&self, rel: &str) -> (String, String) {
@@ -507,17 +523,9 @@ impl ObjectStore for S3Store {
         let (base, full_prefix) = self.listing_prefix(prefix.unwrap_or(""));
         let list_key = Key(full_prefix.clone());
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.settings.bucket)
-                .prefix(&full_prefix)
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| map_err("list", &list_key, e))?;
+        let mut pages = self.list_pages(&full_prefix, None).send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_err("list", &list_key, e))?;
             for object in page.contents() {
                 let Some(name) = object.key() else { continue };
                 let Some(rel) = name.strip_prefix(&base) else {
@@ -532,10 +540,6 @@ impl ObjectStore for S3Store {
                     modified_unix_secs: object.last_modified().map(|t| t.secs()).unwrap_or(0),
                 });
             }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
-                _ => break,
-            }
         }
         out.sort_by(|a, b| a.key.cmp(&b.key));
         Ok(out)
@@ -545,18 +549,9 @@ impl ObjectStore for S3Store {
         let (_, full_prefix) = self.listing_prefix(prefix);
         let list_key = Key(full_prefix.clone());
         let mut out = Vec::new();
-        let mut token: Option<String> = None;
-        loop {
-            let page = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.settings.bucket)
-                .prefix(&full_prefix)
-                .delimiter("/")
-                .set_continuation_token(token.take())
-                .send()
-                .await
-                .map_err(|e| map_err("list", &list_key, e))?;
+        let mut pages = self.list_pages(&full_prefix, Some("/")).send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| map_err("list", &list_key, e))?;
             for common in page.common_prefixes() {
                 let Some(name) = common
                     .prefix()
@@ -568,10 +563,6 @@ impl ObjectStore for S3Store {
                 if Key::new(format!("{prefix}{name}")).is_ok() {
                     out.push(name.to_string());
                 }
-            }
-            match page.next_continuation_token() {
-                Some(next) if page.is_truncated() == Some(true) => token = Some(next.to_string()),
-                _ => break,
             }
         }
         out.sort();

@@ -31,6 +31,15 @@ fn fingerprint(cluster: &PgCluster, db: &str) -> String {
     parts.join(" ")
 }
 
+/// `pgbench -i` at `scale` in the postgres database.
+fn pgbench_init(cluster: &PgCluster, scale: u32) {
+    run_ok(
+        cluster
+            .client("pgbench")
+            .args(["-i", "-s", &scale.to_string(), "-q", "postgres"]),
+    );
+}
+
 fn sql_in(cluster: &PgCluster, db: &str, sql: &str) -> String {
     let out = run_ok(cluster.psql_cmd().args(["-d", db, "-c", sql]));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -116,10 +125,7 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     let setup = Setup::new("incr-chain", Backend::Local);
     let p = &setup.primary;
     // pgbench at scale 4: ~60 MiB, pgbench_accounts ~52 MiB in one file.
-    run_ok(
-        p.client("pgbench")
-            .args(["-i", "-s", "4", "-q", "postgres"]),
-    );
+    pgbench_init(p, 4);
     p.sql("CREATE TABLE shrink(id int, pad text) WITH (autovacuum_enabled = off)");
     p.sql("INSERT INTO shrink SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g");
     p.sql("CREATE TABLE hints(id int, pad text) WITH (autovacuum_enabled = off)");
@@ -414,10 +420,7 @@ fn tree(dir: &std::path::Path) -> Vec<String> {
 fn delta_restore_rewrites_only_what_differs_and_ends_as_a_fresh_restore() {
     let setup = Setup::new("delta", Backend::Local);
     let p = &setup.primary;
-    run_ok(
-        p.client("pgbench")
-            .args(["-i", "-s", "2", "-q", "postgres"]),
-    );
+    pgbench_init(p, 2);
     p.sql("CREATE TABLE keep_me(id int)");
     p.sql("INSERT INTO keep_me SELECT generate_series(1, 1000)");
     // Written out, and then quiet: files whose time is in the second the
@@ -587,10 +590,7 @@ fn delta_restore_rewrites_only_what_differs_and_ends_as_a_fresh_restore() {
 fn incremental_backups_on_s3_restore_exactly() {
     let setup = Setup::new("incr-s3", Backend::S3);
     let p = &setup.primary;
-    run_ok(
-        p.client("pgbench")
-            .args(["-i", "-s", "2", "-q", "postgres"]),
-    );
+    pgbench_init(p, 2);
     let (full, _) = backup_typed(&setup, p, "full");
     p.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 2000");
     p.sql("CREATE TABLE added AS SELECT generate_series(1, 3000) AS x");
