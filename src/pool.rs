@@ -1,25 +1,27 @@
-//! Bounded parallelism over a list: `jobs` workers take items from one
-//! queue, in order, so at most `jobs` items are in flight (and memory stays
+//! Bounded parallelism over a list or any iterator (read lazily, so a
+//! file list streamed from disk is never held whole): `jobs` workers take
+//! items from one queue, in order, so at most `jobs` items are in flight (and memory stays
 //! at `jobs` times what one item needs). After the first error no worker
 //! takes a new item, and that error is returned. Used by backup (files),
 //! restore (files) and verify (objects).
 
-use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 
 /// Runs `work` on every item with at most `jobs` at once. `Ok(None)`
 /// results (an item with nothing to report) are dropped; the others are
 /// returned in completion order. A panicking item panics the caller.
-pub async fn run_bounded<T, R, E, F, Fut>(items: Vec<T>, jobs: usize, work: F) -> Result<Vec<R>, E>
+pub async fn run_bounded<I, T, R, E, F, Fut>(items: I, jobs: usize, work: F) -> Result<Vec<R>, E>
 where
+    I: IntoIterator<Item = T>,
+    I::IntoIter: Send + 'static,
     T: Send + 'static,
     R: Send + 'static,
     E: Send + 'static,
     F: Fn(T) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<Option<R>, E>> + Send + 'static,
 {
-    let queue = Arc::new(Mutex::new(items.into_iter().collect::<VecDeque<T>>()));
+    let queue = Arc::new(Mutex::new(Some(items.into_iter())));
     let work = Arc::new(work);
     let mut workers = tokio::task::JoinSet::new();
     for _ in 0..jobs.max(1) {
@@ -28,14 +30,18 @@ where
         workers.spawn(async move {
             let mut results = Vec::new();
             loop {
-                let next = queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                let next = queue
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .as_mut()
+                    .and_then(Iterator::next);
                 let Some(item) = next else { return Ok(results) };
                 match work(item).await {
                     Ok(Some(r)) => results.push(r),
                     Ok(None) => {}
                     Err(e) => {
                         // The run has failed: nobody starts another item.
-                        queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                        *queue.lock().unwrap_or_else(|e| e.into_inner()) = None;
                         return Err(e);
                     }
                 }
@@ -73,7 +79,7 @@ mod tests {
         let in_flight = Arc::new(AtomicUsize::new(0));
         let peak = Arc::new(AtomicUsize::new(0));
         let (f, p) = (in_flight.clone(), peak.clone());
-        let mut out = run_bounded((0..40u32).collect(), 3, move |i| {
+        let mut out = run_bounded(0..40u32, 3, move |i| {
             let (f, p) = (f.clone(), p.clone());
             async move {
                 let now = f.fetch_add(1, Ordering::SeqCst) + 1;
@@ -102,7 +108,7 @@ mod tests {
     async fn the_first_error_stops_new_items() {
         let started = Arc::new(AtomicUsize::new(0));
         let s = started.clone();
-        let err = run_bounded((0..100u32).collect(), 2, move |i| {
+        let err = run_bounded(0..100u32, 2, move |i| {
             let s = s.clone();
             async move {
                 s.fetch_add(1, Ordering::SeqCst);

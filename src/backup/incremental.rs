@@ -87,15 +87,20 @@ pub fn plan_reference(requested: BackupType, complete: &[&BackupManifest]) -> Re
 pub fn plan_depends_on(own_label: &str, files: &[FileEntry]) -> Vec<String> {
     let mut labels = BTreeSet::new();
     for f in files {
-        for key in f.objects() {
-            if let Some(label) = layout::label_of_backup_key(key) {
-                if label != own_label {
-                    labels.insert(label.to_string());
-                }
+        add_depends_on(own_label, f, &mut labels);
+    }
+    labels.into_iter().collect()
+}
+
+/// Adds the other backups whose objects `file` uses to `labels`.
+pub fn add_depends_on(own_label: &str, file: &FileEntry, labels: &mut BTreeSet<String>) {
+    for key in file.objects() {
+        if let Some(label) = layout::label_of_backup_key(key) {
+            if label != own_label && !labels.contains(label) {
+                labels.insert(label.to_string());
             }
         }
     }
-    labels.into_iter().collect()
 }
 
 /// Whether a file is large enough for a block map.

@@ -26,6 +26,7 @@
 pub mod incremental;
 pub mod scan;
 
+use std::collections::{BTreeSet, VecDeque};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,9 +36,8 @@ use std::time::{Duration, Instant};
 use tokio_postgres::Client;
 
 use crate::pg::conn::{self, ConnError};
-use crate::repo::manifest::{
-    BackupManifest, BackupType, FileEntry, MANIFEST_VERSION, MANIFEST_VERSION_FULL,
-};
+use crate::repo::filelist::FileListWriter;
+use crate::repo::manifest::{path_cmp, BackupManifest, BackupType, FileEntry, MANIFEST_VERSION};
 use crate::repo::{layout, ClusterIdentity, CompressSettings, ObjectError, RepoError, Repository};
 use crate::storage::StorageError;
 use crate::wal::{Lsn, TimelineId, WalFileName, WalSegmentSize};
@@ -290,28 +290,19 @@ pub async fn run_backup(
     }
     tracing::info!(label = %label, start_lsn = %start_lsn, "backup started");
 
-    let data_dir = given.clone();
-    let scan = tokio::task::spawn_blocking(move || scan::scan_data_dir(&data_dir, pg_major))
-        .await
-        .map_err(|e| BackupError::Precondition(format!("scan task failed: {e}")))?
-        .map_err(|source| BackupError::Scan {
-            path: given.clone(),
-            source,
-        })?;
-    for skipped in &scan.skipped {
-        tracing::warn!(path = %skipped.display(), "skipped a file whose name is not UTF-8");
-    }
-    let total_bytes: u64 = scan.files.iter().map(|f| f.size).sum();
-    let files = copy_files(
+    let copied = copy_files(
         repo,
         &label,
-        scan.files,
-        total_bytes,
+        given.clone(),
+        pg_major,
         opts,
         block_size,
         reference,
     )
     .await?;
+    for skipped in &copied.skipped {
+        tracing::warn!(path = %skipped.display(), "skipped a file whose name is not UTF-8");
+    }
 
     let stop_sql = if pg_major >= 15 {
         "SELECT lsn::text, labelfile, spcmapfile, to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"') FROM pg_backup_stop(false)"
@@ -359,18 +350,13 @@ pub async fn run_backup(
     )
     .await?;
 
-    let data_size_bytes = files.iter().map(|f| f.size).sum();
-    let stored_files: u64 = files.iter().map(|f| f.stored_size).sum();
-    let depends_on = incremental::plan_depends_on(&label, &files);
-    let mut manifest = BackupManifest {
-        // Only a full backup is written as version 1: a differential or
-        // incremental one, even one that needs no other backup's objects,
-        // carries a reference an older walvault would not understand.
-        manifest_version: if reference_plan.backup_type == BackupType::Full {
-            MANIFEST_VERSION_FULL
-        } else {
-            MANIFEST_VERSION
-        },
+    let data_size_bytes = copied.data_size;
+    let stored_files = copied.stored_size;
+    let depends_on: Vec<String> = copied.depends_on.into_iter().collect();
+    let (file_list, file_count, list_stored) =
+        copied.list.store(repo, &label, repo.compress()).await?;
+    let manifest = BackupManifest {
+        manifest_version: MANIFEST_VERSION,
         label: label.clone(),
         system_identifier: facts.system_identifier.to_string(),
         pg_version_num: facts.version_num,
@@ -385,9 +371,11 @@ pub async fn run_backup(
         stop_time,
         backup_label,
         tablespace_map,
-        tablespaces: scan.tablespaces,
-        directories: scan.directories,
-        files,
+        tablespaces: copied.tablespaces,
+        directories: copied.directories,
+        files: Vec::new(),
+        file_list: Some(file_list),
+        file_count: Some(file_count),
         data_size_bytes,
         stored_size_bytes: stored_files,
         duration_secs: started.elapsed().as_secs_f64(),
@@ -397,7 +385,6 @@ pub async fn run_backup(
         depends_on,
         block_size: Some(block_size),
     };
-    manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
     // Every file object is durable before the manifest names them.
     repo.store()
         .sync_batched()
@@ -421,9 +408,9 @@ pub async fn run_backup(
     }
     Ok(BackupSummary {
         label,
-        files: manifest.files.len(),
+        files: file_count as usize,
         data_bytes: data_size_bytes,
-        stored_bytes: stored_files + info.stored_size,
+        stored_bytes: stored_files + list_stored + info.stored_size,
         duration: started.elapsed(),
         start_lsn,
         stop_lsn,
@@ -449,15 +436,52 @@ fn parse_lsn(text: &str) -> Result<Lsn, BackupError> {
     })
 }
 
+/// What the copy of the data directory made.
+struct Copied {
+    list: FileListWriter,
+    directories: Vec<crate::repo::manifest::DirectoryEntry>,
+    tablespaces: Vec<crate::repo::manifest::TablespaceEntry>,
+    skipped: Vec<PathBuf>,
+    data_size: u64,
+    stored_size: u64,
+    depends_on: BTreeSet<String>,
+}
+
+/// How many files may be between the oldest unfinished copy and the
+/// newest started one: the copies run `--jobs` at a time, in any order,
+/// but their entries join the file list in walk order.
+const COPY_WINDOW: usize = 512;
+
+/// Walks the data directory and copies its files with `--jobs` workers.
+/// Memory stays bounded whatever the number of files: the walk holds one
+/// directory listing per level, the reference's file list is read in step
+/// with the walk (both in path order), and finished entries go to a
+/// temporary file list as soon as every earlier one is done.
 async fn copy_files(
     repo: &Repository,
     label: &str,
-    files: Vec<scan::ScannedFile>,
-    total_bytes: u64,
+    data_dir: PathBuf,
+    pg_major: u32,
     opts: &BackupOptions,
     block_size: u32,
     reference: Option<BackupManifest>,
-) -> Result<Vec<FileEntry>, BackupError> {
+) -> Result<Copied, BackupError> {
+    let scan_error = |path: &PathBuf| {
+        let path = path.clone();
+        move |source| BackupError::Scan { path, source }
+    };
+    // A bar needs a total: one quick walk more, only on a terminal.
+    let total_bytes = if opts.progress_bar && std::io::stderr().is_terminal() {
+        let dir = data_dir.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<u64> {
+            scan::Walk::new(&dir, pg_major)?.try_fold(0u64, |sum, f| f.map(|f| sum + f.size))
+        })
+        .await
+        .map_err(|e| BackupError::Precondition(format!("scan task failed: {e}")))?
+        .map_err(scan_error(&data_dir))?
+    } else {
+        0
+    };
     let done_bytes = Arc::new(AtomicU64::new(0));
     let progress = Progress::start(total_bytes, done_bytes.clone(), opts.progress_bar);
     // Parallelism comes from the workers; one zstd thread each.
@@ -465,7 +489,6 @@ async fn copy_files(
         workers: 0,
         ..repo.compress()
     };
-    // The reference's entries by path (one at most per path: checked).
     let ref_block_size = reference.as_ref().and_then(|m| m.block_size);
     // A file changed within the second the reference started may keep its
     // time: only times before that second are trusted.
@@ -474,51 +497,154 @@ async fn copy_files(
         .filter(|_| opts.trust_mtime)
         .and_then(|m| m.start_time_ts())
         .map(|t| t.as_second() - 1);
-    // The reference's entries, sorted by path, looked up by binary search:
-    // no second copy of a large file list.
-    let by_path: Arc<Vec<FileEntry>> = Arc::new(
-        reference
-            .map(|mut m| {
-                m.files.sort_by(|a, b| a.path.cmp(&b.path));
-                m.files
-            })
-            .unwrap_or_default(),
-    );
-    let (repo, label) = (repo.clone(), label.to_string());
-    let items: Vec<(usize, scan::ScannedFile)> = files.into_iter().enumerate().collect();
-    let result = crate::pool::run_bounded(items, opts.jobs, move |(index, file)| {
-        let (repo, label, done_bytes, by_path) = (
-            repo.clone(),
-            label.clone(),
-            done_bytes.clone(),
-            by_path.clone(),
-        );
-        async move {
-            let ctx = incremental::CopyContext {
-                repo: &repo,
-                label: &label,
-                index,
-                compress,
-                block_size,
-                reference: by_path
-                    .binary_search_by(|e| e.path.as_str().cmp(file.rel.as_str()))
-                    .ok()
-                    .map(|i| (&by_path[i], ref_block_size)),
-                trust_mtime_before,
-            };
-            let entry = incremental::copy_file(&ctx, &file)
-                .await
-                .map_err(|source| BackupError::Copy {
-                    path: file.rel.clone(),
-                    source,
-                })?;
-            done_bytes.fetch_add(file.size, Ordering::Relaxed);
-            Ok(entry)
+    let reference_list = match &reference {
+        Some(m) => Some((m.label.clone(), repo.file_list(m).await?)),
+        None => None,
+    };
+
+    // The walk, merged with the reference's list, in a blocking thread.
+    type Item = (scan::ScannedFile, Option<FileEntry>);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Item>(COPY_WINDOW);
+    let walk_dir = data_dir.clone();
+    let walker = tokio::task::spawn_blocking(move || -> Result<_, BackupError> {
+        let mut walk = scan::Walk::new(&walk_dir, pg_major).map_err(scan_error(&walk_dir))?;
+        let mut refs = reference_list
+            .as_ref()
+            .map(|(label, list)| (label, list.iter()));
+        let mut next_ref: Option<FileEntry> = None;
+        for file in walk.by_ref() {
+            let file = file.map_err(scan_error(&walk_dir))?;
+            let mut matched = None;
+            if let Some((ref_label, entries)) = refs.as_mut() {
+                loop {
+                    if next_ref.is_none() {
+                        next_ref = match entries.next() {
+                            None => break,
+                            Some(Ok(e)) => Some(e),
+                            Some(Err(e)) => {
+                                return Err(BackupError::Precondition(format!(
+                                    "the file list of backup {ref_label}, which this backup is compared with, is damaged: {e}\nHINT: run walvault verify; take a full backup (--type full)"
+                                )))
+                            }
+                        };
+                    }
+                    let Some(candidate) = &next_ref else { break };
+                    match path_cmp(&candidate.path, &file.rel) {
+                        std::cmp::Ordering::Less => next_ref = None,
+                        std::cmp::Ordering::Equal => {
+                            matched = next_ref.take();
+                            break;
+                        }
+                        std::cmp::Ordering::Greater => break,
+                    }
+                }
+            }
+            if tx.blocking_send((file, matched)).is_err() {
+                // The copy failed and stopped listening.
+                break;
+            }
         }
-    })
+        Ok(walk.finish())
+    });
+
+    let jobs = Arc::new(tokio::sync::Semaphore::new(opts.jobs.max(1)));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut window: VecDeque<tokio::task::JoinHandle<Result<Option<FileEntry>, BackupError>>> =
+        VecDeque::new();
+    let mut list = FileListWriter::new().map_err(|e| {
+        BackupError::Precondition(format!(
+            "create a temporary file for the file list: {e}\nHINT: check TMPDIR has space"
+        ))
+    })?;
+    let (mut data_size, mut stored_size) = (0u64, 0u64);
+    let mut depends_on = BTreeSet::new();
+    let mut index = 0usize;
+    let mut walked_all = false;
+    let result: Result<(), BackupError> = async {
+        loop {
+            while !walked_all && window.len() < COPY_WINDOW {
+                let Some((file, reference)) = rx.recv().await else {
+                    walked_all = true;
+                    break;
+                };
+                let (repo, label, done_bytes, jobs, stop) = (
+                    repo.clone(),
+                    label.to_string(),
+                    done_bytes.clone(),
+                    jobs.clone(),
+                    stop.clone(),
+                );
+                let file_index = index;
+                index += 1;
+                window.push_back(tokio::spawn(async move {
+                    let _permit = jobs.acquire_owned().await.expect("never closed");
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
+                    let ctx = incremental::CopyContext {
+                        repo: &repo,
+                        label: &label,
+                        index: file_index,
+                        compress,
+                        block_size,
+                        reference: reference.as_ref().map(|e| (e, ref_block_size)),
+                        trust_mtime_before,
+                    };
+                    let entry = incremental::copy_file(&ctx, &file)
+                        .await
+                        .map_err(|source| BackupError::Copy {
+                            path: file.rel.clone(),
+                            source,
+                        })?;
+                    done_bytes.fetch_add(file.size, Ordering::Relaxed);
+                    Ok(entry)
+                }));
+            }
+            let Some(oldest) = window.pop_front() else {
+                return Ok(());
+            };
+            let entry = match oldest.await {
+                Ok(result) => result?,
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                Err(e) => return Err(BackupError::Precondition(format!("copy task failed: {e}"))),
+            };
+            // None: the file vanished during the backup.
+            if let Some(entry) = entry {
+                data_size += entry.size;
+                stored_size += entry.stored_size;
+                incremental::add_depends_on(label, &entry, &mut depends_on);
+                list.push(&entry).map_err(|e| {
+                    BackupError::Precondition(format!(
+                        "write the temporary file list: {e}\nHINT: check TMPDIR has space"
+                    ))
+                })?;
+            }
+        }
+    }
     .await;
+    if result.is_err() {
+        // Copies already running finish; none starts.
+        stop.store(true, Ordering::Relaxed);
+        for task in window.drain(..) {
+            let _ = task.await;
+        }
+    }
+    drop(rx);
+    let walked = walker
+        .await
+        .map_err(|e| BackupError::Precondition(format!("scan task failed: {e}")))?;
     progress.finish();
-    result
+    result?;
+    let (directories, tablespaces, skipped) = walked?;
+    Ok(Copied {
+        list,
+        directories,
+        tablespaces,
+        skipped,
+        data_size,
+        stored_size,
+        depends_on,
+    })
 }
 
 /// Waits until every WAL segment from `start_wal` to `stop_wal` is in the

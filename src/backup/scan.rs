@@ -55,6 +55,8 @@ pub struct ScannedFile {
     pub mtime: i64,
 }
 
+/// What a whole walk found (tests and small tools; a backup walks with
+/// [`Walk`] and never holds every file).
 #[derive(Debug, Default)]
 pub struct Scan {
     pub files: Vec<ScannedFile>,
@@ -69,130 +71,225 @@ fn excluded_anywhere(name: &str) -> bool {
     name == "pg_internal.init" || name.starts_with("pgsql_tmp")
 }
 
-/// Walks the data directory. Files and directories that vanish during the
-/// walk are skipped (a backup runs while the server writes).
+/// Walks the whole data directory into memory.
 pub fn scan_data_dir(data_dir: &Path, pg_major: u32) -> io::Result<Scan> {
-    let mut scan = Scan::default();
-    walk(data_dir, "", &mut scan, true)?;
-    // Tablespaces: pg_tblspc/<oid> links.
-    let tblspc = data_dir.join("pg_tblspc");
-    if let Ok(entries) = fs::read_dir(&tblspc) {
-        for entry in entries {
-            let entry = entry?;
-            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-                continue;
-            };
-            let Ok(oid) = name.parse::<u32>() else {
-                continue;
-            };
-            let link = entry.path();
-            let Ok(target) = fs::read_link(&link) else {
-                continue;
-            };
-            let location = if target.is_absolute() {
-                target.clone()
-            } else {
-                tblspc.join(&target)
-            };
-            scan.tablespaces.push(TablespaceEntry {
-                oid,
-                location: location.display().to_string(),
-            });
-            let prefix = format!("pg_tblspc/{oid}");
-            push_dir(&mut scan, &prefix, &location);
-            let version_prefix = format!("PG_{pg_major}_");
-            for sub in fs::read_dir(&location)? {
-                let sub = sub?;
-                let Some(sub_name) = sub.file_name().to_str().map(str::to_string) else {
-                    continue;
-                };
-                if sub_name.starts_with(&version_prefix) && sub.file_type()?.is_dir() {
-                    let rel = format!("{prefix}/{sub_name}");
-                    push_dir(&mut scan, &rel, &sub.path());
-                    walk(&sub.path(), &rel, &mut scan, false)?;
-                }
-            }
-        }
+    let mut walk = Walk::new(data_dir, pg_major)?;
+    let files = walk.by_ref().collect::<io::Result<Vec<_>>>()?;
+    let (directories, tablespaces, skipped) = walk.finish();
+    Ok(Scan {
+        files,
+        directories,
+        tablespaces,
+        skipped,
+    })
+}
+
+/// A depth-first walk of the data directory that yields the files to copy
+/// one at a time, in [`crate::repo::manifest::path_cmp`] order (each
+/// directory's entries sorted by name), so memory holds one directory
+/// listing per level, not the whole tree. Directories, tablespaces and
+/// skipped names are collected as it goes ([`Walk::finish`]). Files and
+/// directories that vanish during the walk are skipped (a backup runs
+/// while the server writes).
+pub struct Walk {
+    pg_major: u32,
+    stack: Vec<Frame>,
+    directories: Vec<DirectoryEntry>,
+    tablespaces: Vec<TablespaceEntry>,
+    skipped: Vec<PathBuf>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Level {
+    /// The data directory itself.
+    Top,
+    /// Any directory below it, or below a tablespace's version directory.
+    Inner,
+    /// `pg_tblspc`: links named by tablespace oid.
+    Tablespaces,
+    /// A tablespace's location: only this major's `PG_<major>_*`.
+    Location,
+}
+
+struct Frame {
+    rel: String,
+    /// For `pg_tblspc`, where relative link targets start.
+    abs: PathBuf,
+    level: Level,
+    entries: std::vec::IntoIter<(String, PathBuf)>,
+}
+
+impl Walk {
+    pub fn new(data_dir: &Path, pg_major: u32) -> io::Result<Walk> {
+        let mut walk = Walk {
+            pg_major,
+            stack: Vec::new(),
+            directories: Vec::new(),
+            tablespaces: Vec::new(),
+            skipped: Vec::new(),
+        };
+        walk.enter(String::new(), data_dir.to_path_buf(), Level::Top)?;
+        Ok(walk)
     }
-    scan.tablespaces.sort_by_key(|t| t.oid);
-    scan.directories.sort_by(|a, b| a.path.cmp(&b.path));
-    // Largest first: the long copies start early and the jobs finish together.
-    scan.files
-        .sort_by(|a, b| b.size.cmp(&a.size).then_with(|| a.rel.cmp(&b.rel)));
-    Ok(scan)
-}
 
-fn push_dir(scan: &mut Scan, rel: &str, abs: &Path) {
-    let mode = fs::metadata(abs)
-        .map(|m| m.permissions().mode() & 0o7777)
-        .unwrap_or(0o700);
-    scan.directories.push(DirectoryEntry {
-        path: rel.to_string(),
-        mode,
-    });
-}
+    /// The directories (sorted by path), tablespaces (by oid) and skipped
+    /// names the walk met.
+    pub fn finish(mut self) -> (Vec<DirectoryEntry>, Vec<TablespaceEntry>, Vec<PathBuf>) {
+        self.directories.sort_by(|a, b| a.path.cmp(&b.path));
+        self.tablespaces.sort_by_key(|t| t.oid);
+        (self.directories, self.tablespaces, self.skipped)
+    }
 
-fn walk(dir: &Path, rel: &str, scan: &mut Scan, top: bool) -> io::Result<()> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(e),
-    };
-    for entry in entries {
-        let entry = match entry {
+    fn enter(&mut self, rel: String, abs: PathBuf, level: Level) -> io::Result<()> {
+        let reader = match fs::read_dir(&abs) {
             Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound && level != Level::Location => {
+                return Ok(())
+            }
             Err(e) => return Err(e),
         };
-        let Some(name) = entry.file_name().to_str().map(str::to_string) else {
-            scan.skipped.push(entry.path());
-            continue;
-        };
-        if excluded_anywhere(&name) {
-            continue;
+        let mut entries = Vec::new();
+        for entry in reader {
+            let entry = match entry {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            match entry.file_name().to_str() {
+                Some(name) if excluded_anywhere(name) => {}
+                Some(name) => entries.push((name.to_string(), entry.path())),
+                None => self.skipped.push(entry.path()),
+            }
         }
+        entries.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        self.stack.push(Frame {
+            rel,
+            abs,
+            level,
+            entries: entries.into_iter(),
+        });
+        Ok(())
+    }
+
+    fn push_dir(&mut self, rel: &str, abs: &Path) {
+        let mode = fs::metadata(abs)
+            .map(|m| m.permissions().mode() & 0o7777)
+            .unwrap_or(0o700);
+        self.directories.push(DirectoryEntry {
+            path: rel.to_string(),
+            mode,
+        });
+    }
+
+    /// One entry of the innermost directory: `Some` for a file to copy.
+    fn visit(
+        &mut self,
+        rel: &str,
+        parent: &Path,
+        level: Level,
+        name: String,
+        abs: PathBuf,
+    ) -> io::Result<Option<ScannedFile>> {
         let child_rel = if rel.is_empty() {
             name.clone()
         } else {
             format!("{rel}/{name}")
         };
-        // Follow links (pg_wal may be one) except the tablespace links,
-        // which are handled separately.
-        if top && name == "pg_tblspc" {
-            push_dir(scan, &child_rel, &entry.path());
-            continue;
+        match level {
+            Level::Tablespaces => {
+                let Ok(oid) = name.parse::<u32>() else {
+                    return Ok(None);
+                };
+                let Ok(target) = fs::read_link(&abs) else {
+                    return Ok(None);
+                };
+                let location = if target.is_absolute() {
+                    target
+                } else {
+                    parent.join(&target)
+                };
+                self.tablespaces.push(TablespaceEntry {
+                    oid,
+                    location: location.display().to_string(),
+                });
+                self.push_dir(&child_rel, &location);
+                self.enter(child_rel, location, Level::Location)?;
+                return Ok(None);
+            }
+            Level::Location => {
+                let version_prefix = format!("PG_{}_", self.pg_major);
+                if name.starts_with(&version_prefix) && fs::metadata(&abs)?.is_dir() {
+                    self.push_dir(&child_rel, &abs);
+                    self.enter(child_rel, abs, Level::Inner)?;
+                }
+                return Ok(None);
+            }
+            Level::Top if name == "pg_tblspc" => {
+                // Its links are followed into their version directory only.
+                self.push_dir(&child_rel, &abs);
+                self.enter(child_rel, abs, Level::Tablespaces)?;
+                return Ok(None);
+            }
+            Level::Top | Level::Inner => {}
         }
-        let meta = match fs::metadata(entry.path()) {
+        let top = level == Level::Top;
+        // Follow links (pg_wal may be one).
+        let meta = match fs::metadata(&abs) {
             Ok(m) => m,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e),
         };
         if meta.is_dir() {
-            push_dir(scan, &child_rel, &entry.path());
+            self.push_dir(&child_rel, &abs);
             if top && EXCLUDED_CONTENTS.contains(&name.as_str()) {
                 if name == "pg_wal" {
-                    scan.directories.push(DirectoryEntry {
+                    self.directories.push(DirectoryEntry {
                         path: "pg_wal/archive_status".to_string(),
                         mode: meta.permissions().mode() & 0o7777,
                     });
                 }
-                continue;
+                return Ok(None);
             }
-            walk(&entry.path(), &child_rel, scan, false)?;
+            self.enter(child_rel, abs, Level::Inner)?;
+            Ok(None)
         } else if meta.is_file() {
             if top && EXCLUDED_TOP_FILES.contains(&name.as_str()) {
-                continue;
+                return Ok(None);
             }
-            scan.files.push(ScannedFile {
+            Ok(Some(ScannedFile {
                 rel: child_rel,
-                abs: entry.path(),
+                abs,
                 size: meta.len(),
                 mode: meta.permissions().mode() & 0o7777,
                 mtime: meta.mtime(),
-            });
+            }))
+        } else {
+            Ok(None)
         }
     }
-    Ok(())
+}
+
+impl Iterator for Walk {
+    type Item = io::Result<ScannedFile>;
+
+    fn next(&mut self) -> Option<io::Result<ScannedFile>> {
+        loop {
+            let frame = self.stack.last_mut()?;
+            let Some((name, abs)) = frame.entries.next() else {
+                self.stack.pop();
+                continue;
+            };
+            let (rel, parent, level) = (frame.rel.clone(), frame.abs.clone(), frame.level);
+            match self.visit(&rel, &parent, level, name, abs) {
+                Ok(Some(file)) => return Some(Ok(file)),
+                Ok(None) => {}
+                Err(e) => {
+                    self.stack.clear();
+                    return Some(Err(e));
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -239,8 +336,8 @@ mod tests {
         std::os::unix::fs::symlink(space.path(), d.join("pg_tblspc/16389")).unwrap();
 
         let scan = scan_data_dir(d, 15).unwrap();
-        let mut files: Vec<&str> = scan.files.iter().map(|f| f.rel.as_str()).collect();
-        files.sort();
+        let files: Vec<&str> = scan.files.iter().map(|f| f.rel.as_str()).collect();
+        // In path order as walked: no sorting needed.
         assert_eq!(
             files,
             [

@@ -15,13 +15,21 @@ use serde::{Deserialize, Serialize};
 use crate::stream::Checksum;
 use crate::wal::{Lsn, TimelineId};
 
-/// The newest manifest format this walvault reads, and the one it writes
-/// for differential and incremental backups. A full backup's manifest
-/// needs nothing of version 2 and is written as version 1, so older
-/// walvault versions can still restore it.
-pub const MANIFEST_VERSION: u32 = 2;
-/// The version of a manifest that refers to no other backup.
-pub const MANIFEST_VERSION_FULL: u32 = 1;
+/// The newest manifest format this walvault reads, and the one it writes.
+/// Version 1: full backups, files inline. Version 2: differential and
+/// incremental layers, files inline. Version 3: the file list is its own
+/// object (JSON lines, in [`path_cmp`] order), so no reader or writer
+/// holds a whole list in memory.
+pub const MANIFEST_VERSION: u32 = 3;
+/// The first version whose file list is its own object.
+pub const MANIFEST_VERSION_FILE_LIST: u32 = 3;
+
+/// The order of paths in a file list: part by part, as a depth-first walk
+/// of the data directory meets them (`a/b` before `a.b`, which plain
+/// string order would put first).
+pub fn path_cmp(a: &str, b: &str) -> std::cmp::Ordering {
+    a.split('/').cmp(b.split('/'))
+}
 
 /// What a backup holds: everything (full), or what changed since the last
 /// full backup (diff), or since the last backup of any type (incr).
@@ -99,7 +107,16 @@ pub struct BackupManifest {
     pub tablespace_map: Option<String>,
     pub tablespaces: Vec<TablespaceEntry>,
     pub directories: Vec<DirectoryEntry>,
+    /// Versions 1 and 2: the file list, inline. Version 3: empty; the list
+    /// is the object `file_list` names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub files: Vec<FileEntry>,
+    /// Version 3: the file list object, `backup/<label>/filelist`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_list: Option<ObjectRef>,
+    /// Version 3: how many entries the file list holds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_count: Option<u64>,
     /// Sum of the files' sizes.
     pub data_size_bytes: u64,
     /// Sum of the stored objects' sizes.
@@ -202,7 +219,21 @@ impl BackupManifest {
     /// tablespace the manifest lists, tablespace locations are absolute and
     /// normalised, and no path appears twice. A manifest that fails was not
     /// written by walvault, so restore refuses it before writing anything.
+    /// This checks an inline file list; a version-3 list is checked entry
+    /// by entry as it is read ([`PathCheck`]).
     pub fn check_paths(&self) -> Result<(), String> {
+        let mut check = self.check_header()?;
+        let mut files: Vec<&FileEntry> = self.files.iter().collect();
+        files.sort_by(|a, b| path_cmp(&a.path, &b.path));
+        for f in files {
+            check.check_file(self, f)?;
+        }
+        Ok(())
+    }
+
+    /// Checks the tablespaces and directories, and returns what checks the
+    /// files, which must then come in [`path_cmp`] order.
+    pub fn check_header(&self) -> Result<PathCheck, String> {
         let mut oids = std::collections::BTreeSet::new();
         for ts in &self.tablespaces {
             if ts.oid == 0 || !oids.insert(ts.oid) {
@@ -215,45 +246,6 @@ impl BackupManifest {
                 ));
             }
         }
-        let check = |path: &str, dir: bool| -> Result<(), String> {
-            if !is_clean_relative_path(path) {
-                return Err(format!(
-                    "path {path:?} is not relative and normalised (no leading /, no . or .. parts)"
-                ));
-            }
-            if let Some(rest) = path.strip_prefix("pg_tblspc/") {
-                let oid = rest.split('/').next().and_then(|o| o.parse::<u32>().ok());
-                let listed = oid.is_some_and(|o| oids.contains(&o));
-                // `pg_tblspc/<oid>` itself is the link restore makes; only
-                // directories may name it, files lie below it.
-                if !listed || (!dir && !rest.contains('/')) {
-                    return Err(format!(
-                        "path {path:?} is under pg_tblspc but not below a tablespace the manifest lists"
-                    ));
-                }
-            }
-            Ok(())
-        };
-        let mut seen = std::collections::BTreeSet::new();
-        for d in &self.directories {
-            check(&d.path, true)?;
-            if !seen.insert(d.path.as_str()) {
-                return Err(format!("path {:?} appears twice", d.path));
-            }
-        }
-        for f in &self.files {
-            check(&f.path, false)?;
-            if !seen.insert(f.path.as_str()) {
-                return Err(format!("path {:?} appears twice", f.path));
-            }
-            self.check_objects(f)?;
-        }
-        Ok(())
-    }
-
-    /// Every object a file entry names is a file object of this backup or
-    /// of one it lists in `depends_on`, and deltas come with their base.
-    fn check_objects(&self, f: &FileEntry) -> Result<(), String> {
         if let Some(bad) = self
             .depends_on
             .iter()
@@ -263,6 +255,44 @@ impl BackupManifest {
                 "depends_on names {bad:?}, which is not another backup's label"
             ));
         }
+        match (
+            self.manifest_version >= MANIFEST_VERSION_FILE_LIST,
+            &self.file_list,
+        ) {
+            (true, None) => {
+                return Err(format!(
+                    "a version-{} manifest must name its file list object",
+                    self.manifest_version
+                ))
+            }
+            (false, Some(_)) => {
+                return Err(format!(
+                    "a version-{} manifest holds its files inline but names a file list object",
+                    self.manifest_version
+                ))
+            }
+            _ => {}
+        }
+        if self.file_list.is_some() && !self.files.is_empty() {
+            return Err("the manifest has both inline files and a file list object".into());
+        }
+        let mut check = PathCheck {
+            oids,
+            directories: std::collections::BTreeSet::new(),
+            previous: None,
+        };
+        for d in &self.directories {
+            check.check_path(&d.path, true)?;
+            if !check.directories.insert(d.path.clone()) {
+                return Err(format!("path {:?} appears twice", d.path));
+            }
+        }
+        Ok(check)
+    }
+
+    /// Every object a file entry names is a file object of this backup or
+    /// of one it lists in `depends_on`, and deltas come with their base.
+    fn check_objects(&self, f: &FileEntry) -> Result<(), String> {
         for key in f.objects() {
             let label = key
                 .strip_prefix("backup/")
@@ -292,12 +322,74 @@ impl BackupManifest {
         Ok(())
     }
 
+    /// How many files the backup holds.
+    pub fn file_count(&self) -> u64 {
+        self.file_count.unwrap_or(self.files.len() as u64)
+    }
+
     pub fn start_time_ts(&self) -> Option<jiff::Timestamp> {
         self.start_time.parse().ok()
     }
 
     pub fn stop_time_ts(&self) -> Option<jiff::Timestamp> {
         self.stop_time.parse().ok()
+    }
+}
+
+/// Checks file entries one at a time, in [`path_cmp`] order: the path
+/// rules of [`BackupManifest::check_paths`], with "no path twice" kept by
+/// the strict order instead of a set of every path.
+#[derive(Debug)]
+pub struct PathCheck {
+    oids: std::collections::BTreeSet<u32>,
+    directories: std::collections::BTreeSet<String>,
+    previous: Option<String>,
+}
+
+impl PathCheck {
+    fn check_path(&self, path: &str, dir: bool) -> Result<(), String> {
+        if !is_clean_relative_path(path) {
+            return Err(format!(
+                "path {path:?} is not relative and normalised (no leading /, no . or .. parts)"
+            ));
+        }
+        if let Some(rest) = path.strip_prefix("pg_tblspc/") {
+            let oid = rest.split('/').next().and_then(|o| o.parse::<u32>().ok());
+            let listed = oid.is_some_and(|o| self.oids.contains(&o));
+            // `pg_tblspc/<oid>` itself is the link restore makes; only
+            // directories may name it, files lie below it.
+            if !listed || (!dir && !rest.contains('/')) {
+                return Err(format!(
+                    "path {path:?} is under pg_tblspc but not below a tablespace the manifest lists"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks the next file entry of `manifest`.
+    pub fn check_file(&mut self, manifest: &BackupManifest, f: &FileEntry) -> Result<(), String> {
+        self.check_path(&f.path, false)?;
+        if self.directories.contains(&f.path) {
+            return Err(format!("path {:?} appears twice", f.path));
+        }
+        if let Some(previous) = &self.previous {
+            match path_cmp(previous, &f.path) {
+                std::cmp::Ordering::Less => {}
+                std::cmp::Ordering::Equal => {
+                    return Err(format!("path {:?} appears twice", f.path))
+                }
+                std::cmp::Ordering::Greater => {
+                    return Err(format!(
+                        "path {:?} comes after {previous:?}: the file list is out of order",
+                        f.path
+                    ))
+                }
+            }
+        }
+        manifest.check_objects(f)?;
+        self.previous = Some(f.path.clone());
+        Ok(())
     }
 }
 
@@ -317,7 +409,8 @@ pub fn test_manifest(
     // The stop segment is the one holding the last byte before stop_lsn.
     let stop_segment = Lsn(stop_lsn.0.saturating_sub(1).max(start_lsn.0)).segment_no(size);
     BackupManifest {
-        manifest_version: MANIFEST_VERSION,
+        // Files inline, as the planners' tests build them.
+        manifest_version: 2,
         label: label.to_owned(),
         system_identifier: "7000000000000000001".to_owned(),
         pg_version_num: 150004,
@@ -335,6 +428,8 @@ pub fn test_manifest(
         tablespaces: Vec::new(),
         directories: Vec::new(),
         files: Vec::new(),
+        file_list: None,
+        file_count: None,
         data_size_bytes: 1000,
         stored_size_bytes: 500,
         duration_secs: 1.0,

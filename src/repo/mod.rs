@@ -15,6 +15,7 @@ use crate::storage::{CreateOnly, CreateOnlyProbe, ObjectStore, PutMode, StorageE
 use crate::wal::WalSegmentSize;
 
 pub mod blocks;
+pub mod filelist;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
@@ -520,7 +521,7 @@ impl Repository {
             object_count: own.len(),
             stored_bytes: own.iter().map(|m| m.size_bytes).sum(),
             newest_object_unix_secs: own.iter().map(|m| m.modified_unix_secs).max().unwrap_or(0),
-            file_count: manifest.files.len(),
+            file_count: manifest.file_count() as usize,
             manifest: header,
         };
         let json = serde_json::to_vec(&summary).expect("summaries serialize");
@@ -637,7 +638,7 @@ impl Repository {
                                         .map(|m| m.modified_unix_secs)
                                         .max()
                                         .unwrap_or(0),
-                                    file_count: manifest.files.len(),
+                                    file_count: manifest.file_count() as usize,
                                     manifest: header,
                                 })
                             }

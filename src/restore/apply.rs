@@ -386,12 +386,21 @@ pub async fn apply(
 ) -> Result<RestoreReport, RestoreError> {
     let pgdata = opts.pgdata.clone();
     let manifest = &plan.backup;
-    manifest
-        .check_paths()
-        .map_err(|reason| RestoreError::BadManifest {
-            label: manifest.label.clone(),
-            reason,
-        })?;
+    let bad_manifest = |reason: String| RestoreError::BadManifest {
+        label: manifest.label.clone(),
+        reason,
+    };
+    // The file list (its own object since manifest version 3), read to a
+    // local temporary file and checked whole before anything is written:
+    // one pass, one entry in memory at a time.
+    let file_list = repo.file_list(manifest).await?;
+    let mut control_entry = None;
+    for entry in file_list.iter() {
+        let entry = entry.map_err(bad_manifest)?;
+        if entry.path == "global/pg_control" {
+            control_entry = Some(entry);
+        }
+    }
     // A differential or incremental backup needs every backup it is built
     // on; check before anything is written.
     for dependency in &manifest.depends_on {
@@ -464,11 +473,19 @@ pub async fn apply(
         }
     }
     let (moved_aside, delta_files, delta_summary) = if opts.delta {
+        // Delta restore compares the whole list with the data directory in
+        // memory (about 1 KiB per file).
+        let mut whole = manifest.clone();
+        whole.files = file_list
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(bad_manifest)?;
+        whole.file_list = None;
         let (files, summary) = prepare_delta(
             repo,
             manifest.block_size,
             &pgdata,
-            manifest,
+            &whole,
             &tablespaces,
             opts,
         )
@@ -514,10 +531,29 @@ pub async fn apply(
         }
     }
 
-    let (control, rest): (Vec<FileEntry>, Vec<FileEntry>) = delta_files
-        .unwrap_or_else(|| manifest.files.clone())
-        .into_iter()
-        .partition(|f| f.path == "global/pg_control");
+    let not_control =
+        |f: &Result<FileEntry, RestoreError>| !matches!(f, Ok(f) if f.path == "global/pg_control");
+    let (control, rest): (Vec<FileEntry>, Box<dyn Iterator<Item = _> + Send>) = match delta_files {
+        Some(files) => {
+            let (control, rest): (Vec<FileEntry>, Vec<FileEntry>) = files
+                .into_iter()
+                .partition(|f| f.path == "global/pg_control");
+            (control, Box::new(rest.into_iter().map(Ok)))
+        }
+        None => {
+            let label = manifest.label.clone();
+            let rest = file_list.iter().map(move |f| {
+                f.map_err(|reason| RestoreError::BadManifest {
+                    label: label.clone(),
+                    reason,
+                })
+            });
+            (
+                control_entry.into_iter().collect(),
+                Box::new(rest.filter(not_control)),
+            )
+        }
+    };
     let block_size = manifest.block_size;
     if let Err(e) = restore_files(repo, &pgdata, rest, opts.jobs, block_size, opts.delta).await {
         return Err(explain_vanished(repo, &manifest.label, e).await);
@@ -559,7 +595,15 @@ pub async fn apply(
     for dir in plan_sync_targets(&pgdata, &tablespaces) {
         sync_filesystem(&dir)?;
     }
-    restore_files(repo, &pgdata, control, 1, block_size, opts.delta).await?;
+    restore_files(
+        repo,
+        &pgdata,
+        control.into_iter().map(Ok),
+        1,
+        block_size,
+        opts.delta,
+    )
+    .await?;
     sync_filesystem(&pgdata)?;
     if let Some(parent) = pgdata.parent() {
         give_to_parent_owner(&pgdata, parent, &tablespaces)?;
@@ -667,18 +711,23 @@ fn give_to_parent_owner(
     Ok(())
 }
 
-async fn restore_files(
+async fn restore_files<I>(
     repo: &Repository,
     pgdata: &Path,
-    files: Vec<FileEntry>,
+    files: I,
     jobs: usize,
     block_size: Option<u32>,
     replace: bool,
-) -> Result<(), RestoreError> {
+) -> Result<(), RestoreError>
+where
+    I: IntoIterator<Item = Result<FileEntry, RestoreError>>,
+    I::IntoIter: Send + 'static,
+{
     let (repo, pgdata) = (repo.clone(), pgdata.to_path_buf());
     crate::pool::run_bounded(files, jobs, move |entry| {
         let (repo, pgdata) = (repo.clone(), pgdata.clone());
         async move {
+            let entry = entry?;
             if replace {
                 // A delta restore rewrites a file that differs: whatever is
                 // at its path goes first (never followed if a link).

@@ -408,15 +408,20 @@ impl ObjectStore for LocalStore {
             tmp = temp_path_for(&dest);
             tries += 1;
         }
-        let file = match open(&tmp) {
-            // A concurrent delete removed the directory as it emptied.
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                if let Some(dir) = dest.parent() {
-                    self.create_dirs_below_root(dir, key)?;
+        // A concurrent delete may remove the directory as it empties (a
+        // backup deletes a delta it replaces while other files are being
+        // written): make it again, a few times at most.
+        let mut attempts = 0;
+        let file = loop {
+            match open(&tmp) {
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 16 => {
+                    attempts += 1;
+                    if let Some(dir) = dest.parent() {
+                        self.create_dirs_below_root(dir, key)?;
+                    }
                 }
-                open(&tmp)
+                other => break other,
             }
-            other => other,
         }
         .map_err(|e| io_err("create", key, e))?;
         // Held until the writer is gone: a temporary file nobody holds a

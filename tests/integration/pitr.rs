@@ -306,11 +306,21 @@ fn assert_matches_manifest(repo_root: &Path, label: &str, pgdata: &Path) {
     );
     let manifest = rt.block_on(repo.read_manifest(label)).expect("manifest");
     assert!(
-        manifest.files.len() > 500,
-        "a real data directory: {} files",
-        manifest.files.len()
+        manifest.files.is_empty(),
+        "version 3: the list is its own object"
     );
-    for f in &manifest.files {
+    let list = rt.block_on(repo.file_list(&manifest)).expect("file list");
+    let files: Vec<_> = list
+        .iter()
+        .collect::<Result<_, _>>()
+        .expect("a clean file list");
+    assert_eq!(files.len() as u64, manifest.file_count());
+    assert!(
+        files.len() > 500,
+        "a real data directory: {} files",
+        files.len()
+    );
+    for f in &files {
         // The one file restore changes on purpose: it adds the recovery settings.
         if f.path == "postgresql.auto.conf" {
             continue;
