@@ -37,6 +37,7 @@
 //! - `WALVAULT_BENCH_PG_BIN`: PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 //! - `WALVAULT_BENCH_KEEP=1`: keep the temporary directory (cluster, repository)
 //! - `WALVAULT_BENCH_ONLY=incremental`: only the incremental phase (below)
+//! - `WALVAULT_BENCH_NO_PGBACKREST=1`: leave pgBackRest out
 //! - `WALVAULT_BENCH_ONLY=many-files`: only the many-files phase: another
 //!   `WALVAULT_BENCH_FILES` (default 100000) files of 100 bytes in the data
 //!   directory, full and incremental backups (1% of the files changed),
@@ -371,7 +372,10 @@ fn main() {
     }
 
     // The incremental phase.
-    let pgbr = on_path("pgbackrest").then(|| {
+    // WALVAULT_BENCH_NO_PGBACKREST=1 leaves pgBackRest out (a long
+    // walvault-only run, such as a million files).
+    let without_pgbr = std::env::var_os("WALVAULT_BENCH_NO_PGBACKREST").is_some();
+    let pgbr = (on_path("pgbackrest") && !without_pgbr).then(|| {
         let pgbr = PgBackRest::new(&root, &cluster.data);
         pgbr.stanza_create();
         pgbr

@@ -38,7 +38,10 @@ const DEFAULT_ROUNDS: usize = 3;
 const DEFAULT_PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 /// Environment variables that would point walvault at another repository or
 /// change its settings; the benchmark passes everything on the command line.
-const WALVAULT_ENV: [&str; 9] = [
+const WALVAULT_ENV: [&str; 12] = [
+    "WALVAULT_ENCRYPTION_PASSPHRASE",
+    "WALVAULT_ENCRYPTION_KEY_FILE",
+    "WALVAULT_ENCRYPTION_KEY_COMMAND",
     "WALVAULT_CONFIG",
     "WALVAULT_REPO",
     "WALVAULT_S3_ENDPOINT",
@@ -136,6 +139,36 @@ fn main() {
             .args(["init", "--pgdata"])
             .arg(&pgdata),
     );
+    // Encrypted repositories: one opened with a key file, one with a
+    // passphrase (Argon2id in every process).
+    let key_file = root.join("bench.key");
+    fs::write(&key_file, "q9RHk3b1r5WcV8y0+Jm2nA7tUeZ4sLpXoD6fGiKwCQE=\n").expect("write key file");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&key_file, fs::Permissions::from_mode(0o600)).expect("chmod key file");
+    }
+    let encryption = Encryption {
+        key_file: key_file.clone(),
+        passphrase: "bench passphrase, not a secret".to_string(),
+        key_template: root.join("repo-template-key"),
+        passphrase_template: root.join("repo-template-passphrase"),
+    };
+    run_ok(
+        walvault_command(&walvault_bin)
+            .env("WALVAULT_ENCRYPTION_KEY_FILE", &key_file)
+            .arg("--repo")
+            .arg(&encryption.key_template)
+            .args(["init", "--pgdata"])
+            .arg(&pgdata),
+    );
+    run_ok(
+        walvault_command(&walvault_bin)
+            .env("WALVAULT_ENCRYPTION_PASSPHRASE", &encryption.passphrase)
+            .arg("--repo")
+            .arg(&encryption.passphrase_template)
+            .args(["init", "--pgdata"])
+            .arg(&pgdata),
+    );
     // The asynchronous rows push from a real data directory: the stopped
     // cluster's, its pg_wal holding the input segments (hard links).
     let async_pgdata = cluster.as_ref().map(|c| {
@@ -156,6 +189,7 @@ fn main() {
         segments,
         walvault_template,
         async_pgdata,
+        encryption,
     };
 
     let configs = configurations(&bench, &push_bin, &fetch_bin, pgbackrest.as_ref());
@@ -330,6 +364,15 @@ struct Bench {
     /// pg_wal, for the asynchronous rows (which read archive_status);
     /// `None` for synthetic WAL.
     async_pgdata: Option<PathBuf>,
+    encryption: Encryption,
+}
+
+/// The secrets and empty repositories of the encrypted rows.
+struct Encryption {
+    key_file: PathBuf,
+    passphrase: String,
+    key_template: PathBuf,
+    passphrase_template: PathBuf,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -444,6 +487,47 @@ fn configurations<'a>(
         "walvault-push --compress-threads 2",
         "repo-threads2",
         &["--compress-threads", "2"],
+    ));
+    // Encrypted: the same default push into an encrypted repository.
+    let encrypted_push =
+        |label, dir: &str, template: &PathBuf, env: (&'static str, std::ffi::OsString)| {
+            let repo = root.join(dir);
+            Config {
+                label,
+                kind: Kind::Push,
+                dir: Some(repo.clone()),
+                template: Some(template.clone()),
+                setup: None,
+                after: None,
+                teardown: None,
+                make: Box::new(move |seg: &Segment| {
+                    let mut cmd = walvault_command(push_bin);
+                    cmd.env(env.0, &env.1)
+                        .arg("--repo")
+                        .arg(&repo)
+                        .arg(&seg.path);
+                    cmd.current_dir(&bench.wal_dir);
+                    cmd
+                }),
+            }
+        };
+    configs.push(encrypted_push(
+        "walvault-push, encrypted (key file)",
+        "repo-key",
+        &bench.encryption.key_template,
+        (
+            "WALVAULT_ENCRYPTION_KEY_FILE",
+            bench.encryption.key_file.clone().into(),
+        ),
+    ));
+    configs.push(encrypted_push(
+        "walvault-push, encrypted (passphrase, Argon2id per call)",
+        "repo-passphrase",
+        &bench.encryption.passphrase_template,
+        (
+            "WALVAULT_ENCRYPTION_PASSPHRASE",
+            bench.encryption.passphrase.clone().into(),
+        ),
     ));
 
     // Hand-written archive commands.
@@ -656,26 +740,40 @@ fn configurations<'a>(
 
     // Restores, each checked byte for byte against the original.
     let restore = root.join("restore");
-    let repo = root.join("repo");
-    let to = restore.clone();
-    configs.push(Config {
-        label: "walvault-fetch",
-        kind: Kind::Fetch,
-        dir: Some(restore.clone()),
-        template: None,
-        setup: None,
-        after: None,
-        teardown: None,
-        make: Box::new(move |seg| {
-            let mut cmd = walvault_command(fetch_bin);
-            cmd.arg("--repo")
-                .arg(&repo)
-                .arg(&seg.name)
-                .arg(to.join(&seg.name));
-            cmd.current_dir(&to);
-            cmd
-        }),
-    });
+    let fetch_row = |label, dir: &str, env: Option<(&'static str, PathBuf)>| {
+        let repo = root.join(dir);
+        let to = restore.clone();
+        Config {
+            label,
+            kind: Kind::Fetch,
+            dir: Some(restore.clone()),
+            template: None,
+            setup: None,
+            after: None,
+            teardown: None,
+            make: Box::new(move |seg: &Segment| {
+                let mut cmd = walvault_command(fetch_bin);
+                if let Some((name, value)) = &env {
+                    cmd.env(name, value);
+                }
+                cmd.arg("--repo")
+                    .arg(&repo)
+                    .arg(&seg.name)
+                    .arg(to.join(&seg.name));
+                cmd.current_dir(&to);
+                cmd
+            }),
+        }
+    };
+    configs.push(fetch_row("walvault-fetch", "repo", None));
+    configs.push(fetch_row(
+        "walvault-fetch, encrypted (key file)",
+        "repo-key",
+        Some((
+            "WALVAULT_ENCRYPTION_KEY_FILE",
+            bench.encryption.key_file.clone(),
+        )),
+    ));
     // Prefetching restore: recovery is on (recovery.signal in the working
     // directory, as the data directory is for restore_command).
     {

@@ -149,6 +149,12 @@ pub struct FileConfig {
     /// What `walvault backup` takes without `--type` once a full backup
     /// exists: full, diff or incr.
     pub backup_type: Option<String>,
+    /// Encryption secret: a passphrase (the file must be mode 600)...
+    pub encryption_passphrase: Option<String>,
+    /// ... or a file holding a random key of at least 32 bytes ...
+    pub encryption_key_file: Option<PathBuf>,
+    /// ... or a command that prints one (a secret manager).
+    pub encryption_key_command: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -197,6 +203,8 @@ pub struct Settings {
     /// `backup_type` from the config file: what `walvault backup` takes
     /// without `--type` (once a full backup exists). Default full.
     pub backup_type: crate::repo::manifest::BackupType,
+    /// Where the encryption secret comes from, if one is configured.
+    pub encryption: Option<crate::repo::keys::SecretSource>,
 }
 
 /// Asynchronous archiving's settings.
@@ -219,9 +227,55 @@ fn load_file(args: &GlobalArgs) -> Result<FileConfig, ConfigError> {
         }
         Err(source) => return Err(ConfigError::Read { path, source }),
     };
-    toml::from_str(&text).map_err(|e| ConfigError::Parse {
-        path,
+    let file: FileConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.clone(),
         message: e.message().to_string(),
+    })?;
+    // A file that holds a secret must be its owner's alone.
+    if file.encryption_passphrase.is_some() {
+        crate::repo::keys::check_private(&path).map_err(|message| ConfigError::Parse {
+            path: path.clone(),
+            message,
+        })?;
+    }
+    Ok(file)
+}
+
+/// The encryption secret's source: the environment first, then the file.
+/// Never a command-line flag (those show in process listings).
+fn encryption_source(
+    file: &FileConfig,
+) -> Result<Option<crate::repo::keys::SecretSource>, ConfigError> {
+    use crate::repo::keys::SecretSource;
+    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+    let passphrase = env("WALVAULT_ENCRYPTION_PASSPHRASE").or(file.encryption_passphrase.clone());
+    let key_file = env("WALVAULT_ENCRYPTION_KEY_FILE")
+        .map(PathBuf::from)
+        .or(file.encryption_key_file.clone());
+    let command = env("WALVAULT_ENCRYPTION_KEY_COMMAND").or(file.encryption_key_command.clone());
+    let sources = [passphrase.is_some(), key_file.is_some(), command.is_some()];
+    if sources.iter().filter(|s| **s).count() > 1 {
+        return Err(ConfigError::Invalid {
+            name: "encryption",
+            value: "(several)".to_string(),
+            reason:
+                "set one of encryption_passphrase, encryption_key_file and encryption_key_command"
+                    .to_string(),
+        });
+    }
+    Ok(if let Some(p) = passphrase {
+        Some(SecretSource::Passphrase(zeroize::Zeroizing::new(p)))
+    } else if let Some(f) = key_file {
+        if !f.is_absolute() {
+            return Err(ConfigError::Invalid {
+                name: "encryption_key_file",
+                value: f.display().to_string(),
+                reason: "must be an absolute path".to_string(),
+            });
+        }
+        Some(SecretSource::KeyFile(f))
+    } else {
+        command.map(SecretSource::Command)
     })
 }
 
@@ -255,6 +309,7 @@ impl Settings {
     /// Flags and environment (already in `args`), then the file, then defaults.
     pub fn resolve(args: &GlobalArgs) -> Result<Settings, ConfigError> {
         let file = load_file(args)?;
+        let encryption = encryption_source(&file)?;
         let repo_text = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
         let mut repo = parse_repo(&repo_text)?;
         if let RepoLocation::S3(s3) = &mut repo {
@@ -342,6 +397,7 @@ impl Settings {
             })?,
         };
         Ok(Settings {
+            encryption,
             backup_type,
             restore_prefetch: args.restore_prefetch.or(file.restore_prefetch).unwrap_or(0),
             restore_prefetch_bytes: args
@@ -357,8 +413,21 @@ impl Settings {
         })
     }
 
-    /// Opens the object store the settings name. No network traffic.
+    /// Opens the object store the settings name. No network traffic: an
+    /// encrypted repository is unlocked at the first use.
     pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+        let plain = self.open_plain_store()?;
+        let keys = crate::repo::keys::RepoKeys {
+            source: self.encryption.clone(),
+            repo: plain.describe(),
+        };
+        Ok(Arc::new(crate::storage::crypt::CryptStore::new(
+            plain,
+            Arc::new(keys),
+        )))
+    }
+
+    fn open_plain_store(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
         use crate::storage::readonly::ReadOnlyStore;
         Ok(match (&self.repo, self.read_only) {
             (RepoLocation::Local(path), false) => Arc::new(LocalStore::new(path.clone())?),

@@ -37,6 +37,11 @@ pub enum Exit {
     /// initialized with `walvault init`, or the path, bucket or prefix is
     /// wrong, or its file system is not mounted. Nothing was written.
     NotInitialized = 9,
+    /// The repository is encrypted and the key is missing or wrong, or a
+    /// key is configured for a repository that is not encrypted. Nothing
+    /// was read or written. (walvault-fetch outside standby mode exits
+    /// with [`Exit::RecoveryMustStop`] instead, like every failure there.)
+    Key = 10,
     /// walvault-fetch outside standby mode, when the repository failed or
     /// returned a corrupt object: "missing" (1..125) would let PostgreSQL end
     /// recovery early at the wrong point, so this stops recovery instead
@@ -62,6 +67,7 @@ impl Exit {
             Exit::WrongRepository,
             Exit::Failed,
             Exit::NotInitialized,
+            Exit::Key,
             Exit::RecoveryMustStop,
         ]
         .into_iter()

@@ -223,6 +223,7 @@ mod tests {
                 pg_major: 15,
             },
             "test",
+            None,
         )
         .await
         .unwrap();

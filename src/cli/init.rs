@@ -57,9 +57,29 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &InitArgs) -> Exit {
         }
     };
     let what = format!("the cluster at \"{}\"", args.pgdata.display());
-    match repo.init(&facts.identity(), &what).await {
+    // With a secret configured, the new repository is encrypted: a fresh
+    // data key, wrapped by the secret, goes into the header.
+    let encryption = match &settings.encryption {
+        Some(source) if matches!(repo.read_header().await, Ok(None)) => {
+            match crate::repo::keys::new_encryption(source) {
+                Ok(e) => Some(e),
+                Err(e) => {
+                    report_error(program, &e);
+                    return Exit::Key;
+                }
+            }
+        }
+        _ => None,
+    };
+    match repo.init(&facts.identity(), &what, encryption).await {
         Ok((header, created)) => {
             print_create_only(&header.create_only, &header.create_only_probe);
+            if let Some(enc) = &header.encryption {
+                println!(
+                    "encryption: {} (data key wrapped by a {})",
+                    enc.cipher, enc.secret
+                );
+            }
             println!(
                 "{} {}: PostgreSQL {} cluster {}, {} WAL segments",
                 if created {

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod check;
 pub mod expire;
 pub mod init;
+pub mod key;
 pub mod list;
 pub mod logging;
 pub mod ops;
@@ -54,6 +55,8 @@ pub enum Command {
     Verify(verify::VerifyArgs),
     /// Check that the cluster archives into this repository
     Check(check::CheckArgs),
+    /// Encryption keys: `key rotate` wraps the data key with a new secret
+    Key(key::KeyArgs),
 }
 
 /// walvault-push: PostgreSQL's archive_command.
@@ -214,6 +217,7 @@ async fn run_command(program: &str, global: &GlobalArgs, command: Command) -> Ex
         Command::Expire(args) => expire::run(program, global, &args).await,
         Command::Status(args) => status::run(program, global, &args).await,
         Command::Verify(args) => verify::run(program, global, &args).await,
+        Command::Key(args) => key::run(program, global, &args).await,
     }
 }
 

@@ -73,7 +73,10 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
         Ok(r) => r,
         Err(e) => {
             report_error(program, &e);
-            return Exit::Storage;
+            return match super::wal::repo_exit(&e) {
+                Exit::Key => Exit::Key,
+                _ => Exit::Storage,
+            };
         }
     };
     let duration = started.elapsed().as_secs_f64();

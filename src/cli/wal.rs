@@ -50,6 +50,8 @@ pub struct FetchArgs {
 
 pub(crate) fn repo_exit(e: &RepoError) -> Exit {
     match e {
+        RepoError::Storage(StorageError::Key(_))
+        | RepoError::Object(ObjectError::Storage(StorageError::Key(_))) => Exit::Key,
         RepoError::Storage(_) | RepoError::Object(ObjectError::Storage(_)) => Exit::Storage,
         RepoError::Object(o) if o.is_corruption() => Exit::Corrupt,
         RepoError::Object(_) => Exit::Failed,
@@ -377,6 +379,10 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         Err(e) => {
             let ordinary = match &e {
                 FetchError::BadName { .. } => Exit::BadInput,
+                FetchError::Repository {
+                    source: ObjectError::Storage(StorageError::Key(_)),
+                    ..
+                } => Exit::Key,
                 FetchError::Repository { source, .. } if source.is_corruption() => Exit::Corrupt,
                 FetchError::Repository {
                     source: ObjectError::Storage(StorageError::Config(_)),

@@ -16,6 +16,7 @@ use crate::wal::WalSegmentSize;
 
 pub mod blocks;
 pub mod filelist;
+pub mod keys;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
@@ -24,7 +25,10 @@ pub mod object;
 pub use object::{CompressSettings, ObjectError, ObjectInfo};
 
 /// The repository format this walvault writes, and the newest it reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
+/// The version of a repository that is not encrypted (every older
+/// walvault reads it).
+pub const FORMAT_VERSION_PLAIN: u32 = 1;
 
 /// The identity of the PostgreSQL cluster a repository belongs to, as read
 /// from a WAL segment's long page header or the control file.
@@ -60,6 +64,10 @@ pub struct RepoHeader {
     /// What the probe found, in words, and when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_only_probe: Option<String>,
+    /// Format version 2: every object but this header is encrypted with a
+    /// data key, wrapped here by the user's secret ([`keys`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encryption: Option<keys::EncryptionHeader>,
 }
 
 impl RepoHeader {
@@ -218,6 +226,7 @@ impl Repository {
         &self,
         identity: &ClusterIdentity,
         what: &str,
+        encryption: Option<keys::EncryptionHeader>,
     ) -> Result<(RepoHeader, bool), RepoError> {
         if let Some(header) = self.read_header().await? {
             self.check_identity(&header, identity, what)?;
@@ -228,7 +237,13 @@ impl Repository {
         self.store.use_create_only(probe.mode);
         let header = RepoHeader {
             format: "walvault".to_string(),
-            format_version: FORMAT_VERSION,
+            // Older walvault versions ignore unknown header fields: an
+            // encrypted repository must be one they refuse.
+            format_version: if encryption.is_some() {
+                FORMAT_VERSION
+            } else {
+                FORMAT_VERSION_PLAIN
+            },
             system_identifier: identity.system_identifier.to_string(),
             pg_major: identity.pg_major,
             wal_segment_size: identity.wal_segment_size.bytes(),
@@ -239,6 +254,7 @@ impl Repository {
             created_by: format!("walvault {}", env!("CARGO_PKG_VERSION")),
             create_only: Some(probe.mode.as_str().to_string()),
             create_only_probe: Some(describe_probe(&probe)),
+            encryption,
         };
         let mut json = serde_json::to_vec_pretty(&header).expect("header serializes");
         json.push(b'\n');
@@ -507,20 +523,27 @@ impl Repository {
         &self,
         manifest: &manifest::BackupManifest,
     ) -> Result<SummaryObject, RepoError> {
-        let objects = self
-            .store
-            .list(Some(&layout::backup_prefix(&manifest.label)))
-            .await?;
+        // Counted as listed, never held: a backup may have millions of
+        // objects.
         let summary_key = layout::summary_key(&manifest.label);
-        let own: Vec<_> = objects.iter().filter(|m| m.key != summary_key).collect();
+        let (mut count, mut bytes, mut newest) = (0usize, 0u64, 0i64);
+        self.store
+            .list_each(&layout::backup_prefix(&manifest.label), &mut |m| {
+                if m.key != summary_key {
+                    count += 1;
+                    bytes += m.size_bytes;
+                    newest = newest.max(m.modified_unix_secs);
+                }
+            })
+            .await?;
         let mut header = manifest.clone();
         header.files = Vec::new();
         header.directories = Vec::new();
         let summary = SummaryObject {
             summary_version: 1,
-            object_count: own.len(),
-            stored_bytes: own.iter().map(|m| m.size_bytes).sum(),
-            newest_object_unix_secs: own.iter().map(|m| m.modified_unix_secs).max().unwrap_or(0),
+            object_count: count,
+            stored_bytes: bytes,
+            newest_object_unix_secs: newest,
             file_count: manifest.file_count() as usize,
             manifest: header,
         };

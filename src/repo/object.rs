@@ -69,7 +69,7 @@ pub struct ObjectInfo {
 #[derive(Debug, thiserror::Error)]
 pub enum ObjectError {
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Storage(StorageError),
     #[error("read source: {0}")]
     Source(#[source] io::Error),
     #[error("object \"{key}\": {source}")]
@@ -84,6 +84,21 @@ pub enum ObjectError {
     Integrity { key: Key, reason: String },
     #[error("write output: {0}")]
     Sink(#[source] io::Error),
+}
+
+impl From<StorageError> for ObjectError {
+    /// An encrypted object that fails authentication is as corrupt as one
+    /// whose checksum fails.
+    fn from(e: StorageError) -> ObjectError {
+        match e {
+            StorageError::Corrupt { key, reason } => ObjectError::Integrity {
+                key: Key::new(key.clone())
+                    .unwrap_or_else(|_| Key::new("invalid-key").expect("valid")),
+                reason,
+            },
+            other => ObjectError::Storage(other),
+        }
+    }
 }
 
 impl ObjectError {
@@ -303,6 +318,16 @@ pub async fn read_object(
 ) -> Result<ObjectInfo, ObjectError> {
     let mut src = store.get(key).await?;
     let read_err = |e: io::Error| {
+        // A chunk of an encrypted object that fails authentication.
+        if let Some(c) = e
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<crate::storage::crypt::CorruptChunk>())
+        {
+            return ObjectError::Integrity {
+                key: key.clone(),
+                reason: c.0.clone(),
+            };
+        }
         ObjectError::Storage(StorageError::Io {
             op: "read",
             key: key.to_string(),

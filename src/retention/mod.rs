@@ -1301,6 +1301,7 @@ mod tests {
                 pg_major: 16,
             },
             "test",
+            None,
         )
         .await
         .expect("bind");

@@ -313,6 +313,13 @@ pub async fn list_is_sorted_and_filtered(store: &dyn ObjectStore, base: &str) {
         "list returns exactly the keys under the prefix, sorted"
     );
     assert_eq!(listed[0].size_bytes, 2, "list reports sizes");
+    let mut each = Vec::new();
+    store
+        .list_each(&format!("{base}/list/"), &mut |m| each.push(m))
+        .await
+        .expect("list_each a prefix");
+    each.sort_by(|a, b| a.key.cmp(&b.key));
+    assert_eq!(each, listed, "list_each hands over what list returns");
     let partial = store
         .list(Some(&format!("{base}/list")))
         .await

@@ -106,6 +106,15 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
         self.inner.list(prefix).await
     }
 
+    async fn list_each(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(ObjectMeta) + Send),
+    ) -> Result<()> {
+        self.check(Op::List, prefix)?;
+        self.inner.list_each(prefix, each).await
+    }
+
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         self.check(Op::List, prefix)?;
         self.inner.list_dirs(prefix).await

@@ -451,22 +451,26 @@ impl ObjectStore for LocalStore {
     }
 
     async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
+        super::list_sorted(self, prefix).await
+    }
+
+    async fn list_each(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(ObjectMeta) + Send),
+    ) -> Result<()> {
         self.check_root()?;
-        let prefix = prefix.unwrap_or("");
         // Walk only below the deepest directory the prefix names.
         let start_rel = match prefix.rfind('/') {
             Some(i) => &prefix[..i],
             None => "",
         };
-        let mut out = Vec::new();
         let start = self.root.join(start_rel);
-        walk(&start, start_rel, prefix, &mut out).map_err(|source| StorageError::Io {
+        walk(&start, start_rel, prefix, each).map_err(|source| StorageError::Io {
             op: "list",
             key: prefix.to_string(),
             source,
-        })?;
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        })
     }
 
     async fn sync_batched(&self) -> Result<()> {
@@ -575,7 +579,12 @@ fn object_meta(key: Key, meta: &fs::Metadata) -> ObjectMeta {
     }
 }
 
-fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::Result<()> {
+fn walk(
+    dir: &Path,
+    rel: &str,
+    prefix: &str,
+    out: &mut (dyn FnMut(ObjectMeta) + Send),
+) -> io::Result<()> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -602,7 +611,7 @@ fn walk(dir: &Path, rel: &str, prefix: &str, out: &mut Vec<ObjectMeta>) -> io::R
         } else if file_type.is_file() && child_rel.starts_with(prefix) {
             if let Ok(key) = Key::new(child_rel) {
                 match entry.metadata() {
-                    Ok(meta) => out.push(object_meta(key, &meta)),
+                    Ok(meta) => out(object_meta(key, &meta)),
                     // Deleted between readdir and stat: it is gone, skip it.
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => return Err(e),

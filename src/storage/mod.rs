@@ -25,6 +25,7 @@ use bytes::Bytes;
 use tokio::io::AsyncRead;
 
 pub mod conformance;
+pub mod crypt;
 pub mod faulty;
 pub mod local;
 pub mod memory;
@@ -191,6 +192,13 @@ pub enum StorageError {
     },
     #[error("storage configuration: {0}")]
     Config(String),
+    /// An encrypted object failed authentication (or is not one).
+    #[error("object \"{key}\" is corrupt: {reason}")]
+    Corrupt { key: String, reason: String },
+    /// The encryption key is missing or wrong: one line and a fix, never
+    /// the secret itself.
+    #[error("{0}")]
+    Key(String),
 }
 
 impl StorageError {
@@ -235,6 +243,21 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// Every object whose key starts with `prefix` (a key prefix, not only a
     /// directory), sorted by key. `None` lists everything.
     async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>>;
+
+    /// Every object whose key starts with `prefix`, handed to `each` one at
+    /// a time in no particular order, so a caller that only counts or sums
+    /// never holds the listing (a backup of a million files has a million
+    /// objects). The default lists first; local and S3 stream.
+    async fn list_each(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(ObjectMeta) + Send),
+    ) -> Result<()> {
+        for meta in self.list(Some(prefix)).await? {
+            each(meta);
+        }
+        Ok(())
+    }
 
     /// The names one level below `prefix` (which ends with `/`) that hold
     /// objects, sorted: `list_dirs("backup/")` gives the backup labels
@@ -332,6 +355,20 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
         }
         writer.commit().await
     }
+}
+
+/// A sorted listing gathered from [`ObjectStore::list_each`], for stores
+/// whose listing streams.
+pub(crate) async fn list_sorted(
+    store: &(dyn ObjectStore + '_),
+    prefix: Option<&str>,
+) -> Result<Vec<ObjectMeta>> {
+    let mut out = Vec::new();
+    store
+        .list_each(prefix.unwrap_or(""), &mut |m| out.push(m))
+        .await?;
+    out.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(out)
 }
 
 /// An object being written. Chunks are written in order; the object becomes

@@ -48,6 +48,14 @@ impl<S: ObjectStore> ObjectStore for ReadOnlyStore<S> {
         self.inner.list(prefix).await
     }
 
+    async fn list_each(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(ObjectMeta) + Send),
+    ) -> Result<()> {
+        self.inner.list_each(prefix, each).await
+    }
+
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {
         self.inner.list_dirs(prefix).await
     }

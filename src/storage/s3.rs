@@ -520,9 +520,16 @@ impl ObjectStore for S3Store {
     }
 
     async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
-        let (base, full_prefix) = self.listing_prefix(prefix.unwrap_or(""));
+        super::list_sorted(self, prefix).await
+    }
+
+    async fn list_each(
+        &self,
+        prefix: &str,
+        each: &mut (dyn FnMut(ObjectMeta) + Send),
+    ) -> Result<()> {
+        let (base, full_prefix) = self.listing_prefix(prefix);
         let list_key = Key(full_prefix.clone());
-        let mut out = Vec::new();
         let mut pages = self.list_pages(&full_prefix, None).send();
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| map_err("list", &list_key, e))?;
@@ -534,15 +541,14 @@ impl ObjectStore for S3Store {
                 // Objects that are not walvault keys (someone else's files
                 // under the prefix) are skipped, never misread.
                 let Ok(key) = Key::new(rel) else { continue };
-                out.push(ObjectMeta {
+                each(ObjectMeta {
                     key,
                     size_bytes: object.size().unwrap_or(0).max(0) as u64,
                     modified_unix_secs: object.last_modified().map(|t| t.secs()).unwrap_or(0),
                 });
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(())
     }
 
     async fn list_dirs(&self, prefix: &str) -> Result<Vec<String>> {

@@ -814,9 +814,9 @@ fn peak_rss_kib(cmd: &mut std::process::Command) -> (crate::harness::Ran, u64) {
 
 /// Memory does not grow with the number of files: a backup, an
 /// incremental, a listing and a restore of a data directory with 40,000
-/// more small files stay within a few MiB of the same commands on the
-/// bare cluster (an in-memory file list costs about 1.5 KiB a file, 60
-/// MiB here). docs/BENCHMARKS.md has the million-file run.
+/// more small files stay within 32 MiB of the same commands on the bare
+/// cluster (an in-memory file list costs about 1.5 KiB a file, 60 MiB
+/// here). docs/BENCHMARKS.md has the million-file run.
 #[test]
 fn many_files_back_up_and_restore_in_bounded_memory() {
     let setup = Setup::new("many-files", Backend::Local);
@@ -883,7 +883,10 @@ fn many_files_back_up_and_restore_in_bounded_memory() {
     let (incr, incr_backup) = backup("incr");
     let big_list = list();
     let (restored, big_restore) = restore(&incr, "r-big");
-    let limit = 16 * 1024;
+    // Allocator arenas and zstd contexts make a few MiB of noise that
+    // does not grow with the file count (a million files peak under 64
+    // MiB: docs/BENCHMARKS.md); an in-memory list would add 60 MiB here.
+    let limit = 32 * 1024;
     for (what, small, big) in [
         ("full backup", small_backup, big_backup),
         ("incremental backup", small_backup, incr_backup),

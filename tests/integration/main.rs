@@ -11,6 +11,7 @@ mod archive_cluster;
 mod archive_errors;
 mod async_archive;
 mod create_only;
+mod encryption;
 mod faults;
 mod incremental;
 mod ops;

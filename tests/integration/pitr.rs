@@ -32,9 +32,37 @@ pub struct Setup {
 
 impl Setup {
     pub fn new(name: &str, backend: Backend) -> Setup {
+        Setup::with_config(name, backend, None)
+    }
+
+    /// With `extra` config lines (an encryption secret, say), every
+    /// command reads a config file (mode 600, owned by postgres).
+    pub fn with_config(name: &str, backend: Backend, extra: Option<&str>) -> Setup {
         let dir = TestDir::new(name);
         let bin = dir.install_binaries();
+        let write_config = |text: String| {
+            let config = dir.path().join("walvault.toml");
+            std::fs::write(&config, text).unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+            give_to_postgres(&config);
+            vec!["--config".to_string(), config.display().to_string()]
+        };
         let (repo_args, local_repo, server) = match backend {
+            Backend::Local if extra.is_some() => {
+                let root = dir.subdir("repo");
+                let text = format!("repo = \"{}\"\n{}\n", root.display(), extra.unwrap_or(""));
+                (write_config(text), Some(root), None)
+            }
+            Backend::S3 if extra.is_some() => {
+                let server = S3Server::start(dir.path(), "bucket");
+                let text = format!(
+                    "{}{}\n",
+                    server.config_toml("s3://bucket/pitr"),
+                    extra.unwrap_or("")
+                );
+                (write_config(text), None, Some(server))
+            }
             Backend::Local => {
                 let root = dir.subdir("repo");
                 (
