@@ -381,7 +381,9 @@ fn main() {
         pgbr
     });
     if pgbr.is_none() {
-        eprintln!("pgbackrest is not installed: its rows are left out");
+        eprintln!(
+            "pgbackrest is not installed or WALVAULT_BENCH_NO_PGBACKREST is set: its rows are left out"
+        );
     }
     // A timed pgBackRest backup of `kind`, recorded as `label` with the size
     // of the set it wrote; nothing without pgBackRest.

@@ -105,6 +105,28 @@ fn an_encrypted_local_repository_round_trips_and_stores_no_plaintext() {
     );
     let found = stored_runs(&root, &runs);
     assert!(found.is_empty(), "plaintext runs stored in {found:?}");
+    // Nor the BLAKE3 of any archived segment (a plain checksum would let
+    // anyone confirm a guessed content).
+    let sums: Vec<[u8; 32]> = std::fs::read_dir(&pg_wal)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().len() == 24 && p.is_file())
+        .map(|p| *blake3::hash(&std::fs::read(p).unwrap()).as_bytes())
+        .collect();
+    let heads: HashSet<[u8; 8]> = sums.iter().map(|s| s[..8].try_into().unwrap()).collect();
+    for path in files_below(&root) {
+        let bytes = std::fs::read(&path).unwrap();
+        for (i, w) in bytes.windows(8).enumerate() {
+            let head: [u8; 8] = w.try_into().unwrap();
+            if heads.contains(&head) {
+                assert!(
+                    !sums.iter().any(|s| bytes.get(i..i + 32) == Some(&s[..])),
+                    "{} holds a segment's plain checksum",
+                    path.display()
+                );
+            }
+        }
+    }
 
     // A flipped byte in an encrypted WAL object is damage (exit 6).
     let wal_object = files_below(&root.join("wal"))
