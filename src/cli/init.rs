@@ -60,18 +60,33 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &InitArgs) -> Exit {
     // With a secret configured, the new repository is encrypted: a fresh
     // data key, wrapped by the secret, goes into the header.
     let encryption = match &settings.encryption {
-        Some(source) if matches!(repo.read_header().await, Ok(None)) => {
-            match crate::repo::keys::new_encryption(source) {
+        Some(source) => match repo.read_header().await {
+            Ok(None) => match crate::repo::keys::new_encryption(source) {
                 Ok(e) => Some(e),
                 Err(e) => {
                     report_error(program, &e);
                     return Exit::Key;
                 }
+            },
+            Ok(Some(_)) => None,
+            Err(e) => {
+                report_error(program, &e);
+                return super::wal::repo_exit(&e);
             }
-        }
-        _ => None,
+        },
+        None => None,
     };
     match repo.init(&facts.identity(), &what, encryption).await {
+        Ok((header, _)) if settings.encryption.is_some() && header.encryption.is_none() => {
+            report_error(
+                program,
+                &format!(
+                    "repository {} is already initialized and is not encrypted, but an encryption key is configured\nHINT: remove the encryption setting for it, or initialize a new repository elsewhere",
+                    repo.describe()
+                ),
+            );
+            Exit::Key
+        }
         Ok((header, created)) => {
             print_create_only(&header.create_only, &header.create_only_probe);
             if let Some(enc) = &header.encryption {

@@ -108,6 +108,19 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &KeyArgs) -> Exit {
         report_error(program, &e);
         return Exit::Storage;
     }
+    // Read back: the header now opens with the new secret (a concurrent
+    // header rewrite, such as `check --storage`, would show here).
+    let check = match repo.require_header().await {
+        Ok(h) => h.encryption,
+        Err(e) => {
+            report_error(program, &e);
+            return super::wal::repo_exit(&e);
+        }
+    };
+    if check.as_ref() != Some(&rotated) {
+        report_error(program, &"the repository header changed while the key was rotated (another walvault rewrote it); nothing is lost, as the old or the new secret opens it\nHINT: run walvault key rotate again, and keep the old secret until it succeeds");
+        return Exit::Failed;
+    }
     println!(
         "rotated: repository {} now opens with the new {}; configure it everywhere walvault runs (archive_command, restore_command, timers) before the old one is removed",
         repo.describe(),

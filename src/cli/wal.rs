@@ -52,6 +52,8 @@ pub(crate) fn repo_exit(e: &RepoError) -> Exit {
     match e {
         RepoError::Storage(StorageError::Key(_))
         | RepoError::Object(ObjectError::Storage(StorageError::Key(_))) => Exit::Key,
+        RepoError::Storage(StorageError::Corrupt { .. })
+        | RepoError::Object(ObjectError::Storage(StorageError::Corrupt { .. })) => Exit::Corrupt,
         RepoError::Storage(_) | RepoError::Object(ObjectError::Storage(_)) => Exit::Storage,
         RepoError::Object(o) if o.is_corruption() => Exit::Corrupt,
         RepoError::Object(_) => Exit::Failed,

@@ -173,6 +173,16 @@ fn derive_kek(
     match source {
         SecretSource::Passphrase(_) => {
             let [m, t, p] = argon.unwrap_or([ARGON2_M_KIB, ARGON2_T, ARGON2_P]);
+            // The header is not trusted to set the cost: a huge one would
+            // stop every archive_command, a tiny one is not ours.
+            if !(ARGON2_M_KIB..=1 << 20).contains(&m)
+                || !(ARGON2_T..=16).contains(&t)
+                || !(1..=16).contains(&p)
+            {
+                return Err(key_error(format!(
+                    "the repository header asks for Argon2id with {m} KiB, {t} passes and {p} lanes, outside what walvault accepts ({ARGON2_M_KIB} KiB to 1 GiB, {ARGON2_T} to 16 passes, 1 to 16 lanes)"
+                )));
+            }
             let params = argon2::Params::new(m, t, p, Some(32)).map_err(|e| {
                 key_error(format!("invalid Argon2id parameters in the header: {e}"))
             })?;
@@ -301,17 +311,27 @@ pub struct RepoKeys {
 impl KeyProvider for RepoKeys {
     async fn data_key(&self, header: Option<&[u8]>) -> Result<Option<DataKey>, StorageError> {
         let Some(header) = header else {
-            return Ok(None);
+            // No header: a plain repository before `init` may be read as
+            // one, never with a key configured (a deleted header must not
+            // turn an encrypted repository into a plain one).
+            return match &self.source {
+                None => Ok(None),
+                Some(_) => Err(key_error(format!(
+                    "repository {} has no header (repository.json), but an encryption key is configured: refusing to read or write it unencrypted\nHINT: run walvault init for a new repository, or check the path, bucket and prefix",
+                    self.repo
+                ))),
+            };
         };
         #[derive(Deserialize)]
         struct Probe {
             #[serde(default)]
             encryption: Option<EncryptionHeader>,
         }
-        // An unreadable header is reported by the header's own reader.
-        let Ok(probe) = serde_json::from_slice::<Probe>(header) else {
-            return Ok(None);
-        };
+        // An unreadable header is never taken for a plain one.
+        let probe = serde_json::from_slice::<Probe>(header).map_err(|e| StorageError::Corrupt {
+            key: "repository.json".to_string(),
+            reason: format!("the header's encryption block cannot be read: {e}"),
+        })?;
         match (probe.encryption, &self.source) {
             (None, None) => Ok(None),
             (None, Some(source)) => Err(key_error(format!(
@@ -341,6 +361,42 @@ mod tests {
 
     fn pass(p: &str) -> SecretSource {
         SecretSource::Passphrase(Zeroizing::new(p.to_string()))
+    }
+
+    #[tokio::test]
+    async fn headers_decide_and_are_not_trusted() {
+        let keyed = RepoKeys {
+            source: Some(pass("correct horse")),
+            repo: "r".into(),
+        };
+        let plain = RepoKeys {
+            source: None,
+            repo: "r".into(),
+        };
+        assert!(
+            keyed.data_key(None).await.is_err(),
+            "no header with a key: refused"
+        );
+        assert!(plain.data_key(None).await.unwrap().is_none());
+        assert!(keyed.data_key(Some(b"{not json")).await.is_err());
+        let mut enc = new_encryption(&pass("correct horse")).unwrap();
+        let header = serde_json::json!({ "format": "walvault", "encryption": enc }).to_string();
+        assert!(keyed
+            .data_key(Some(header.as_bytes()))
+            .await
+            .unwrap()
+            .is_some());
+        assert!(
+            plain.data_key(Some(header.as_bytes())).await.is_err(),
+            "encrypted, no key"
+        );
+        enc.argon2id = Some([u32::MAX, u32::MAX, 1]);
+        let huge = serde_json::json!({ "encryption": enc }).to_string();
+        let err = keyed.data_key(Some(huge.as_bytes())).await.unwrap_err();
+        assert!(
+            err.to_string().contains("outside what walvault accepts"),
+            "{err}"
+        );
     }
 
     #[test]

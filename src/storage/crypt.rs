@@ -103,7 +103,10 @@ pub fn plain_size(stored: u64) -> Option<u64> {
     let body = stored.checked_sub(HEADER as u64)?;
     let unit = (CHUNK + TAG) as u64;
     let chunks = body.div_ceil(unit).max(1);
-    body.checked_sub(chunks * TAG as u64)
+    let plain = body.checked_sub(chunks * TAG as u64)?;
+    // Only sizes an encrypted object can have (a last chunk of 1 to 15
+    // bytes past a full one cannot hold a tag).
+    (stored_size(plain) == stored).then_some(plain)
 }
 
 /// The stored size of an object of `plain` bytes.
@@ -188,7 +191,8 @@ fn check_header(key: &Key, h: &[u8]) -> Result<[u8; HEADER]> {
 pub struct CryptStore {
     inner: Arc<dyn ObjectStore>,
     keys: Arc<dyn KeyProvider>,
-    state: tokio::sync::OnceCell<Option<DataKey>>,
+    state: std::sync::OnceLock<Option<DataKey>>,
+    unlocking: tokio::sync::Mutex<()>,
 }
 
 impl fmt::Debug for CryptStore {
@@ -204,12 +208,15 @@ impl CryptStore {
         CryptStore {
             inner,
             keys,
-            state: tokio::sync::OnceCell::new(),
+            state: std::sync::OnceLock::new(),
+            unlocking: tokio::sync::Mutex::new(()),
         }
     }
 
     /// The data key, `None` for a plain repository. Read from the header
-    /// once; while there is no header (before `init`) nothing is cached.
+    /// once: concurrent first calls wait for one derivation. A failure is
+    /// not cached, and neither is a missing header (the provider refuses
+    /// that when a key is configured).
     async fn key(&self, for_key: &Key) -> Result<Option<DataKey>> {
         if for_key.as_str() == HEADER_KEY {
             return Ok(None);
@@ -217,15 +224,18 @@ impl CryptStore {
         if let Some(state) = self.state.get() {
             return Ok(state.clone());
         }
+        let _unlocking = self.unlocking.lock().await;
+        if let Some(state) = self.state.get() {
+            return Ok(state.clone());
+        }
         let header = match self.inner.get_bytes(&Key::new(HEADER_KEY)?).await {
             Ok(bytes) => bytes,
-            Err(StorageError::NotFound { .. }) => {
-                return self.keys.data_key(None).await;
-            }
+            Err(StorageError::NotFound { .. }) => return self.keys.data_key(None).await,
             Err(e) => return Err(e),
         };
         let key = self.keys.data_key(Some(&header)).await?;
-        Ok(self.state.get_or_init(|| async { key }).await.clone())
+        let _ = self.state.set(key.clone());
+        Ok(key)
     }
 
     fn meta(&self, encrypted: bool, mut meta: ObjectMeta) -> ObjectMeta {
@@ -268,7 +278,7 @@ impl ObjectStore for CryptStore {
             .ok_or_else(|| corrupt(key, "the stored size fits no encrypted object"))?;
         let end = offset.saturating_add(len).min(plain);
         if offset >= end {
-            // Still authenticate the header, as any read does.
+            // Still check the header's format, as any read does.
             let h = self.inner.get_range(key, 0, HEADER as u64).await?;
             check_header(key, &h)?;
             return Ok(Bytes::new());
@@ -330,6 +340,26 @@ impl ObjectStore for CryptStore {
             pending: Vec::with_capacity(CHUNK + TAG),
             position: 0,
         }))
+    }
+
+    async fn get_bytes(&self, key: &Key) -> Result<Bytes> {
+        use tokio::io::AsyncReadExt;
+        let mut reader = self.get(key).await?;
+        let mut buf = Vec::new();
+        reader.read_to_end(&mut buf).await.map_err(|source| {
+            match source
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<CorruptChunk>())
+            {
+                Some(c) => corrupt(key, &c.0),
+                None => StorageError::Io {
+                    op: "read",
+                    key: key.to_string(),
+                    source,
+                },
+            }
+        })?;
+        Ok(Bytes::from(buf))
     }
 
     async fn list(&self, prefix: Option<&str>) -> Result<Vec<ObjectMeta>> {
@@ -595,6 +625,11 @@ mod tests {
             assert_eq!(plain_size(stored_size(plain)), Some(plain), "{plain}");
         }
         assert_eq!(plain_size(10), None);
+        assert_eq!(
+            plain_size(stored_size(CHUNK as u64) + 5),
+            None,
+            "no room for a tag"
+        );
     }
 
     #[tokio::test]

@@ -196,6 +196,14 @@ fn wrong_and_missing_keys_are_their_own_error() {
         assert_eq!(out.code, 128, "{}", out.stderr);
         assert!(out.stderr.contains(needle), "{}", out.stderr);
     }
+    // A deleted header never turns the repository into a plain one.
+    let header = root.join("repository.json");
+    let saved = std::fs::read(&header).unwrap();
+    std::fs::remove_file(&header).unwrap();
+    let out = setup.walvault(&["list"]);
+    assert_eq!(out.code, 10, "{}", out.stderr);
+    assert!(out.stderr.contains("has no header"), "{}", out.stderr);
+    std::fs::write(&header, saved).unwrap();
     // A key for a repository that is not encrypted is refused too.
     let plain_root = setup.dir.subdir("plain");
     let init = run(walvault("walvault")
