@@ -7,7 +7,9 @@
 //! reports throughput, per-call latency, the peak resident memory of any one
 //! call (from `wait4`'s `ru_maxrss`) and how much the repository stores.
 //! Hand-written archive commands (`cp`, `zstd`, `gzip`) and pgBackRest, when
-//! installed, are measured the same way as a baseline. Every configuration
+//! installed, are measured the same way as a baseline, and walvault also
+//! pushes into and fetches from encrypted repositories (a key file, a
+//! passphrase) to show what encryption costs. Every configuration
 //! runs once per round, taking turns, so a disturbance on this shared
 //! machine spreads over all of them; the tables give the median round.
 //!

@@ -6,7 +6,8 @@
 //!
 //! - a passphrase (`encryption_passphrase`, or `WALVAULT_ENCRYPTION_PASSPHRASE`)
 //!   through Argon2id (19 MiB, 2 passes, 1 lane, 16-byte random salt), the
-//!   OWASP minimum: about 50 ms per walvault process;
+//!   OWASP minimum: about 35 ms per walvault process on the benchmark
+//!   machine;
 //! - a key file (`encryption_key_file`) or the output of a command
 //!   (`encryption_key_command`, for a secret manager), which must hold at
 //!   least 32 bytes of random data, through BLAKE3's key derivation (no
