@@ -331,6 +331,46 @@ mod sweep_tests {
         }
     }
 
+    /// A backup deletes an empty delta while it writes other objects into
+    /// the same directory: the delete may remove the directory, even one
+    /// a put has just made; the put makes it again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn puts_survive_deletes_emptying_their_directory() {
+        use crate::storage::ObjectStore;
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(LocalStore::new(dir.path().to_path_buf()).unwrap());
+        let churn = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                for i in 0..400 {
+                    let k = Key::new(format!("b/files/gone{i}")).unwrap();
+                    store
+                        .put_bytes(
+                            &k,
+                            bytes::Bytes::from_static(b"x"),
+                            crate::storage::PutMode::Create,
+                        )
+                        .await
+                        .unwrap();
+                    store.delete(&k).await.unwrap();
+                }
+            })
+        };
+        for i in 0..400 {
+            let k = Key::new(format!("b/files/kept{i}")).unwrap();
+            store
+                .put_bytes(
+                    &k,
+                    bytes::Bytes::from_static(b"y"),
+                    crate::storage::PutMode::Create,
+                )
+                .await
+                .unwrap_or_else(|e| panic!("put {i} failed beside deletes: {e}"));
+            store.delete(&k).await.unwrap();
+        }
+        churn.await.unwrap();
+    }
+
     #[test]
     fn a_locked_temporary_file_is_never_swept_and_an_abandoned_one_is() {
         let dir = tempfile::tempdir().unwrap();
@@ -389,9 +429,6 @@ impl ObjectStore for LocalStore {
 
     async fn put(&self, key: &Key, mode: PutMode) -> Result<Box<dyn ObjectWriter>> {
         let dest = self.path(key);
-        if let Some(dir) = dest.parent() {
-            self.create_dirs_below_root(dir, key)?;
-        }
         let mut tmp = temp_path_for(&dest);
         use std::os::unix::fs::OpenOptionsExt;
         let open = |tmp: &Path| {
@@ -408,18 +445,23 @@ impl ObjectStore for LocalStore {
             tmp = temp_path_for(&dest);
             tries += 1;
         }
-        // A concurrent delete may remove the directory as it empties (a
-        // backup deletes a delta it replaces while other files are being
-        // written): make it again, a few times at most.
+        // A concurrent delete removes a directory as it empties, even one
+        // just made (a backup deletes a delta it replaces while other
+        // files are written): make it again, a few times at most.
+        let gone = |e: &io::Error| e.kind() == io::ErrorKind::NotFound;
         let mut attempts = 0;
         let file = loop {
-            match open(&tmp) {
-                Err(e) if e.kind() == io::ErrorKind::NotFound && attempts < 16 => {
-                    attempts += 1;
-                    if let Some(dir) = dest.parent() {
-                        self.create_dirs_below_root(dir, key)?;
+            attempts += 1;
+            if let Some(dir) = dest.parent() {
+                match self.create_dirs_below_root(dir, key) {
+                    Err(StorageError::Io { source, .. }) if gone(&source) && attempts < 16 => {
+                        continue
                     }
+                    other => other?,
                 }
+            }
+            match open(&tmp) {
+                Err(e) if gone(&e) && attempts < 16 => continue,
                 other => break other,
             }
         }

@@ -103,6 +103,23 @@ fn manifest_entry(setup: &Setup, label: &str, path: &str) -> serde_json::Value {
     serde_json::to_value(entry).unwrap()
 }
 
+/// Restores `label` as it was (`--target-immediate`) into `name`, starts
+/// it, and checks the postgres database's fingerprint.
+fn restore_exactly(setup: &Setup, name: &str, label: &str, want: &str) -> PgCluster {
+    let r = setup.restore_and_start(
+        name,
+        &[
+            "--backup",
+            label,
+            "--target-immediate",
+            "--archive-mode",
+            "off",
+        ],
+    );
+    assert_eq!(fingerprint(&r, "postgres"), want, "restore of {label}");
+    r
+}
+
 fn relpath(cluster: &PgCluster, db: &str, table: &str) -> String {
     sql_in(
         cluster,
@@ -265,17 +282,7 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
         (&incr2, &incr2_fp, "r-incr2"),
         (&incr3, &incr3_fp, "r-incr3"),
     ] {
-        let mut r = setup.restore_and_start(
-            name,
-            &[
-                "--backup",
-                label,
-                "--target-immediate",
-                "--archive-mode",
-                "off",
-            ],
-        );
-        assert_eq!(&fingerprint(&r, "postgres"), want, "restore of {label}");
+        let mut r = restore_exactly(&setup, name, label, want);
         if label == &incr1 {
             assert_eq!(fingerprint(&r, "copied"), copied_fp);
         }
@@ -764,17 +771,7 @@ fn backups_with_inline_file_lists_stay_readable() {
     );
 
     for (label, want, name) in [(&incr, &incr_fp, "r-incr"), (&incr2, &incr2_fp, "r-incr2")] {
-        let mut r = setup.restore_and_start(
-            name,
-            &[
-                "--backup",
-                label,
-                "--target-immediate",
-                "--archive-mode",
-                "off",
-            ],
-        );
-        assert_eq!(&fingerprint(&r, "postgres"), want, "restore of {label}");
+        let mut r = restore_exactly(&setup, name, label, want);
         assert_eq!(
             std::fs::read_to_string(r.data.join("base.x/f")).unwrap(),
             "base.x"
