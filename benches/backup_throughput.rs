@@ -307,15 +307,7 @@ fn main() {
             ("walvault restore --jobs 1", &["--jobs", "1"][..]),
         ] {
             let target = root.join("restore-walvault");
-            let mut cmd = walvault_command(&walvault);
-            cmd.arg("--repo")
-                .arg(&repo)
-                .arg("restore")
-                .arg("--pgdata")
-                .arg(&target)
-                .arg("--backup")
-                .arg(&restore_from)
-                .args(extra);
+            let mut cmd = walvault_restore(&walvault, &repo, &target, &restore_from, extra);
             let run = bench.measure(label, &mut cmd, None);
             let size = tree_size(&target);
             check_restored(label, &target, base_bytes);
@@ -443,15 +435,7 @@ fn main() {
         // walvault: the full restored, then brought to the incremental.
         let target = root.join("restore-delta-walvault");
         let restore = |label: &str, backup: &str, extra: &[&str]| {
-            let mut cmd = walvault_command(&walvault);
-            cmd.arg("--repo")
-                .arg(&repo)
-                .arg("restore")
-                .arg("--pgdata")
-                .arg(&target)
-                .arg("--backup")
-                .arg(backup)
-                .args(extra);
+            let mut cmd = walvault_restore(&walvault, &repo, &target, backup, extra);
             bench.measure(label, &mut cmd, None)
         };
         // The first restore of a round makes room in the page cache for
@@ -613,14 +597,7 @@ fn main() {
                 "incr",
             );
             let target = root.join("restore-many");
-            let mut cmd = walvault_command(&walvault);
-            cmd.arg("--repo")
-                .arg(&repo)
-                .arg("restore")
-                .arg("--pgdata")
-                .arg(&target)
-                .arg("--backup")
-                .arg(&full);
+            let mut cmd = walvault_restore(&walvault, &repo, &target, &full, &[]);
             let label = "walvault restore (the full backup)";
             let run = bench.measure(label, &mut cmd, None);
             results.record(Kind::Many, label, run, tree_size(&target));
@@ -738,6 +715,26 @@ fn locate_binary(name: &str, from_cargo: Option<&str>) -> PathBuf {
                 exe.display()
             )
         })
+}
+
+/// `walvault --repo REPO restore --pgdata TARGET --backup LABEL EXTRA…`.
+fn walvault_restore(
+    binary: &Path,
+    repo: &Path,
+    target: &Path,
+    label: &str,
+    extra: &[&str],
+) -> Command {
+    let mut cmd = walvault_command(binary);
+    cmd.arg("--repo")
+        .arg(repo)
+        .arg("restore")
+        .arg("--pgdata")
+        .arg(target)
+        .arg("--backup")
+        .arg(label)
+        .args(extra);
+    cmd
 }
 
 fn walvault_command(binary: &Path) -> Command {

@@ -39,6 +39,14 @@ pub struct ClusterIdentity {
     pub pg_major: u32,
 }
 
+/// What a backup's objects occupy.
+#[derive(Debug, Default, Clone, Copy)]
+struct Usage {
+    count: usize,
+    bytes: u64,
+    newest: i64,
+}
+
 /// `repository.json`: written once, create-only, by `walvault init`.
 /// Unknown fields are ignored, so a later walvault can add optional ones
 /// without breaking this one (a change this one must not ignore bumps
@@ -517,41 +525,54 @@ impl Repository {
         manifest
     }
 
+    /// What a backup's objects (its summary aside) occupy, counted as
+    /// they are listed, never held: a backup may have millions.
+    async fn usage(&self, label: &str) -> Result<Usage, RepoError> {
+        let summary_key = layout::summary_key(label);
+        let mut usage = Usage::default();
+        self.store
+            .list_each(&layout::backup_prefix(label), &mut |m| {
+                if m.key != summary_key {
+                    usage.count += 1;
+                    usage.bytes += m.size_bytes;
+                    usage.newest = usage.newest.max(m.modified_unix_secs);
+                }
+            })
+            .await?;
+        Ok(usage)
+    }
+
+    /// A complete backup's summary, from its manifest and its objects.
+    async fn summarize(
+        &self,
+        manifest: &manifest::BackupManifest,
+    ) -> Result<SummaryObject, RepoError> {
+        let usage = self.usage(&manifest.label).await?;
+        let mut header = manifest.clone();
+        header.files = Vec::new();
+        header.directories = Vec::new();
+        Ok(SummaryObject {
+            summary_version: 1,
+            object_count: usage.count,
+            stored_bytes: usage.bytes,
+            newest_object_unix_secs: usage.newest,
+            file_count: manifest.file_count() as usize,
+            manifest: header,
+        })
+    }
+
     /// Writes a complete backup's summary (create-only; one already there
     /// stays). Lists only that backup's objects.
     pub async fn write_summary(
         &self,
         manifest: &manifest::BackupManifest,
     ) -> Result<SummaryObject, RepoError> {
-        // Counted as listed, never held: a backup may have millions of
-        // objects.
-        let summary_key = layout::summary_key(&manifest.label);
-        let (mut count, mut bytes, mut newest) = (0usize, 0u64, 0i64);
-        self.store
-            .list_each(&layout::backup_prefix(&manifest.label), &mut |m| {
-                if m.key != summary_key {
-                    count += 1;
-                    bytes += m.size_bytes;
-                    newest = newest.max(m.modified_unix_secs);
-                }
-            })
-            .await?;
-        let mut header = manifest.clone();
-        header.files = Vec::new();
-        header.directories = Vec::new();
-        let summary = SummaryObject {
-            summary_version: 1,
-            object_count: count,
-            stored_bytes: bytes,
-            newest_object_unix_secs: newest,
-            file_count: manifest.file_count() as usize,
-            manifest: header,
-        };
+        let summary = self.summarize(manifest).await?;
         let json = serde_json::to_vec(&summary).expect("summaries serialize");
         let mut src: &[u8] = &json;
         match object::write_object(
             self.store(),
-            &summary_key,
+            &layout::summary_key(&manifest.label),
             PutMode::Create,
             &mut src,
             self.compress,
@@ -645,25 +666,7 @@ impl Repository {
                             }
                             Err(e) => {
                                 tracing::debug!(label = %label, error = %e, "backup summary not written");
-                                let mut header = manifest.clone();
-                                header.files = Vec::new();
-                                header.directories = Vec::new();
-                                let objects = self
-                                    .store
-                                    .list(Some(&layout::backup_prefix(&label)))
-                                    .await?;
-                                Some(SummaryObject {
-                                    summary_version: 1,
-                                    object_count: objects.len(),
-                                    stored_bytes: objects.iter().map(|m| m.size_bytes).sum(),
-                                    newest_object_unix_secs: objects
-                                        .iter()
-                                        .map(|m| m.modified_unix_secs)
-                                        .max()
-                                        .unwrap_or(0),
-                                    file_count: manifest.file_count() as usize,
-                                    manifest: header,
-                                })
+                                Some(self.summarize(&manifest).await?)
                             }
                         }
                     }
@@ -682,11 +685,8 @@ impl Repository {
                     writer_alive: None,
                 }),
                 None => {
-                    let objects = self
-                        .store
-                        .list(Some(&layout::backup_prefix(&label)))
-                        .await?;
-                    if objects.is_empty() {
+                    let usage = self.usage(&label).await?;
+                    if usage.count == 0 {
                         continue;
                     }
                     let writer_alive = self.read_writer(&label).await.and_then(|w| w.alive());
@@ -694,13 +694,9 @@ impl Repository {
                         label,
                         manifest: None,
                         file_count: 0,
-                        object_count: objects.len(),
-                        stored_bytes: objects.iter().map(|m| m.size_bytes).sum(),
-                        newest_object_unix_secs: objects
-                            .iter()
-                            .map(|m| m.modified_unix_secs)
-                            .max()
-                            .unwrap_or(0),
+                        object_count: usage.count,
+                        stored_bytes: usage.bytes,
+                        newest_object_unix_secs: usage.newest,
                         writer_alive,
                     });
                 }

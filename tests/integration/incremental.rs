@@ -120,6 +120,16 @@ fn restore_exactly(setup: &Setup, name: &str, label: &str, want: &str) -> PgClus
     r
 }
 
+/// Starts the restored data directory `pgdata`, waits for recovery and
+/// checks the postgres database's fingerprint.
+fn start_and_check(setup: &Setup, name: &str, pgdata: &std::path::Path, want: &str) {
+    let mut copy = PgCluster::existing(setup.dir.path(), name, pgdata.to_path_buf());
+    copy.start();
+    copy.wait_promoted(180);
+    assert_eq!(fingerprint(&copy, "postgres"), want);
+    copy.stop();
+}
+
 fn relpath(cluster: &PgCluster, db: &str, table: &str) -> String {
     sql_in(
         cluster,
@@ -492,11 +502,7 @@ fn delta_restore_rewrites_only_what_differs_and_ends_as_a_fresh_restore() {
     assert_eq!(fresh_out.code, 0, "{}", fresh_out.stderr);
     assert_eq!(tree(&pgdata), tree(&fresh));
 
-    let mut copy = PgCluster::existing(setup.dir.path(), "copy", pgdata.clone());
-    copy.start();
-    copy.wait_promoted(180);
-    assert_eq!(fingerprint(&copy, "postgres"), want);
-    copy.stop();
+    start_and_check(&setup, "copy", &pgdata, &want);
 
     // A data directory of another cluster is refused unless forced.
     let other = PgCluster::init(setup.dir.path(), "other", &[]);
@@ -577,11 +583,7 @@ fn delta_restore_rewrites_only_what_differs_and_ends_as_a_fresh_restore() {
         assert_eq!(out.code, 0, "{}", out.stderr);
         assert_eq!(tree(&pgdata), tree(&fresh));
     }
-    let mut copy = PgCluster::existing(setup.dir.path(), "copy", pgdata.clone());
-    copy.start();
-    copy.wait_promoted(180);
-    assert_eq!(fingerprint(&copy, "postgres"), want);
-    copy.stop();
+    start_and_check(&setup, "copy", &pgdata, &want);
 }
 
 #[test]
