@@ -120,6 +120,39 @@ pub struct GlobalArgs {
           require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
     pub read_only: Option<bool>,
 
+    /// The second repository (repo2): a local directory or s3://bucket/prefix
+    #[arg(long, env = "WALVAULT_REPO2", global = true, value_name = "REPO")]
+    pub repo2: Option<String>,
+
+    /// repo2's S3 endpoint URL
+    #[arg(
+        long,
+        env = "WALVAULT_REPO2_S3_ENDPOINT",
+        global = true,
+        value_name = "URL"
+    )]
+    pub repo2_s3_endpoint: Option<String>,
+
+    /// repo2's S3 region
+    #[arg(
+        long,
+        env = "WALVAULT_REPO2_S3_REGION",
+        global = true,
+        value_name = "REGION"
+    )]
+    pub repo2_s3_region: Option<String>,
+
+    /// Path-style S3 URLs for repo2
+    #[arg(long, env = "WALVAULT_REPO2_S3_PATH_STYLE", global = true, num_args = 0..=1,
+          require_equals = true, default_missing_value = "true", value_parser = BoolishValueParser::new(), value_name = "BOOL")]
+    pub repo2_s3_path_style: Option<bool>,
+
+    /// Which repository a backup, restore, expire, list, status, verify or
+    /// key command works on: 1 (repo) or 2 (repo2) [default: 1; list and
+    /// status show every repository]
+    #[arg(long, env = "WALVAULT_REPO_INDEX", global = true, value_name = "N")]
+    pub repo_index: Option<usize>,
+
     /// More output: -v for progress lines, -vv for debugging
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -155,6 +188,31 @@ pub struct FileConfig {
     pub encryption_key_file: Option<PathBuf>,
     /// ... or a command that prints one (a secret manager).
     pub encryption_key_command: Option<String>,
+    /// The second repository: the same repository keys, in a `[repo2]`
+    /// table.
+    pub repo2: Option<Repo2File>,
+}
+
+/// The `[repo2]` table: the second repository's own location, S3 settings
+/// and encryption.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Repo2File {
+    pub repo: Option<String>,
+    pub s3_endpoint: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_part_size_mib: Option<usize>,
+    pub s3_timeout_secs: Option<u64>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    pub encryption_passphrase: Option<String>,
+    pub encryption_key_file: Option<PathBuf>,
+    pub encryption_key_command: Option<String>,
+    /// walvault-push succeeds only once the file is stored in repo2 too
+    /// (default true). With false, a push that fails there is a warning
+    /// and `walvault copy --to repo2` fills the gap.
+    pub required: Option<bool>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -186,10 +244,27 @@ pub enum RepoLocation {
     S3(S3Settings),
 }
 
+/// One configured repository.
+#[derive(Debug, Clone)]
+pub struct RepoSettings {
+    /// 1 for `repo`, 2 for `repo2`.
+    pub index: usize,
+    pub location: RepoLocation,
+    /// Where its encryption secret comes from, if one is configured.
+    pub encryption: Option<crate::repo::keys::SecretSource>,
+    /// walvault-push succeeds only once a file is durable here.
+    pub required: bool,
+}
+
 /// Everything resolved.
 #[derive(Debug, Clone)]
 pub struct Settings {
+    /// The repository this command works on (`--repo-index`, default 1).
     pub repo: RepoLocation,
+    /// Every configured repository, repo1 first.
+    pub repos: Vec<RepoSettings>,
+    /// `repo`'s index in `repos` plus one.
+    pub repo_index: usize,
     pub compress: CompressSettings,
     pub fetch_retry: Duration,
     pub verbose: u8,
@@ -203,7 +278,7 @@ pub struct Settings {
     /// `backup_type` from the config file: what `walvault backup` takes
     /// without `--type` (once a full backup exists). Default full.
     pub backup_type: crate::repo::manifest::BackupType,
-    /// Where the encryption secret comes from, if one is configured.
+    /// Where `repo`'s encryption secret comes from, if one is configured.
     pub encryption: Option<crate::repo::keys::SecretSource>,
 }
 
@@ -232,7 +307,11 @@ fn load_file(args: &GlobalArgs) -> Result<FileConfig, ConfigError> {
         message: e.message().to_string(),
     })?;
     // A file that holds a secret must be its owner's alone.
-    if file.encryption_passphrase.is_some() {
+    let repo2_secret = file
+        .repo2
+        .as_ref()
+        .is_some_and(|r| r.encryption_passphrase.is_some() || r.s3_secret_access_key.is_some());
+    if file.encryption_passphrase.is_some() || repo2_secret {
         crate::repo::keys::check_private(&path).map_err(|message| ConfigError::Parse {
             path: path.clone(),
             message,
@@ -243,16 +322,24 @@ fn load_file(args: &GlobalArgs) -> Result<FileConfig, ConfigError> {
 
 /// The encryption secret's source: the environment first, then the file.
 /// Never a command-line flag (those show in process listings).
+/// `env_prefix` is `WALVAULT_` for repo1 and `WALVAULT_REPO2_` for repo2.
 fn encryption_source(
-    file: &FileConfig,
+    env_prefix: &str,
+    passphrase: Option<&String>,
+    key_file: Option<&PathBuf>,
+    command: Option<&String>,
 ) -> Result<Option<crate::repo::keys::SecretSource>, ConfigError> {
     use crate::repo::keys::SecretSource;
-    let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
-    let passphrase = env("WALVAULT_ENCRYPTION_PASSPHRASE").or(file.encryption_passphrase.clone());
-    let key_file = env("WALVAULT_ENCRYPTION_KEY_FILE")
+    let env = |name: &str| {
+        std::env::var(format!("{env_prefix}{name}"))
+            .ok()
+            .filter(|v| !v.is_empty())
+    };
+    let passphrase = env("ENCRYPTION_PASSPHRASE").or(passphrase.cloned());
+    let key_file = env("ENCRYPTION_KEY_FILE")
         .map(PathBuf::from)
-        .or(file.encryption_key_file.clone());
-    let command = env("WALVAULT_ENCRYPTION_KEY_COMMAND").or(file.encryption_key_command.clone());
+        .or(key_file.cloned());
+    let command = env("ENCRYPTION_KEY_COMMAND").or(command.cloned());
     let sources = [passphrase.is_some(), key_file.is_some(), command.is_some()];
     if sources.iter().filter(|s| **s).count() > 1 {
         return Err(ConfigError::Invalid {
@@ -277,6 +364,48 @@ fn encryption_source(
     } else {
         command.map(SecretSource::Command)
     })
+}
+
+/// A repository's S3 settings as flags, environment and file give them.
+struct S3File {
+    endpoint: Option<String>,
+    region: Option<String>,
+    path_style: Option<bool>,
+    part_size_mib: Option<usize>,
+    timeout_secs: Option<u64>,
+    credentials: Option<(String, String)>,
+}
+
+/// A repository's location with its S3 settings filled in.
+fn locate(name: &'static str, text: &str, s3f: S3File) -> Result<RepoLocation, ConfigError> {
+    let mut repo = parse_repo(text).map_err(|e| match e {
+        ConfigError::Invalid { value, reason, .. } => ConfigError::Invalid {
+            name,
+            value,
+            reason,
+        },
+        other => other,
+    })?;
+    if let RepoLocation::S3(s3) = &mut repo {
+        s3.endpoint = s3f.endpoint.filter(|e| !e.is_empty());
+        s3.region = s3f.region;
+        s3.path_style = s3f.path_style.unwrap_or(false);
+        s3.static_credentials = s3f.credentials;
+        if let Some(secs) = s3f.timeout_secs {
+            if secs == 0 {
+                return Err(ConfigError::Invalid {
+                    name: "s3_timeout_secs",
+                    value: secs.to_string(),
+                    reason: "must be at least 1".to_string(),
+                });
+            }
+            s3.request_timeout = Duration::from_secs(secs);
+        }
+        if let Some(mib) = s3f.part_size_mib {
+            s3.part_size_bytes = mib << 20;
+        }
+    }
+    Ok(repo)
 }
 
 /// Parses a repository string: `s3://…`, `file:///…` or an absolute path.
@@ -309,36 +438,106 @@ impl Settings {
     /// Flags and environment (already in `args`), then the file, then defaults.
     pub fn resolve(args: &GlobalArgs) -> Result<Settings, ConfigError> {
         let file = load_file(args)?;
-        let encryption = encryption_source(&file)?;
-        let repo_text = args.repo.clone().or(file.repo).ok_or(ConfigError::NoRepo)?;
-        let mut repo = parse_repo(&repo_text)?;
-        if let RepoLocation::S3(s3) = &mut repo {
-            s3.endpoint = args
-                .s3_endpoint
-                .clone()
-                .or(file.s3_endpoint)
-                .or_else(|| std::env::var("AWS_ENDPOINT_URL_S3").ok())
+        let env_endpoint = || {
+            std::env::var("AWS_ENDPOINT_URL_S3")
+                .ok()
                 .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
-                .filter(|e| !e.is_empty());
-            s3.region = args.s3_region.clone().or(file.s3_region);
-            s3.path_style = args.s3_path_style.or(file.s3_path_style).unwrap_or(false);
-            if let (Some(id), Some(secret)) = (file.s3_access_key_id, file.s3_secret_access_key) {
-                s3.static_credentials = Some((id, secret));
+        };
+        let repo_text = args
+            .repo
+            .clone()
+            .or(file.repo.clone())
+            .ok_or(ConfigError::NoRepo)?;
+        let repo1 = RepoSettings {
+            index: 1,
+            location: locate(
+                "repo",
+                &repo_text,
+                S3File {
+                    endpoint: args
+                        .s3_endpoint
+                        .clone()
+                        .or(file.s3_endpoint.clone())
+                        .or_else(env_endpoint),
+                    region: args.s3_region.clone().or(file.s3_region.clone()),
+                    path_style: args.s3_path_style.or(file.s3_path_style),
+                    part_size_mib: file.s3_part_size_mib,
+                    timeout_secs: file.s3_timeout_secs,
+                    credentials: file
+                        .s3_access_key_id
+                        .clone()
+                        .zip(file.s3_secret_access_key.clone()),
+                },
+            )?,
+            encryption: encryption_source(
+                "WALVAULT_",
+                file.encryption_passphrase.as_ref(),
+                file.encryption_key_file.as_ref(),
+                file.encryption_key_command.as_ref(),
+            )?,
+            required: true,
+        };
+        let mut repos = vec![repo1];
+        let table = file.repo2.as_ref();
+        let repo2_text = args
+            .repo2
+            .clone()
+            .or_else(|| table.and_then(|t| t.repo.clone()));
+        match (repo2_text, table) {
+            (Some(text), _) => {
+                let t = table.cloned().unwrap_or_default();
+                repos.push(RepoSettings {
+                    index: 2,
+                    location: locate(
+                        "repo2",
+                        &text,
+                        S3File {
+                            endpoint: args
+                                .repo2_s3_endpoint
+                                .clone()
+                                .or(t.s3_endpoint.clone())
+                                .or_else(env_endpoint),
+                            region: args.repo2_s3_region.clone().or(t.s3_region.clone()),
+                            path_style: args.repo2_s3_path_style.or(t.s3_path_style),
+                            part_size_mib: t.s3_part_size_mib,
+                            timeout_secs: t.s3_timeout_secs,
+                            credentials: t
+                                .s3_access_key_id
+                                .clone()
+                                .zip(t.s3_secret_access_key.clone()),
+                        },
+                    )?,
+                    encryption: encryption_source(
+                        "WALVAULT_REPO2_",
+                        t.encryption_passphrase.as_ref(),
+                        t.encryption_key_file.as_ref(),
+                        t.encryption_key_command.as_ref(),
+                    )?,
+                    required: t.required.unwrap_or(true),
+                });
             }
-            if let Some(secs) = file.s3_timeout_secs {
-                if secs == 0 {
-                    return Err(ConfigError::Invalid {
-                        name: "s3_timeout_secs",
-                        value: secs.to_string(),
-                        reason: "must be at least 1".to_string(),
-                    });
-                }
-                s3.request_timeout = Duration::from_secs(secs);
+            (None, Some(_)) => {
+                return Err(ConfigError::Invalid {
+                    name: "repo2",
+                    value: "(a table without repo)".to_string(),
+                    reason: "names no repository\nHINT: set repo = \"s3://bucket/prefix\" (or a local path) inside [repo2]".to_string(),
+                })
             }
-            if let Some(mib) = file.s3_part_size_mib {
-                s3.part_size_bytes = mib << 20;
-            }
+            (None, None) => {}
         }
+        let repo_index = args.repo_index.unwrap_or(1);
+        if repo_index == 0 || repo_index > repos.len() {
+            return Err(ConfigError::Invalid {
+                name: "repo_index",
+                value: repo_index.to_string(),
+                reason: if repos.len() == 1 {
+                    "only repo 1 is configured\nHINT: configure the second repository with repo2 = \"...\" (--repo2) or a [repo2] table".to_string()
+                } else {
+                    "must be 1 or 2".to_string()
+                },
+            });
+        }
+        let chosen = repos[repo_index - 1].clone();
         let level = args.compress_level.or(file.compress_level).unwrap_or(3);
         if !(-7..=19).contains(&level) {
             return Err(ConfigError::Invalid {
@@ -397,7 +596,10 @@ impl Settings {
             })?,
         };
         Ok(Settings {
-            encryption,
+            repo: chosen.location,
+            encryption: chosen.encryption,
+            repos,
+            repo_index,
             backup_type,
             restore_prefetch: args.restore_prefetch.or(file.restore_prefetch).unwrap_or(0),
             restore_prefetch_bytes: args
@@ -405,7 +607,6 @@ impl Settings {
                 .or(file.restore_prefetch_bytes)
                 .unwrap_or(1 << 30),
             archive_async,
-            repo,
             compress: CompressSettings { level, workers },
             fetch_retry: Duration::from_secs(fetch_retry_secs),
             verbose: args.verbose,
@@ -416,7 +617,7 @@ impl Settings {
     /// Opens the object store the settings name. No network traffic: an
     /// encrypted repository is unlocked at the first use.
     pub fn open_store(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
-        let plain = self.open_plain_store()?;
+        let plain = open_plain_store(&self.repo, self.read_only)?;
         let keys = crate::repo::keys::RepoKeys {
             source: self.encryption.clone(),
             repo: plain.describe(),
@@ -427,9 +628,44 @@ impl Settings {
         )))
     }
 
-    fn open_plain_store(&self) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+    /// These settings with repository `index` (1 or 2) chosen.
+    pub fn select(&self, index: usize) -> Option<Settings> {
+        let chosen = self.repos.get(index.checked_sub(1)?)?;
+        let mut s = self.clone();
+        s.repo = chosen.location.clone();
+        s.encryption = chosen.encryption.clone();
+        s.repo_index = index;
+        Some(s)
+    }
+
+    /// Whether a second repository is configured.
+    pub fn has_repo2(&self) -> bool {
+        self.repos.len() > 1
+    }
+
+    /// Every configured repository, opened, repo1 first.
+    pub fn open_all(&self) -> Result<Vec<(RepoSettings, Repository)>, ConfigError> {
+        self.repos
+            .iter()
+            .map(|r| {
+                let s = self.select(r.index).expect("a configured index");
+                Ok((r.clone(), s.open_repository()?))
+            })
+            .collect()
+    }
+
+    pub fn open_repository(&self) -> Result<Repository, ConfigError> {
+        Ok(Repository::new(self.open_store()?, self.compress))
+    }
+}
+
+fn open_plain_store(
+    repo: &RepoLocation,
+    read_only: bool,
+) -> Result<Arc<dyn ObjectStore>, ConfigError> {
+    {
         use crate::storage::readonly::ReadOnlyStore;
-        Ok(match (&self.repo, self.read_only) {
+        Ok(match (repo, read_only) {
             (RepoLocation::Local(path), false) => Arc::new(LocalStore::new(path.clone())?),
             (RepoLocation::Local(path), true) => {
                 Arc::new(ReadOnlyStore::new(LocalStore::new(path.clone())?))
@@ -437,10 +673,6 @@ impl Settings {
             (RepoLocation::S3(s3), false) => Arc::new(S3Store::new(s3.clone())?),
             (RepoLocation::S3(s3), true) => Arc::new(ReadOnlyStore::new(S3Store::new(s3.clone())?)),
         })
-    }
-
-    pub fn open_repository(&self) -> Result<Repository, ConfigError> {
-        Ok(Repository::new(self.open_store()?, self.compress))
     }
 }
 
@@ -559,5 +791,54 @@ mod tests {
         assert_eq!((a.jobs, a.timeout.as_secs()), (4, 60));
         assert_eq!(s.restore_prefetch, 8);
         assert!(resolve("repo = \"/r\"\n").unwrap().archive_async.is_none());
+    }
+
+    #[test]
+    fn a_second_repository_has_its_own_settings_and_is_chosen_by_index() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w.toml");
+        let resolve = |text: &str, index: Option<usize>| {
+            std::fs::write(&path, text).unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+            let mut a = args();
+            a.config = Some(path.clone());
+            a.repo_index = index;
+            Settings::resolve(&a)
+        };
+        let text = "repo = \"/r1\"\ns3_endpoint = \"http://one\"\n[repo2]\nrepo = \"s3://b/p\"\ns3_endpoint = \"http://two\"\ns3_path_style = true\nencryption_passphrase = \"pw-pw-pw\"\nrequired = false\n";
+        let s = resolve(text, None).unwrap();
+        assert_eq!(s.repos.len(), 2);
+        assert!(matches!(s.repo, RepoLocation::Local(_)) && s.encryption.is_none());
+        assert!(!s.repos[1].required && s.repos[0].required);
+        match &s.repos[1].location {
+            RepoLocation::S3(s3) => {
+                assert_eq!(s3.endpoint.as_deref(), Some("http://two"));
+                assert!(s3.path_style);
+            }
+            other => panic!("{other:?}"),
+        }
+        let s2 = resolve(text, Some(2)).unwrap();
+        assert!(matches!(s2.repo, RepoLocation::S3(_)) && s2.encryption.is_some());
+        assert_eq!(s2.repo_index, 2);
+        let err = resolve("repo = \"/r1\"\n", Some(2))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("only repo 1 is configured"), "{err}");
+        let err = resolve("repo = \"/r1\"\n[repo2]\nrequired = true\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("inside [repo2]"), "{err}");
+        let err = resolve("repo = \"/r1\"\n[repo2]\nrepo = \"rel\"\n", None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("repo2") && err.contains("absolute"), "{err}");
+        // A secret in [repo2] makes the file private.
+        std::fs::write(&path, text).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let mut a = args();
+        a.config = Some(path.clone());
+        let err = Settings::resolve(&a).unwrap_err().to_string();
+        assert!(err.contains("600"), "{err}");
     }
 }

@@ -56,6 +56,15 @@ pub enum FetchError {
         #[source]
         source: RepoError,
     },
+    /// Neither repository could give the file, and at least one failed (a
+    /// failure is never "missing").
+    #[error("{first_label}: {first}; {second_label}: {second}")]
+    Each {
+        first_label: String,
+        first: Box<FetchError>,
+        second_label: String,
+        second: Box<FetchError>,
+    },
     #[error("write \"{path}\": {source}")]
     Destination {
         path: PathBuf,
@@ -135,6 +144,162 @@ pub async fn fetch(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
+}
+
+impl FetchError {
+    /// Whether trying again later may help: a transient storage failure
+    /// or a read that came back corrupt (damage in transit).
+    fn may_pass(&self) -> bool {
+        match self {
+            FetchError::Repository { source, .. } => {
+                source.is_corruption()
+                    || matches!(source, ObjectError::Storage(e) if e.is_transient())
+            }
+            FetchError::NoRepository {
+                source: RepoError::Storage(e),
+                ..
+            } => e.is_transient(),
+            FetchError::Each { first, second, .. } => first.may_pass() || second.may_pass(),
+            _ => false,
+        }
+    }
+
+    /// The error that decides the exit status: of two, the first
+    /// repository's (a missing file in one never hides a failure).
+    pub fn primary(&self) -> &FetchError {
+        match self {
+            FetchError::Each { first, .. } => first.primary(),
+            other => other,
+        }
+    }
+}
+
+/// Fetches WAL file `name` from the first repository of `repos` that has
+/// it: repo1, then repo2. "Missing" only when every repository answered
+/// that it does not hold the file; a repository that failed makes a miss
+/// elsewhere a failure. Failing repositories are tried again, in rounds,
+/// until `opts.retry_for` has passed.
+pub async fn fetch_any(
+    repos: &super::Repos,
+    name: &str,
+    dest: &Path,
+    opts: FetchOptions,
+) -> Result<FetchOutcome, FetchError> {
+    let members = repos.members();
+    if let [only] = members {
+        return fetch(&only.repo, name, dest, opts).await;
+    }
+    let once = FetchOptions {
+        retry_for: Duration::ZERO,
+    };
+    let started = Instant::now();
+    let mut backoff = Duration::from_millis(200);
+    loop {
+        let mut failed: Option<(String, FetchError)> = None;
+        let mut all_missing = true;
+        for member in members {
+            match fetch(&member.repo, name, dest, once).await {
+                Ok(FetchOutcome::Restored(info)) => {
+                    if let Some((label, e)) = &failed {
+                        tracing::warn!(wal = name, failed = label.as_str(), error = %e, from = member.label.as_str(), "restored from {} because {} failed", member.label, label);
+                    }
+                    return Ok(FetchOutcome::Restored(info));
+                }
+                Ok(FetchOutcome::NotFound) => {}
+                Err(e @ (FetchError::BadName { .. } | FetchError::Destination { .. })) => {
+                    return Err(e)
+                }
+                Err(e) => {
+                    all_missing = false;
+                    failed = Some(match failed {
+                        None => (member.label.clone(), e),
+                        Some((label, first)) => (
+                            label.clone(),
+                            FetchError::Each {
+                                first_label: label,
+                                first: Box::new(first),
+                                second_label: member.label.clone(),
+                                second: Box::new(e),
+                            },
+                        ),
+                    });
+                }
+            }
+        }
+        if all_missing {
+            return Ok(FetchOutcome::NotFound);
+        }
+        let (_, error) = failed.expect("a failure when not all missing");
+        // A required repository (every file PostgreSQL was told is
+        // archived is durable there) that holds the WAL just before this
+        // file and nothing after it proves the file was never archived.
+        for member in members.iter().filter(|m| m.required) {
+            if let Ok(true) = proves_missing(&member.repo, name).await {
+                tracing::warn!(wal = name, error = %error, "{} holds every archived file up to this one and nothing after it, so it is not in the archive", member.label);
+                return Ok(FetchOutcome::NotFound);
+            }
+        }
+        if !error.may_pass() || started.elapsed() + backoff > opts.retry_for {
+            return Err(error);
+        }
+        tracing::warn!(wal = name, error = %error, "fetch failed in every repository that could hold it; retrying in {:?}", backoff);
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// Whether `repo` shows that WAL file `name` was never archived: it holds
+/// the segment just before it on its timeline and nothing after it (for
+/// a timeline history file: WAL, and nothing on that timeline or a later
+/// one). Only worth asking of a repository every push is required to
+/// reach; a file it lacks was then never acknowledged to PostgreSQL.
+async fn proves_missing(repo: &Repository, name: &str) -> Result<bool, RepoError> {
+    let header = repo.require_header().await?;
+    let size = crate::wal::WalSegmentSize::new(header.wal_segment_size)
+        .unwrap_or(crate::wal::WalSegmentSize::DEFAULT);
+    let Ok(asked) = crate::wal::WalFileName::parse(name, size) else {
+        return Ok(false);
+    };
+    let wal = repo.list_wal().await?;
+    let segments = wal.iter().filter_map(|w| match w.name {
+        crate::wal::WalFileName::Segment {
+            timeline, segment, ..
+        } => Some((timeline, segment)),
+        _ => None,
+    });
+    Ok(match asked {
+        crate::wal::WalFileName::Segment {
+            timeline, segment, ..
+        } => {
+            let Some(previous) = segment.0.checked_sub(1) else {
+                return Ok(false);
+            };
+            let mut has_previous = false;
+            for (t, s) in segments {
+                if t > timeline || (t == timeline && s >= segment) {
+                    return Ok(false);
+                }
+                has_previous |= t == timeline && s.0 == previous;
+            }
+            has_previous
+                && !wal.iter().any(|w| {
+                    matches!(w.name, crate::wal::WalFileName::History { timeline: t } if t > timeline)
+                })
+        }
+        crate::wal::WalFileName::History { timeline } => {
+            let mut any = false;
+            for (t, _) in segments {
+                if t >= timeline {
+                    return Ok(false);
+                }
+                any = true;
+            }
+            any && !wal.iter().any(|w| {
+                matches!(w.name, crate::wal::WalFileName::History { timeline: t } if t >= timeline)
+            })
+        }
+        _ => false,
+    })
 }
 
 enum Attempt {
@@ -329,5 +494,97 @@ mod tests {
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::Repository { .. }), "{err}");
+    }
+
+    fn two(first: &Repository, second: &Repository) -> crate::archive::Repos {
+        crate::archive::Repos::new(vec![
+            crate::archive::Member {
+                label: "repo1".into(),
+                repo: first.clone(),
+                required: true,
+            },
+            crate::archive::Member {
+                label: "repo2".into(),
+                repo: second.clone(),
+                required: true,
+            },
+        ])
+    }
+
+    /// repo1 then repo2; "missing" only when both answer that they lack
+    /// the file; a failure in one and a miss in the other is a failure.
+    #[tokio::test]
+    async fn two_repositories_fall_back_and_never_call_a_failure_missing() {
+        let (store1, repo1, data) = repo_with_segment().await;
+        let (store2, repo2, _) = repo_with_segment().await;
+        let dir = tempfile::tempdir().unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let repos = two(&repo1, &repo2);
+        // repo1 fails for good: restored from repo2.
+        store1.fail_next(Op::Get, u32::MAX, false);
+        let outcome = fetch_any(&repos, NAME, &dest, opts(0)).await.unwrap();
+        assert!(matches!(outcome, FetchOutcome::Restored(_)));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
+        // A file repo2 lacks while repo1 fails: a failure, from repo1.
+        let err = fetch_any(&repos, "000000010000000000000099", &dest, opts(0))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err.primary(), FetchError::Repository { .. }),
+            "{err}"
+        );
+        // But repo2, required, holds segment 07 and nothing after it: 08
+        // and the next timeline's history were never archived.
+        for next in ["000000010000000000000008", "00000002.history"] {
+            let outcome = fetch_any(&repos, next, &dest, opts(0)).await.unwrap();
+            assert!(matches!(outcome, FetchOutcome::NotFound), "{next}");
+        }
+        // Optional, it proves nothing.
+        let mut optional = two(&repo1, &repo2);
+        optional = crate::archive::Repos::new(
+            optional
+                .members()
+                .iter()
+                .cloned()
+                .map(|mut m| {
+                    m.required = m.label == "repo1";
+                    m
+                })
+                .collect(),
+        );
+        let err = fetch_any(&optional, "000000010000000000000008", &dest, opts(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Repository { .. }), "{err}");
+        // Both healthy, neither holds it: missing.
+        store1.fail_next(Op::Get, 0, false);
+        let outcome = fetch_any(&repos, "000000010000000000000099", &dest, opts(0))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, FetchOutcome::NotFound));
+        // repo1 lacks it, repo2 fails: a failure, not missing.
+        store2.fail_next(Op::Get, u32::MAX, false);
+        let err = fetch_any(&repos, "000000010000000000000099", &dest, opts(0))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, FetchError::Repository { .. }), "{err}");
+        // Both fail: both named, repo1's decides.
+        store1.fail_next(Op::Get, u32::MAX, false);
+        let err = fetch_any(&repos, NAME, &dest, opts(0)).await.unwrap_err();
+        assert!(matches!(err, FetchError::Each { .. }), "{err}");
+        let text = err.to_string();
+        assert!(
+            text.starts_with("repo1: ") && text.contains("; repo2: "),
+            "{text}"
+        );
+        // A transient failure of both is retried in rounds until one answers.
+        store1.fail_next(Op::Get, 0, false);
+        store2.fail_next(Op::Get, 0, false);
+        store1.fail_next(Op::Get, u32::MAX, true);
+        store2.fail_next(Op::Get, 2, true);
+        std::fs::remove_file(&dest).unwrap();
+        let outcome = fetch_any(&repos, NAME, &dest, opts(30)).await.unwrap();
+        assert!(matches!(outcome, FetchOutcome::Restored(_)));
+        assert_eq!(std::fs::read(&dest).unwrap(), data);
     }
 }

@@ -7,8 +7,72 @@ pub mod prefetch;
 pub mod push;
 pub mod spool;
 
-pub use fetch::{fetch, FetchError, FetchOptions, FetchOutcome};
-pub use push::{push, PushError, PushOutcome};
+pub use fetch::{fetch, fetch_any, FetchError, FetchOptions, FetchOutcome};
+pub use push::{push, push_all, PushError, PushOutcome};
+
+use crate::repo::Repository;
+
+/// One repository that push and fetch work with.
+#[derive(Debug, Clone)]
+pub struct Member {
+    /// `repo1` or `repo2`, for messages.
+    pub label: String,
+    pub repo: Repository,
+    /// A push succeeds only once the file is durable here.
+    pub required: bool,
+}
+
+/// The repositories a push writes to and a fetch reads from, in order:
+/// repo1, then repo2 when one is configured.
+#[derive(Debug, Clone)]
+pub struct Repos(Vec<Member>);
+
+impl Repos {
+    /// One repository: what every command but push and fetch works with.
+    pub fn single(repo: Repository) -> Repos {
+        Repos(vec![Member {
+            label: "repo1".to_string(),
+            repo,
+            required: true,
+        }])
+    }
+
+    /// At least one member, and the first is required.
+    pub fn new(members: Vec<Member>) -> Repos {
+        assert!(
+            members.first().is_some_and(|m| m.required),
+            "repo1 is always required"
+        );
+        Repos(members)
+    }
+
+    pub fn members(&self) -> &[Member] {
+        &self.0
+    }
+
+    pub fn first(&self) -> &Repository {
+        &self.0[0].repo
+    }
+
+    /// Names every member: what the async and prefetch spools are keyed
+    /// by, so a spool of another set of repositories is never trusted.
+    pub fn describe(&self) -> String {
+        match self.0.as_slice() {
+            [one] => one.repo.describe(),
+            many => many
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{}{}",
+                        m.repo.describe(),
+                        if m.required { "" } else { " (optional)" }
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(" + "),
+        }
+    }
+}
 
 /// Takes an exclusive `flock` on `path` (created if missing) without
 /// waiting: `None` when another process holds it. The lock lives as long

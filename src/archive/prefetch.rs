@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::fetch::{fetch, FetchOptions, FetchOutcome};
-use crate::repo::Repository;
+use super::fetch::{fetch_any, FetchOptions, FetchOutcome};
 use crate::wal::{SegmentNo, WalFileName};
 
 /// The spool directory, inside the data directory.
@@ -157,18 +156,18 @@ fn in_recovery(data_dir: &Path) -> bool {
 /// last call, until recovery ends or nothing was asked for `idle`. Removes
 /// the spool when it exits. Returns at once if another worker runs.
 pub async fn run_worker(
-    repo: Repository,
+    repos: super::Repos,
     data_dir: PathBuf,
     spool_dir: PathBuf,
     count: u64,
     max_bytes: u64,
     idle: Duration,
 ) -> io::Result<()> {
-    let spool = Prefetch::open(&spool_dir, &repo.describe())?;
+    let spool = Prefetch::open(&spool_dir, &repos.describe())?;
     let Some(lock) = super::take_worker_lock(&spool.dir().join("worker.lock")).await? else {
         return Ok(());
     };
-    let result = prefetch_loop(&repo, &spool, &data_dir, count.min(1024), max_bytes, idle).await;
+    let result = prefetch_loop(&repos, &spool, &data_dir, count.min(1024), max_bytes, idle).await;
     // Emptied and removed while the lock is held, so no new worker works
     // in a spool being removed.
     spool.clear();
@@ -178,18 +177,27 @@ pub async fn run_worker(
 }
 
 async fn prefetch_loop(
-    repo: &Repository,
+    repos: &super::Repos,
     spool: &Prefetch,
     data_dir: &Path,
     count: u64,
     max_bytes: u64,
     idle: Duration,
 ) -> io::Result<()> {
-    let size = match repo.require_header().await {
-        Ok(h) => crate::wal::WalSegmentSize::new(h.wal_segment_size)
-            .map_err(|e| io::Error::other(e.to_string()))?,
-        Err(e) => return Err(io::Error::other(e.to_string())),
-    };
+    // The segment size from the first repository that answers.
+    let mut header = Err(io::Error::other("no repository"));
+    for m in repos.members() {
+        header = m
+            .repo
+            .require_header()
+            .await
+            .map_err(|e| io::Error::other(e.to_string()));
+        if header.is_ok() {
+            break;
+        }
+    }
+    let size = crate::wal::WalSegmentSize::new(header?.wal_segment_size)
+        .map_err(|e| io::Error::other(e.to_string()))?;
     let position = |want: &Want| match WalFileName::parse(&want.name, size) {
         Ok(WalFileName::Segment {
             timeline, segment, ..
@@ -227,7 +235,7 @@ async fn prefetch_loop(
             let opts = FetchOptions {
                 retry_for: Duration::ZERO,
             };
-            match fetch(repo, &name, &tmp, opts).await {
+            match fetch_any(repos, &name, &tmp, opts).await {
                 Ok(FetchOutcome::Restored(_)) => {
                     // Recovery may have moved past it, or to another
                     // timeline, meanwhile.

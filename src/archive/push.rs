@@ -288,3 +288,48 @@ async fn compare_with_stored(
         })
     }
 }
+
+/// Archives the file into every repository of `repos` at once. Succeeds
+/// only when the file is durable in every required repository; a failure
+/// in an optional one is logged (with the fix) and does not fail the push.
+/// A required repository's failure is returned, the first one in order.
+pub async fn push_all(
+    repos: &super::Repos,
+    path: &Path,
+    data_dir: &Path,
+) -> Result<PushOutcome, PushError> {
+    let members = repos.members();
+    if let [only] = members {
+        return push(&only.repo, path, data_dir).await;
+    }
+    let results =
+        futures_util::future::join_all(members.iter().map(|m| push(&m.repo, path, data_dir))).await;
+    let mut outcome = None;
+    let mut first_error = None;
+    for (member, result) in members.iter().zip(results) {
+        match result {
+            Ok(o) => {
+                if outcome.is_none() {
+                    outcome = Some(o);
+                }
+            }
+            Err(e) if member.required => {
+                if first_error.is_none() {
+                    first_error = Some(e);
+                }
+            }
+            Err(e) => {
+                tracing::warn!(
+                    repo = member.label.as_str(),
+                    error = %e,
+                    "not archived into the optional repository; `walvault copy --to {}` fills the gap",
+                    member.label
+                );
+            }
+        }
+    }
+    match first_error {
+        Some(e) => Err(e),
+        None => Ok(outcome.expect("repo1 is required, so it succeeded")),
+    }
+}

@@ -35,8 +35,7 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::push::{push, PushError};
-use crate::repo::Repository;
+use super::push::{push_all, PushError};
 
 /// Which file a done record is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -305,7 +304,7 @@ pub type Classify = fn(&PushError) -> u8;
 /// The worker: pushes ready files `jobs` at a time until nothing has been
 /// ready for `idle`. Returns at once if another worker runs.
 pub async fn run_worker(
-    repo: Repository,
+    repos: super::Repos,
     spool: Spool,
     data_dir: PathBuf,
     jobs: usize,
@@ -345,14 +344,14 @@ pub async fn run_worker(
             }
             in_flight.insert(name.clone());
             started = true;
-            let (repo, spool, data_dir, tx) = (
-                repo.clone(),
+            let (repos, spool, data_dir, tx) = (
+                repos.clone(),
                 spool.clone(),
                 data_dir.clone(),
                 done_tx.clone(),
             );
             running.spawn(async move {
-                let result = push(&repo, &path, &data_dir).await;
+                let result = push_all(&repos, &path, &data_dir).await;
                 let outcome = match result {
                     Ok(_) => match FileIdentity::of(&path) {
                         // The file pushed is the file recorded.

@@ -34,6 +34,27 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &InitArgs) -> Exit {
             return Exit::BadInput;
         }
     };
+    // Every configured repository, unless --repo-index names one.
+    let indexes: Vec<usize> = match global.repo_index {
+        Some(i) => vec![i],
+        None => settings.repos.iter().map(|r| r.index).collect(),
+    };
+    for index in indexes {
+        let one = settings.select(index).expect("a configured index");
+        let code = init_one(program, &one, &facts, args).await;
+        if code != Exit::Ok {
+            return code;
+        }
+    }
+    Exit::Ok
+}
+
+async fn init_one(
+    program: &str,
+    settings: &crate::config::Settings,
+    facts: &crate::pg::control::ControlFacts,
+    args: &InitArgs,
+) -> Exit {
     if let RepoLocation::Local(root) = &settings.repo {
         // Run as root (from a setup script), hand a new repository
         // directory to the cluster's owner: PostgreSQL runs walvault-push

@@ -13,8 +13,8 @@ use crate::exit::Exit;
 use crate::repo::{BackupListing, Repository, WalObject};
 use crate::wal::{TimelineId, WalFileName};
 
+use super::human_bytes;
 use super::logging::report_error;
-use super::{human_bytes, open_repository};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ListArgs {
@@ -25,11 +25,17 @@ pub struct ListArgs {
 
 #[derive(Debug, Serialize)]
 pub struct ListReport {
+    /// 1 for repo1, 2 for repo2.
+    pub repo_index: usize,
     pub repository: String,
     pub system_identifier: Option<String>,
     pub backups: Vec<BackupRow>,
     pub wal: Vec<TimelineRow>,
     pub recovery_window: Option<Window>,
+    /// With two repositories configured and no --repo-index: repo2's own
+    /// report (the top level is repo1's).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_repositories: Vec<ListReport>,
 }
 
 #[derive(Debug, Serialize)]
@@ -178,6 +184,8 @@ pub fn build_report(
         _ => None,
     };
     ListReport {
+        repo_index: 1,
+        more_repositories: Vec::new(),
         repository: repo.describe(),
         system_identifier: header_sysid,
         backups: rows,
@@ -187,41 +195,75 @@ pub fn build_report(
 }
 
 pub async fn run(program: &str, global: &GlobalArgs, args: &ListArgs) -> Exit {
-    let repo = match open_repository(program, global) {
-        Ok(r) => r,
+    let settings = match super::settings(program, global) {
+        Ok(s) => s,
         Err(code) => return code,
     };
-    let loaded = async {
-        let header = repo.read_header().await?;
-        let backups = repo.list_backups().await?;
-        let wal = repo.list_wal().await?;
-        let histories = repo.read_histories(&wal).await?;
-        Ok::<_, crate::repo::RepoError>((header, backups, wal, histories))
-    }
-    .await;
-    let (header, backups, wal, histories) = match loaded {
-        Ok(x) => x,
-        Err(e) => {
-            report_error(program, &e);
-            return super::wal::repo_exit(&e);
-        }
+    // Every repository unless --repo-index names one.
+    let indexes: Vec<usize> = match global.repo_index {
+        Some(i) => vec![i],
+        None => settings.repos.iter().map(|r| r.index).collect(),
     };
-    let report = build_report(
-        &repo,
+    let mut reports = Vec::new();
+    let mut exit = Exit::Ok;
+    for index in indexes {
+        let one = settings.select(index).expect("a configured index");
+        let repo = match one.open_repository() {
+            Ok(r) => r,
+            Err(e) => {
+                report_error(program, &e);
+                return Exit::Usage;
+            }
+        };
+        match load_report(&repo).await {
+            Ok(mut report) => {
+                report.repo_index = index;
+                reports.push(report);
+            }
+            Err(e) => {
+                report_error(program, &format!("repo{index}: {e}"));
+                if exit == Exit::Ok {
+                    exit = super::wal::repo_exit(&e);
+                }
+            }
+        }
+    }
+    if args.json {
+        if !reports.is_empty() {
+            let mut first = reports.remove(0);
+            first.more_repositories = reports;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&first).expect("report serializes")
+            );
+        }
+    } else {
+        let many = settings.has_repo2() && global.repo_index.is_none();
+        for (i, report) in reports.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            if many {
+                println!("== repo{} ==", report.repo_index);
+            }
+            print_human(report);
+        }
+    }
+    exit
+}
+
+async fn load_report(repo: &Repository) -> Result<ListReport, crate::repo::RepoError> {
+    let header = repo.read_header().await?;
+    let backups = repo.list_backups().await?;
+    let wal = repo.list_wal().await?;
+    let histories = repo.read_histories(&wal).await?;
+    Ok(build_report(
+        repo,
         header.map(|h| h.system_identifier),
         &backups,
         &wal,
         &histories,
-    );
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).expect("report serializes")
-        );
-    } else {
-        print_human(&report);
-    }
-    Exit::Ok
+    ))
 }
 
 fn print_human(r: &ListReport) {

@@ -12,6 +12,7 @@ use crate::exit::Exit;
 
 pub mod backup;
 pub mod check;
+pub mod copy;
 pub mod expire;
 pub mod init;
 pub mod key;
@@ -57,6 +58,8 @@ pub enum Command {
     Check(check::CheckArgs),
     /// Encryption keys: `key rotate` wraps the data key with a new secret
     Key(key::KeyArgs),
+    /// Copy backups and the WAL they need to the other repository (repo1 <-> repo2)
+    Copy(copy::CopyArgs),
 }
 
 /// walvault-push: PostgreSQL's archive_command.
@@ -218,6 +221,7 @@ async fn run_command(program: &str, global: &GlobalArgs, command: Command) -> Ex
         Command::Status(args) => status::run(program, global, &args).await,
         Command::Verify(args) => verify::run(program, global, &args).await,
         Command::Key(args) => key::run(program, global, &args).await,
+        Command::Copy(args) => copy::run(program, global, &args).await,
     }
 }
 
@@ -233,6 +237,27 @@ pub(crate) fn settings_and_repository(
         Exit::Usage
     })?;
     Ok((settings, repo))
+}
+
+/// Every configured repository, for push and fetch: repo1, then repo2.
+pub(crate) fn archive_repos(
+    settings: &Settings,
+) -> Result<crate::archive::Repos, crate::config::ConfigError> {
+    if !settings.has_repo2() {
+        let first = settings.select(1).expect("repo1");
+        return Ok(crate::archive::Repos::single(first.open_repository()?));
+    }
+    Ok(crate::archive::Repos::new(
+        settings
+            .open_all()?
+            .into_iter()
+            .map(|(r, repo)| crate::archive::Member {
+                label: format!("repo{}", r.index),
+                repo,
+                required: r.required,
+            })
+            .collect(),
+    ))
 }
 
 /// Opens the configured repository, reporting failures as usage errors.

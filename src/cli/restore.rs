@@ -132,24 +132,40 @@ pub fn restore_command(global: &GlobalArgs, settings: &Settings, read_only: bool
         words.push("--config".into());
         words.push(abs.display().to_string());
     }
-    match &settings.repo {
-        RepoLocation::Local(path) => {
-            words.push("--repo".into());
-            words.push(path.display().to_string());
-        }
-        RepoLocation::S3(s3) => {
-            words.push("--repo".into());
-            words.push(format!("s3://{}/{}", s3.bucket, s3.prefix));
-            if let Some(e) = &s3.endpoint {
-                words.push("--s3-endpoint".into());
-                words.push(e.clone());
+    // Every configured repository, so recovery falls back to repo2 when
+    // repo1 fails, whichever one the backup came from.
+    for r in &settings.repos {
+        let flag = |name: &str| {
+            if r.index == 1 {
+                format!("--{name}")
+            } else {
+                format!("--repo{}-{name}", r.index)
             }
-            if let Some(r) = &s3.region {
-                words.push("--s3-region".into());
-                words.push(r.clone());
+        };
+        let repo_flag = if r.index == 1 {
+            "--repo".to_string()
+        } else {
+            format!("--repo{}", r.index)
+        };
+        match &r.location {
+            RepoLocation::Local(path) => {
+                words.push(repo_flag);
+                words.push(path.display().to_string());
             }
-            if s3.path_style {
-                words.push("--s3-path-style".into());
+            RepoLocation::S3(s3) => {
+                words.push(repo_flag);
+                words.push(format!("s3://{}/{}", s3.bucket, s3.prefix));
+                if let Some(e) = &s3.endpoint {
+                    words.push(flag("s3-endpoint"));
+                    words.push(e.clone());
+                }
+                if let Some(reg) = &s3.region {
+                    words.push(flag("s3-region"));
+                    words.push(reg.clone());
+                }
+                if s3.path_style {
+                    words.push(flag("s3-path-style"));
+                }
             }
         }
     }

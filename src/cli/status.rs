@@ -58,23 +58,39 @@ pub struct StatusArgs {
     #[arg(long, default_value_t = 60, value_name = "MINUTES")]
     pub backlog_crit_minutes: u64,
 
+    /// WARNING when the second repository lags the first by more than this
+    #[arg(long, default_value_t = 25, value_name = "HOURS")]
+    pub offsite_warn_hours: u64,
+
+    /// CRITICAL when the second repository lags the first by more than this
+    #[arg(long, default_value_t = 50, value_name = "HOURS")]
+    pub offsite_crit_hours: u64,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
 
+type Loaded = (
+    Vec<crate::repo::BackupListing>,
+    Vec<crate::repo::WalObject>,
+    Option<crate::status::VerifyRecord>,
+    Option<crate::status::VerifyRecord>,
+);
+
+async fn load(repo: &crate::repo::Repository) -> Result<Loaded, crate::repo::RepoError> {
+    let backups = repo.list_backups().await?;
+    let wal = repo.list_wal().await?;
+    let verify = read_verify_record(repo, "verify").await?;
+    let verify_restore = read_verify_record(repo, "verify-restore").await?;
+    Ok((backups, wal, verify, verify_restore))
+}
+
 pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit {
-    let repo = match super::open_repository(program, global) {
-        Ok(r) => r,
+    let (settings, repo) = match super::settings_and_repository(program, global) {
+        Ok(x) => x,
         Err(_) => return Exit::Usage,
     };
-    let loaded = async {
-        let backups = repo.list_backups().await?;
-        let wal = repo.list_wal().await?;
-        let verify = read_verify_record(&repo, "verify").await?;
-        let verify_restore = read_verify_record(&repo, "verify-restore").await?;
-        Ok::<_, crate::repo::RepoError>((backups, wal, verify, verify_restore))
-    }
-    .await;
+    let loaded = load(&repo).await;
     let (backups, wal, verify, verify_restore) = match loaded {
         Ok(x) => x,
         Err(e) => {
@@ -98,6 +114,50 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
         &thresholds,
         jiff::Timestamp::now(),
     );
+    // Without --repo-index, the second repository too: its own findings,
+    // and how far it lags behind the first.
+    let mut offsite_lag = None;
+    if settings.has_repo2() && global.repo_index.is_none() {
+        let second = settings
+            .select(2)
+            .expect("repo2")
+            .open_repository()
+            .map_err(|e| e.to_string());
+        let loaded = match second {
+            Ok(r) => load(&r).await.map_err(|e| e.to_string()),
+            Err(e) => Err(e),
+        };
+        match loaded {
+            Ok((b2, w2, v2, vr2)) => {
+                let h2 = plan_health(
+                    &b2,
+                    &w2,
+                    v2.as_ref(),
+                    vr2.as_ref(),
+                    &thresholds,
+                    jiff::Timestamp::now(),
+                );
+                let lag = crate::status::plan_offsite(
+                    2,
+                    &backups,
+                    &wal,
+                    &b2,
+                    &w2,
+                    jiff::Timestamp::now(),
+                );
+                offsite_lag = Some(lag.lag_secs);
+                health = health.with_repository(2, h2).with_offsite(
+                    lag,
+                    Duration::from_secs(args.offsite_warn_hours * 3600),
+                    Duration::from_secs(args.offsite_crit_hours * 3600),
+                );
+            }
+            Err(e) => {
+                report_error(program, &format!("repo2: {e}"));
+                health = health.with_unreadable(2, &e);
+            }
+        }
+    }
     if let Some(pgdata) = &args.pgdata {
         match crate::archive::spool::measure_backlog(pgdata) {
             Ok(backlog) => {
@@ -131,6 +191,12 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
         );
     } else {
         println!("{}: {}", health.level, repo.describe());
+        if let Some(lag) = &health.offsite {
+            println!(
+                "  repo2: {} behind repo1",
+                crate::status::human_duration(lag.lag_secs)
+            );
+        }
         for r in &health.reasons {
             println!("  {:<8} {:<11} {}", r.level.as_str(), r.check, r.message);
         }
@@ -143,6 +209,13 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
             health.level.exit_code() as f64,
         );
         repository_metrics(&repo, &mut m).await;
+        if let Some(lag) = offsite_lag {
+            m.gauge(
+                "walvault_offsite_lag_seconds",
+                "How long the oldest backup or WAL file that repo1 holds and repo2 lacks has waited (0: up to date).",
+                lag as f64,
+            );
+        }
         if let Some(b) = &health.archive_backlog {
             m.gauge(
                 "walvault_archive_backlog_segments",

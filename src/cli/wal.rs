@@ -83,9 +83,16 @@ const ASYNC_IDLE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Exit {
     let started = Instant::now();
-    let (settings, repo) = match super::settings_and_repository(program, global) {
+    let settings = match super::settings(program, global) {
         Ok(x) => x,
         Err(code) => return code,
+    };
+    let repos = match super::archive_repos(&settings) {
+        Ok(r) => r,
+        Err(e) => {
+            report_error(program, &e);
+            return Exit::Usage;
+        }
     };
     let data_dir = args.pgdata.clone().unwrap_or_else(|| PathBuf::from("."));
     let path = if args.path.is_relative() {
@@ -94,14 +101,14 @@ pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Ex
         args.path.clone()
     };
     if args.async_worker {
-        return run_async_worker(program, &settings, repo, &data_dir).await;
+        return run_async_worker(program, &settings, repos, &data_dir).await;
     }
     if let Some(cfg) = &settings.archive_async {
-        if let Some(exit) = push_async(program, cfg, &repo, &path, &data_dir).await {
+        if let Some(exit) = push_async(program, cfg, &repos, &path, &data_dir).await {
             return exit;
         }
     }
-    match archive::push(&repo, &path, &data_dir).await {
+    match archive::push_all(&repos, &path, &data_dir).await {
         Ok(PushOutcome::Stored(info)) => {
             tracing::info!(
                 wal = %args.path.display(),
@@ -126,7 +133,7 @@ pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Ex
 async fn push_async(
     program: &str,
     cfg: &crate::config::AsyncArchive,
-    repo: &crate::repo::Repository,
+    repos: &crate::archive::Repos,
     path: &std::path::Path,
     data_dir: &std::path::Path,
 ) -> Option<Exit> {
@@ -141,7 +148,7 @@ async fn push_async(
     let identity = FileIdentity::of(path).ok()?;
     // The common call (the worker pushed the file ahead) reads one record
     // and writes nothing.
-    let spool = Spool::locate(&cfg.spool_path, &repo.describe(), data_dir).ok()?;
+    let spool = Spool::locate(&cfg.spool_path, &repos.describe(), data_dir).ok()?;
     if spool.is_done(name, &identity) {
         return Some(Exit::Ok);
     }
@@ -224,7 +231,7 @@ fn start_detached(flag: &str, log: &std::path::Path) -> std::io::Result<std::pro
 async fn run_async_worker(
     program: &str,
     settings: &crate::config::Settings,
-    repo: crate::repo::Repository,
+    repos: crate::archive::Repos,
     data_dir: &std::path::Path,
 ) -> Exit {
     let Some(cfg) = &settings.archive_async else {
@@ -235,7 +242,7 @@ async fn run_async_worker(
         return Exit::Usage;
     };
     let spool =
-        match crate::archive::spool::Spool::open(&cfg.spool_path, &repo.describe(), data_dir) {
+        match crate::archive::spool::Spool::open(&cfg.spool_path, &repos.describe(), data_dir) {
             Ok(s) => s,
             Err(e) => {
                 report_error(program, &format!("open spool: {e}"));
@@ -244,7 +251,7 @@ async fn run_async_worker(
         };
     let classify: crate::archive::spool::Classify = |e| push_exit(e).code();
     match crate::archive::spool::run_worker(
-        repo,
+        repos,
         spool,
         data_dir.to_path_buf(),
         cfg.jobs,
@@ -316,7 +323,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         Ok(s) => s,
         Err(e) => return fail(Exit::Usage, &e),
     };
-    let repo = match settings.open_repository() {
+    let repos = match super::archive_repos(&settings) {
         Ok(r) => r,
         Err(e) => return fail(Exit::Usage, &e),
     };
@@ -339,7 +346,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
     let started = Instant::now();
     if args.prefetch_worker {
         let result = crate::archive::prefetch::run_worker(
-            repo,
+            repos,
             data_dir.clone(),
             prefetch_dir(&dest),
             settings.restore_prefetch,
@@ -357,7 +364,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
     }
     let prefetch = (settings.restore_prefetch > 0)
         .then(|| {
-            crate::archive::prefetch::Prefetch::open(&prefetch_dir(&dest), &repo.describe()).ok()
+            crate::archive::prefetch::Prefetch::open(&prefetch_dir(&dest), &repos.describe()).ok()
         })
         .flatten();
     if let Some(p) = &prefetch {
@@ -369,7 +376,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
             return Exit::Ok;
         }
     }
-    match archive::fetch(&repo, &args.name, &dest, opts).await {
+    match archive::fetch_any(&repos, &args.name, &dest, opts).await {
         Ok(FetchOutcome::Restored(info)) => {
             tracing::info!(wal = %args.name, raw_bytes = info.raw_size, ms = started.elapsed().as_millis() as u64, "restored");
             Exit::Ok
@@ -379,7 +386,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
             Exit::NotFound
         }
         Err(e) => {
-            let ordinary = match &e {
+            let ordinary = match e.primary() {
                 FetchError::BadName { .. } => Exit::BadInput,
                 FetchError::Repository {
                     source: ObjectError::Storage(StorageError::Key(_)),
@@ -392,7 +399,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
                 } => Exit::Usage,
                 FetchError::Repository { .. } => Exit::Storage,
                 FetchError::NoRepository { source, .. } => repo_exit(source),
-                FetchError::Destination { .. } => Exit::Failed,
+                FetchError::Destination { .. } | FetchError::Each { .. } => Exit::Failed,
             };
             fail(ordinary, &e)
         }

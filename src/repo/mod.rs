@@ -15,6 +15,7 @@ use crate::storage::{CreateOnly, CreateOnlyProbe, ObjectStore, PutMode, StorageE
 use crate::wal::WalSegmentSize;
 
 pub mod blocks;
+pub mod copy;
 pub mod filelist;
 pub mod keys;
 pub mod layout;

@@ -293,6 +293,25 @@ pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
     }
 }
 
+/// A read failure: a chunk of an encrypted object that fails
+/// authentication is corruption, anything else a storage failure.
+fn read_error(key: &Key, e: io::Error) -> ObjectError {
+    if let Some(c) = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<crate::storage::crypt::CorruptChunk>())
+    {
+        return ObjectError::Integrity {
+            key: key.clone(),
+            reason: c.0.clone(),
+        };
+    }
+    ObjectError::Storage(StorageError::Io {
+        op: "read",
+        key: key.to_string(),
+        source: e,
+    })
+}
+
 /// Reads a small object (a manifest, a summary, a block map) whole into
 /// memory, checked as [`read_object`] checks it.
 pub async fn read_to_vec(
@@ -317,96 +336,197 @@ pub async fn read_object(
     sink: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
 ) -> Result<ObjectInfo, ObjectError> {
     let mut src = store.get(key).await?;
-    let read_err = |e: io::Error| {
-        // A chunk of an encrypted object that fails authentication.
-        if let Some(c) = e
-            .get_ref()
-            .and_then(|inner| inner.downcast_ref::<crate::storage::crypt::CorruptChunk>())
-        {
-            return ObjectError::Integrity {
-                key: key.clone(),
-                reason: c.0.clone(),
-            };
-        }
-        ObjectError::Storage(StorageError::Io {
-            op: "read",
-            key: key.to_string(),
-            source: e,
-        })
-    };
-    let mut head = [0u8; HEADER_LEN];
-    let n = fill(&mut src, &mut head).await.map_err(read_err)?;
-    let compressed = parse_header(key, &head[..n])?;
-    let mut decompressor = Decompressor::new(compressed).map_err(|source| ObjectError::Stream {
-        key: key.clone(),
-        source,
-    })?;
-    let mut hasher = Hasher::new();
-    // The last TRAILER_LEN bytes seen are held back: they may be the trailer.
-    let mut buf = vec![0u8; TRAILER_LEN + CHUNK_BYTES];
-    let mut have = 0usize;
-    let mut body_size = 0u64;
+    let read_err = |e: io::Error| read_error(key, e);
+    let mut check = EnvelopeCheck::new(key);
+    let mut buf = vec![0u8; CHUNK_BYTES];
     loop {
-        let n = src.read(&mut buf[have..]).await.map_err(read_err)?;
+        let n = src.read(&mut buf).await.map_err(read_err)?;
         if n == 0 {
             break;
         }
-        have += n;
-        if have > TRAILER_LEN {
-            let feed = have - TRAILER_LEN;
-            body_size += feed as u64;
-            decompressor
-                .decompress(&buf[..feed], |piece| {
-                    hasher.update(piece);
-                    sink(piece)
-                })
-                .map_err(|source| match source {
-                    StreamError::Sink(e) => ObjectError::Sink(e),
-                    source => ObjectError::Stream {
-                        key: key.clone(),
-                        source,
-                    },
-                })?;
-            buf.copy_within(feed..have, 0);
-            have = TRAILER_LEN;
+        check.feed(&buf[..n], sink)?;
+    }
+    check.finish()
+}
+
+/// Checks an envelope fed in pieces, as it streams past: header, body
+/// (decompressed into a sink and hashed) and trailer (size and checksum).
+/// Memory stays at one trailer's length plus the decompressor's window.
+struct EnvelopeCheck<'k> {
+    key: &'k Key,
+    head: Vec<u8>,
+    decompressor: Option<Decompressor>,
+    hasher: Hasher,
+    /// The last TRAILER_LEN bytes seen are held back: they may be the
+    /// trailer.
+    tail: Vec<u8>,
+    body_size: u64,
+}
+
+impl<'k> EnvelopeCheck<'k> {
+    fn new(key: &'k Key) -> EnvelopeCheck<'k> {
+        EnvelopeCheck {
+            key,
+            head: Vec::with_capacity(HEADER_LEN),
+            decompressor: None,
+            hasher: Hasher::new(),
+            tail: Vec::with_capacity(2 * TRAILER_LEN),
+            body_size: 0,
         }
     }
-    let trailer = parse_trailer(key, &buf[..have])?;
-    let integrity = |reason: String| ObjectError::Integrity {
-        key: key.clone(),
-        reason,
-    };
-    if trailer.body_size != body_size {
-        return Err(integrity(format!(
-            "stored body is {body_size} bytes, the trailer says {}",
-            trailer.body_size
-        )));
+
+    fn feed(
+        &mut self,
+        mut data: &[u8],
+        sink: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
+    ) -> Result<(), ObjectError> {
+        if self.decompressor.is_none() {
+            let take = (HEADER_LEN - self.head.len()).min(data.len());
+            self.head.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.head.len() < HEADER_LEN {
+                return Ok(());
+            }
+            let compressed = parse_header(self.key, &self.head)?;
+            self.decompressor =
+                Some(
+                    Decompressor::new(compressed).map_err(|source| ObjectError::Stream {
+                        key: self.key.clone(),
+                        source,
+                    })?,
+                );
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        if data.len() >= TRAILER_LEN {
+            let tail = std::mem::take(&mut self.tail);
+            self.body(&tail, sink)?;
+            self.body(&data[..data.len() - TRAILER_LEN], sink)?;
+            self.tail
+                .extend_from_slice(&data[data.len() - TRAILER_LEN..]);
+        } else {
+            self.tail.extend_from_slice(data);
+            if self.tail.len() > TRAILER_LEN {
+                let feed = self.tail.len() - TRAILER_LEN;
+                let front: Vec<u8> = self.tail.drain(..feed).collect();
+                self.body(&front, sink)?;
+            }
+        }
+        Ok(())
     }
-    decompressor
-        .finish()
-        .map_err(|source| ObjectError::Stream {
+
+    fn body(
+        &mut self,
+        piece: &[u8],
+        sink: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
+    ) -> Result<(), ObjectError> {
+        if piece.is_empty() {
+            return Ok(());
+        }
+        self.body_size += piece.len() as u64;
+        let hasher = &mut self.hasher;
+        self.decompressor
+            .as_mut()
+            .expect("header parsed")
+            .decompress(piece, |out| {
+                hasher.update(out);
+                sink(out)
+            })
+            .map_err(|source| match source {
+                StreamError::Sink(e) => ObjectError::Sink(e),
+                source => ObjectError::Stream {
+                    key: self.key.clone(),
+                    source,
+                },
+            })
+    }
+
+    fn finish(self) -> Result<ObjectInfo, ObjectError> {
+        let key = self.key;
+        let Some(decompressor) = &self.decompressor else {
+            // Too short for a header: parsing says what is wrong.
+            parse_header(key, &self.head)?;
+            unreachable!("a short header never parses");
+        };
+        let trailer = parse_trailer(key, &self.tail)?;
+        let integrity = |reason: String| ObjectError::Integrity {
             key: key.clone(),
-            source,
-        })?;
-    if hasher.len() != trailer.raw_size {
-        return Err(integrity(format!(
-            "content is {} bytes, the trailer says {}",
-            hasher.len(),
-            trailer.raw_size
-        )));
+            reason,
+        };
+        if trailer.body_size != self.body_size {
+            return Err(integrity(format!(
+                "stored body is {} bytes, the trailer says {}",
+                self.body_size, trailer.body_size
+            )));
+        }
+        decompressor
+            .finish()
+            .map_err(|source| ObjectError::Stream {
+                key: key.clone(),
+                source,
+            })?;
+        if self.hasher.len() != trailer.raw_size {
+            return Err(integrity(format!(
+                "content is {} bytes, the trailer says {}",
+                self.hasher.len(),
+                trailer.raw_size
+            )));
+        }
+        let actual = self.hasher.finish();
+        if actual != trailer.checksum {
+            return Err(integrity(format!(
+                "checksum mismatch: stored {}, computed {}",
+                trailer.checksum, actual
+            )));
+        }
+        Ok(ObjectInfo {
+            raw_size: trailer.raw_size,
+            checksum: trailer.checksum,
+            stored_size: HEADER_LEN as u64 + self.body_size + TRAILER_LEN as u64,
+        })
     }
-    let actual = hasher.finish();
-    if actual != trailer.checksum {
-        return Err(integrity(format!(
-            "checksum mismatch: stored {}, computed {}",
-            trailer.checksum, actual
-        )));
+}
+
+/// Copies the object at `key` from `from` to `to`, create-only, checking
+/// the whole envelope as it streams past (header, body and checksum); the
+/// copy becomes visible only when every check passed. The envelope is
+/// copied as stored (no recompression); each store's own layers (such as
+/// encryption with its own key) apply on each side. An object already at
+/// `key` in `to` gives [`StorageError::AlreadyExists`] and stays untouched.
+pub async fn copy_object(
+    from: &dyn ObjectStore,
+    to: &dyn ObjectStore,
+    key: &Key,
+    mode: PutMode,
+) -> Result<ObjectInfo, ObjectError> {
+    let mut src = from.get(key).await?;
+    let mut writer = to.put(key, mode).await?;
+    let result = async {
+        let mut check = EnvelopeCheck::new(key);
+        let mut discard = |_: &[u8]| Ok(());
+        let mut buf = vec![0u8; CHUNK_BYTES];
+        loop {
+            let n = src.read(&mut buf).await.map_err(|e| read_error(key, e))?;
+            if n == 0 {
+                break;
+            }
+            check.feed(&buf[..n], &mut discard)?;
+            writer.write(Bytes::copy_from_slice(&buf[..n])).await?;
+        }
+        check.finish()
     }
-    Ok(ObjectInfo {
-        raw_size: trailer.raw_size,
-        checksum: trailer.checksum,
-        stored_size: HEADER_LEN as u64 + body_size + TRAILER_LEN as u64,
-    })
+    .await;
+    match result {
+        Ok(info) => {
+            writer.commit().await?;
+            Ok(info)
+        }
+        Err(e) => {
+            writer.abort().await;
+            Err(e)
+        }
+    }
 }
 
 /// Reads what an object's trailer records, without reading its body (a
@@ -595,5 +715,67 @@ mod tests {
             ObjectError::Storage(StorageError::AlreadyExists { .. })
         ));
         assert_eq!(load(&store, &key).await.unwrap().0, b"first");
+    }
+
+    /// A copy checks the envelope as it streams: a damaged source never
+    /// becomes a visible copy, an existing destination object is refused,
+    /// and a good copy reads back identical.
+    #[tokio::test]
+    async fn copies_are_checked_and_create_only() {
+        let from = MemoryStore::new();
+        let to = MemoryStore::new();
+        let key = Key::new("wal/x").unwrap();
+        let data = sample(300_000);
+        let info = store_bytes(&from, &key, &data, 3).await;
+        let copied = copy_object(&from, &to, &key, PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(copied, info);
+        assert_eq!(load(&to, &key).await.unwrap().0, data);
+        let again = copy_object(&from, &to, &key, PutMode::Create)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                again,
+                ObjectError::Storage(StorageError::AlreadyExists { .. })
+            ),
+            "{again}"
+        );
+        // Every damaged byte (header, body, trailer) stops the copy.
+        let stored = from.get_bytes(&key).await.unwrap();
+        for at in [
+            0,
+            9,
+            HEADER_LEN + 10,
+            stored.len() / 2,
+            stored.len() - 40,
+            stored.len() - 1,
+        ] {
+            let mut bad = stored.to_vec();
+            bad[at] ^= 0x01;
+            let bad_key = Key::new(format!("wal/bad{at}")).unwrap();
+            from.put_bytes(&bad_key, Bytes::from(bad), PutMode::Create)
+                .await
+                .unwrap();
+            let err = copy_object(&from, &to, &bad_key, PutMode::Create)
+                .await
+                .unwrap_err();
+            assert!(err.is_corruption(), "byte {at}: {err}");
+            assert!(
+                to.head(&bad_key).await.is_err(),
+                "byte {at}: no copy visible"
+            );
+        }
+        // A truncated source too.
+        let cut = Key::new("wal/cut").unwrap();
+        from.put_bytes(&cut, stored.slice(..stored.len() - 7), PutMode::Create)
+            .await
+            .unwrap();
+        assert!(copy_object(&from, &to, &cut, PutMode::Create)
+            .await
+            .unwrap_err()
+            .is_corruption());
+        assert!(to.head(&cut).await.is_err());
     }
 }

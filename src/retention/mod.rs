@@ -354,7 +354,7 @@ fn removal_reason(
 /// Whether a WAL object lies entirely before `keep_from`, the oldest LSN a
 /// kept backup needs. History files are never expired: they are tiny and
 /// every later timeline switch needs its ancestors' histories.
-fn wal_is_expired(name: &WalFileName, keep_from: Lsn) -> bool {
+pub(crate) fn wal_is_expired(name: &WalFileName, keep_from: Lsn) -> bool {
     match *name {
         WalFileName::Segment { segment, size, .. } | WalFileName::Partial { segment, size, .. } => {
             segment.end_lsn(size) <= keep_from

@@ -199,6 +199,63 @@ pub const CHECK_WAL_AGE: &str = "wal_age";
 pub const CHECK_WAL_GAP: &str = "wal_gap";
 pub const CHECK_VERIFY: &str = "verify";
 pub const CHECK_ARCHIVE_BACKLOG: &str = "archive_backlog";
+pub const CHECK_OFFSITE_LAG: &str = "offsite_lag";
+
+/// How far the second repository lags behind the first.
+#[derive(Serialize, Clone, Debug, PartialEq)]
+pub struct OffsiteLag {
+    pub repo_index: usize,
+    /// How long the oldest thing repo1 holds and repo2 lacks has waited:
+    /// a complete backup newer than repo2's newest, or a WAL file after
+    /// repo2's newest. 0 when repo2 is up to date.
+    pub lag_secs: i64,
+    pub missing_backups: Vec<String>,
+    pub missing_wal_files: usize,
+}
+
+/// Compares the second repository with the first, as of `now`. Backups
+/// repo2 expired earlier (older than its newest) are not lag: each
+/// repository keeps its own retention.
+pub fn plan_offsite(
+    repo_index: usize,
+    first_backups: &[BackupListing],
+    first_wal: &[WalObject],
+    second_backups: &[BackupListing],
+    second_wal: &[WalObject],
+    now: Timestamp,
+) -> OffsiteLag {
+    let stops = |backups: &[BackupListing]| -> Vec<(String, i64)> {
+        backups
+            .iter()
+            .filter_map(|b| {
+                let m = b.manifest.as_ref()?;
+                Some((b.label.clone(), m.stop_time_ts()?.as_second()))
+            })
+            .collect()
+    };
+    let (first, second) = (stops(first_backups), stops(second_backups));
+    let second_newest = second.iter().map(|(_, t)| *t).max();
+    let have: BTreeSet<&str> = second.iter().map(|(l, _)| l.as_str()).collect();
+    let missing: Vec<&(String, i64)> = first
+        .iter()
+        .filter(|(l, t)| !have.contains(l.as_str()) && second_newest.is_none_or(|n| *t > n))
+        .collect();
+    let mut oldest_missing = missing.iter().map(|(_, t)| *t).min();
+    let second_last = second_wal.iter().map(|w| w.key.as_str()).max();
+    let wal_missing: Vec<&WalObject> = first_wal
+        .iter()
+        .filter(|w| second_last.is_none_or(|last| w.key.as_str() > last))
+        .collect();
+    if let Some(t) = wal_missing.iter().map(|w| w.archived_unix_secs).min() {
+        oldest_missing = Some(oldest_missing.map_or(t, |b| b.min(t)));
+    }
+    OffsiteLag {
+        repo_index,
+        lag_secs: oldest_missing.map_or(0, |t| age_secs(t, now)),
+        missing_backups: missing.iter().map(|(l, _)| l.clone()).collect(),
+        missing_wal_files: wal_missing.len(),
+    }
+}
 
 /// Limits of the archive backlog (files PostgreSQL finished but walvault
 /// has not stored yet): WAL piles up in pg_wal meanwhile.
@@ -264,6 +321,13 @@ pub struct Health {
     pub last_verify_restore: Option<VerifyRecord>,
     /// With `status --pgdata`: WAL waiting to be archived.
     pub archive_backlog: Option<crate::archive::spool::Backlog>,
+    /// With a second repository: how far it lags behind the first.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub offsite: Option<OffsiteLag>,
+    /// With a second repository and no --repo-index: its own health (its
+    /// findings are also among `reasons`, prefixed `repo2:`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub more_repositories: Vec<Health>,
 }
 
 impl Health {
@@ -280,6 +344,68 @@ impl Health {
             self.reasons.sort_by(|a, b| b.level.cmp(&a.level));
         }
         self.archive_backlog = Some(backlog);
+        self
+    }
+
+    fn add(&mut self, r: Reason) {
+        self.level = self.level.max(r.level);
+        self.reasons.push(r);
+        self.reasons.sort_by(|a, b| b.level.cmp(&a.level));
+    }
+
+    /// Adds another repository's health: its findings, prefixed with its
+    /// name, count toward this level.
+    pub fn with_repository(mut self, index: usize, other: Health) -> Health {
+        for r in &other.reasons {
+            self.add(Reason {
+                message: format!("repo{index}: {}", r.message),
+                ..r.clone()
+            });
+        }
+        self.more_repositories.push(other);
+        self
+    }
+
+    /// A repository that could not be read at all: CRITICAL.
+    pub fn with_unreadable(mut self, index: usize, error: &str) -> Health {
+        self.add(reason(
+            Level::Critical,
+            CHECK_OFFSITE_LAG,
+            format!("repo{index} cannot be read: {error}"),
+        ));
+        self
+    }
+
+    /// Adds the offsite lag finding, if beyond a limit.
+    pub fn with_offsite(mut self, lag: OffsiteLag, warn: Duration, crit: Duration) -> Health {
+        if let Some((level, limit)) = grade(lag.lag_secs, warn, crit) {
+            let mut what = Vec::new();
+            if !lag.missing_backups.is_empty() {
+                what.push(format!(
+                    "backup(s) {} not copied",
+                    lag.missing_backups.join(", ")
+                ));
+            }
+            if lag.missing_wal_files > 0 {
+                what.push(format!(
+                    "{} WAL file(s) after its newest not stored",
+                    lag.missing_wal_files
+                ));
+            }
+            self.add(reason(
+                level,
+                CHECK_OFFSITE_LAG,
+                format!(
+                    "repo{} lags repo1 by {} ({}): {}; run walvault copy --to repo{}",
+                    lag.repo_index,
+                    human_duration(lag.lag_secs),
+                    limit,
+                    what.join(", "),
+                    lag.repo_index
+                ),
+            ));
+        }
+        self.offsite = Some(lag);
         self
     }
 }
@@ -328,6 +454,8 @@ pub fn plan_health(
         last_verify: verify.cloned(),
         last_verify_restore: verify_restore.cloned(),
         archive_backlog: None,
+        offsite: None,
+        more_repositories: Vec::new(),
     }
 }
 
@@ -849,6 +977,81 @@ mod tests {
                 o
             })
             .collect()
+    }
+
+    #[test]
+    fn the_offsite_copy_lags_by_the_oldest_thing_it_lacks() {
+        let day1 = complete("20261120T100000Z", 1, 2, 3, "2026-11-20T10:30:00Z");
+        let day2 = complete("20261121T100000Z", 1, 8, 9, "2026-11-21T10:30:00Z");
+        let wal1 = segs(1, 2, 12, "2026-11-21T13:00:00Z");
+        // Up to date: the same backups and WAL.
+        let lag = plan_offsite(
+            2,
+            &[day1.clone(), day2.clone()],
+            &wal1,
+            &[day1.clone(), day2.clone()],
+            &wal1,
+            now(),
+        );
+        assert_eq!((lag.lag_secs, lag.missing_wal_files), (0, 0));
+        assert!(lag.missing_backups.is_empty());
+        // repo2 expired day1 already: not lag.
+        let lag = plan_offsite(
+            2,
+            &[day1.clone(), day2.clone()],
+            &wal1,
+            &[day2.clone()],
+            &wal1[6..],
+            now(),
+        );
+        assert_eq!(lag.lag_secs, 0, "{lag:?}");
+        // repo2 lacks day2 and the WAL after segment 7: the backup stopped
+        // at 10:30, three hours before now, segment 8 was archived at 12:56.
+        let lag = plan_offsite(
+            2,
+            &[day1.clone(), day2.clone()],
+            &wal1,
+            &[day1.clone()],
+            &wal1[..6],
+            now(),
+        );
+        assert_eq!(lag.missing_backups, ["20261121T100000Z"]);
+        assert_eq!(lag.missing_wal_files, 5);
+        assert_eq!(lag.lag_secs, 3 * 3600 + 2 * 60);
+        let h = plan_health(
+            &[day2.clone()],
+            &wal1,
+            None,
+            None,
+            &Thresholds::default(),
+            now(),
+        );
+        let warned = h.clone().with_offsite(
+            lag.clone(),
+            Duration::from_secs(3600),
+            Duration::from_secs(86400),
+        );
+        let r = warned
+            .reasons
+            .iter()
+            .find(|r| r.check == CHECK_OFFSITE_LAG)
+            .unwrap();
+        assert_eq!(r.level, Level::Warning);
+        assert!(
+            r.message.contains("repo2 lags repo1 by 3h 2m")
+                && r.message.contains("walvault copy --to repo2"),
+            "{}",
+            r.message
+        );
+        let fine = h.with_offsite(
+            lag,
+            Duration::from_secs(4 * 3600),
+            Duration::from_secs(86400),
+        );
+        assert!(fine.reasons.iter().all(|r| r.check != CHECK_OFFSITE_LAG));
+        // An empty repo2 lags by the age of everything.
+        let lag = plan_offsite(2, &[day2.clone()], &wal1, &[], &[], now());
+        assert_eq!(lag.missing_wal_files, 11);
     }
 
     fn rec(kind: &str, finished_at: &str, success: bool, problems: &[&str]) -> VerifyRecord {
