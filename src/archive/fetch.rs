@@ -251,7 +251,7 @@ pub async fn fetch_any(
 /// Whether `repo` shows that WAL file `name` was never archived: it holds
 /// the segment just before it on its timeline and nothing after it (for
 /// a timeline history file: WAL, and nothing on that timeline or a later
-/// one). Only worth asking of a repository every push is required to
+/// one; timeline 1 never has one). Only worth asking of a repository every push is required to
 /// reach; a file it lacks was then never acknowledged to PostgreSQL.
 async fn proves_missing(repo: &Repository, name: &str) -> Result<bool, RepoError> {
     let header = repo.require_header().await?;
@@ -286,6 +286,9 @@ async fn proves_missing(repo: &Repository, name: &str) -> Result<bool, RepoError
                     matches!(w.name, crate::wal::WalFileName::History { timeline: t } if t > timeline)
                 })
         }
+        // Timeline 1 has no history file: PostgreSQL asks for it when it
+        // branches off timeline 1, and it never exists.
+        crate::wal::WalFileName::History { timeline } if timeline.0 == 1 => true,
         crate::wal::WalFileName::History { timeline } => {
             let mut any = false;
             for (t, _) in segments {
@@ -535,7 +538,11 @@ mod tests {
         );
         // But repo2, required, holds segment 07 and nothing after it: 08
         // and the next timeline's history were never archived.
-        for next in ["000000010000000000000008", "00000002.history"] {
+        for next in [
+            "000000010000000000000008",
+            "00000002.history",
+            "00000001.history",
+        ] {
             let outcome = fetch_any(&repos, next, &dest, opts(0)).await.unwrap();
             assert!(matches!(outcome, FetchOutcome::NotFound), "{next}");
         }

@@ -18,4 +18,5 @@ mod ops;
 mod pitr;
 mod s3_storage;
 mod standby;
+mod two_repos;
 mod versions;
