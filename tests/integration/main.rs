@@ -9,6 +9,7 @@ mod harness;
 
 mod archive_cluster;
 mod archive_errors;
+mod contrib;
 mod async_archive;
 mod create_only;
 mod encryption;
