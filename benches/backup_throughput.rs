@@ -38,6 +38,9 @@
 //! - `WALVAULT_BENCH_KEEP=1`: keep the temporary directory (cluster, repository)
 //! - `WALVAULT_BENCH_ONLY=incremental`: only the incremental phase (below)
 //! - `WALVAULT_BENCH_NO_PGBACKREST=1`: leave pgBackRest out
+//! - `WALVAULT_BENCH_ONLY=encryption`: only full backups and restores into
+//!   and from a plain and an encrypted (key file) repository, the cluster
+//!   archiving into both (walvault only)
 //! - `WALVAULT_BENCH_ONLY=many-files`: only the many-files phase: another
 //!   `WALVAULT_BENCH_FILES` (default 100000) files of 100 bytes in the data
 //!   directory, full and incremental backups (1% of the files changed),
@@ -393,7 +396,7 @@ fn main() {
         .psql("SELECT count(*) FROM pgbench_accounts")
         .parse()
         .expect("row count");
-    for round in (1..=rounds).filter(|_| only != "many-files") {
+    for round in (1..=rounds).filter(|_| only.is_empty() || only == "incremental") {
         eprintln!("--- incremental round {round} of {rounds}");
         let full = walvault_backup_as(
             &mut results,
@@ -553,6 +556,98 @@ fn main() {
         .ok()
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(100_000);
+    // Encryption: `WALVAULT_BENCH_ONLY=encryption`. The cluster archives
+    // into the plain repository and an encrypted second one (a key file)
+    // at once; full backups into each, and restores from each, in turn.
+    if only == "encryption" {
+        let enc_repo = root.join("repo-encrypted");
+        let key = root.join("repo2.key");
+        let mut random = [0u8; 32];
+        fs::File::open("/dev/urandom")
+            .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+            .expect("random key");
+        fs::write(&key, hex_of(&random)).expect("write key file");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod key");
+        runner.give_to_postgres(&key);
+        let config = root.join("walvault.toml");
+        fs::write(
+            &config,
+            format!(
+                "repo = \"{}\"\n[repo2]\nrepo = \"{}\"\nencryption_key_file = \"{}\"\n",
+                repo.display(),
+                enc_repo.display(),
+                key.display()
+            ),
+        )
+        .expect("write config");
+        runner.give_to_postgres(&config);
+        run_ok(
+            walvault_command(&walvault)
+                .arg("--config")
+                .arg(&config)
+                .args(["--repo-index", "2", "init", "--pgdata"])
+                .arg(&cluster.data),
+        );
+        runner.give_to_postgres(&enc_repo);
+        cluster.psql(&format!(
+            "ALTER SYSTEM SET archive_command = '{} --config {} %p'",
+            bin_dir.join("walvault-push").display(),
+            config.display()
+        ));
+        cluster.psql("SELECT pg_reload_conf()");
+        let by_index = |index: &str| -> Command {
+            let mut cmd = walvault_command(&walvault);
+            cmd.arg("--config")
+                .arg(&config)
+                .args(["--repo-index", index]);
+            cmd
+        };
+        for round in 1..=rounds {
+            eprintln!("--- encryption round {round} of {rounds}");
+            for (index, dir, label, restore_label) in [
+                ("1", &repo, "walvault backup (plain)", "walvault restore (plain)"),
+                (
+                    "2",
+                    &enc_repo,
+                    "walvault backup, encrypted (key file)",
+                    "walvault restore, encrypted (key file)",
+                ),
+            ] {
+                let before = backup_labels(dir);
+                let mut cmd = by_index(index);
+                cmd.arg("backup")
+                    .arg("--pgdata")
+                    .arg(&cluster.data)
+                    .arg("--dbname")
+                    .arg(&conninfo)
+                    .args(["--no-progress", "--type", "full"]);
+                let run = bench.measure(label, &mut cmd, None);
+                let new: Vec<String> = backup_labels(dir)
+                    .into_iter()
+                    .filter(|l| !before.contains(l))
+                    .collect();
+                assert_eq!(new.len(), 1, "{label}: expected one new backup, found {new:?}");
+                results.record(
+                    Kind::Encryption,
+                    label,
+                    run,
+                    tree_size(&dir.join("backup").join(&new[0])),
+                );
+                let target = root.join("restore-encryption");
+                let mut cmd = by_index(index);
+                cmd.arg("restore")
+                    .arg("--pgdata")
+                    .arg(&target)
+                    .arg("--backup")
+                    .arg(&new[0]);
+                let run = bench.measure(restore_label, &mut cmd, None);
+                check_restored(restore_label, &target, base_bytes);
+                results.record(Kind::Encryption, restore_label, run, tree_size(&target));
+                remove_tree(&target);
+            }
+        }
+    }
+
     if only == "many-files" {
         eprintln!("writing {many} files of 100 bytes into the data directory");
         let dir = cluster.data.join("walvault_bench_many");
@@ -680,6 +775,10 @@ fn main() {
         "\n### A data directory with {many} more files of 100 bytes (`WALVAULT_BENCH_ONLY=many-files`)\n\n"
     ));
     md.push_str(&results.table(Kind::Many, db_bytes));
+    md.push_str(
+        "\n### Full backups and restores, plain and encrypted (`WALVAULT_BENCH_ONLY=encryption`)\n\n",
+    );
+    md.push_str(&results.table(Kind::Encryption, db_bytes));
     for (label, why) in &failed {
         md.push_str(&format!("\nLeft out, failed: {label}: {why}\n"));
     }
@@ -735,6 +834,10 @@ fn walvault_restore(
         .arg(label)
         .args(extra);
     cmd
+}
+
+fn hex_of(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 fn walvault_command(binary: &Path) -> Command {
@@ -1094,6 +1197,8 @@ enum Kind {
     Delta,
     /// A data directory with many small files.
     Many,
+    /// Plain and encrypted full backups and restores.
+    Encryption,
 }
 
 /// Every run of one configuration.
