@@ -605,7 +605,12 @@ fn main() {
         for round in 1..=rounds {
             eprintln!("--- encryption round {round} of {rounds}");
             for (index, dir, label, restore_label) in [
-                ("1", &repo, "walvault backup (plain)", "walvault restore (plain)"),
+                (
+                    "1",
+                    &repo,
+                    "walvault backup (plain)",
+                    "walvault restore (plain)",
+                ),
                 (
                     "2",
                     &enc_repo,
@@ -626,7 +631,11 @@ fn main() {
                     .into_iter()
                     .filter(|l| !before.contains(l))
                     .collect();
-                assert_eq!(new.len(), 1, "{label}: expected one new backup, found {new:?}");
+                assert_eq!(
+                    new.len(),
+                    1,
+                    "{label}: expected one new backup, found {new:?}"
+                );
                 results.record(
                     Kind::Encryption,
                     label,

@@ -164,8 +164,9 @@ impl FetchError {
         }
     }
 
-    /// The error that decides the exit status: of two, the first
-    /// repository's (a missing file in one never hides a failure).
+    /// The error that decides the exit status: of two failures, the one
+    /// of the repository tried first (a miss in the other never hides a
+    /// failure).
     pub fn primary(&self) -> &FetchError {
         match self {
             FetchError::Each { first, .. } => first.primary(),
@@ -176,9 +177,11 @@ impl FetchError {
 
 /// Fetches WAL file `name` from the first repository of `repos` that has
 /// it: repo1, then repo2. "Missing" only when every repository answered
-/// that it does not hold the file; a repository that failed makes a miss
-/// elsewhere a failure. Failing repositories are tried again, in rounds,
-/// until `opts.retry_for` has passed.
+/// that it does not hold the file (or it is `00000001.history`, which
+/// never exists): a repository that failed makes a miss elsewhere a
+/// failure, since the file may be in the one that failed. Failing
+/// repositories are tried again, in rounds, until `opts.retry_for` has
+/// passed.
 pub async fn fetch_any(
     repos: &super::Repos,
     name: &str,
@@ -230,14 +233,13 @@ pub async fn fetch_any(
             return Ok(FetchOutcome::NotFound);
         }
         let (_, error) = failed.expect("a failure when not all missing");
-        // A required repository (every file PostgreSQL was told is
-        // archived is durable there) that holds the WAL just before this
-        // file and nothing after it proves the file was never archived.
-        for member in members.iter().filter(|m| m.required) {
-            if let Ok(true) = proves_missing(&member.repo, name).await {
-                tracing::warn!(wal = name, error = %error, "{} holds every archived file up to this one and nothing after it, so it is not in the archive", member.label);
-                return Ok(FetchOutcome::NotFound);
-            }
+        // Timeline 1 has no history file: PostgreSQL asks for it when it
+        // branches off timeline 1, and no repository can hold it.
+        if matches!(
+            layout::parse_any_size(name),
+            Ok(crate::wal::WalFileName::History { timeline }) if timeline.0 == 1
+        ) {
+            return Ok(FetchOutcome::NotFound);
         }
         if !error.may_pass() || started.elapsed() + backoff > opts.retry_for {
             return Err(error);
@@ -246,63 +248,6 @@ pub async fn fetch_any(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(Duration::from_secs(5));
     }
-}
-
-/// Whether `repo` shows that WAL file `name` was never archived: it holds
-/// the segment just before it on its timeline and nothing after it (for
-/// a timeline history file: WAL, and nothing on that timeline or a later
-/// one; timeline 1 never has one). Only worth asking of a repository every push is required to
-/// reach; a file it lacks was then never acknowledged to PostgreSQL.
-async fn proves_missing(repo: &Repository, name: &str) -> Result<bool, RepoError> {
-    let header = repo.require_header().await?;
-    let size = crate::wal::WalSegmentSize::new(header.wal_segment_size)
-        .unwrap_or(crate::wal::WalSegmentSize::DEFAULT);
-    let Ok(asked) = crate::wal::WalFileName::parse(name, size) else {
-        return Ok(false);
-    };
-    let wal = repo.list_wal().await?;
-    let segments = wal.iter().filter_map(|w| match w.name {
-        crate::wal::WalFileName::Segment {
-            timeline, segment, ..
-        } => Some((timeline, segment)),
-        _ => None,
-    });
-    Ok(match asked {
-        crate::wal::WalFileName::Segment {
-            timeline, segment, ..
-        } => {
-            let Some(previous) = segment.0.checked_sub(1) else {
-                return Ok(false);
-            };
-            let mut has_previous = false;
-            for (t, s) in segments {
-                if t > timeline || (t == timeline && s >= segment) {
-                    return Ok(false);
-                }
-                has_previous |= t == timeline && s.0 == previous;
-            }
-            has_previous
-                && !wal.iter().any(|w| {
-                    matches!(w.name, crate::wal::WalFileName::History { timeline: t } if t > timeline)
-                })
-        }
-        // Timeline 1 has no history file: PostgreSQL asks for it when it
-        // branches off timeline 1, and it never exists.
-        crate::wal::WalFileName::History { timeline } if timeline.0 == 1 => true,
-        crate::wal::WalFileName::History { timeline } => {
-            let mut any = false;
-            for (t, _) in segments {
-                if t >= timeline {
-                    return Ok(false);
-                }
-                any = true;
-            }
-            any && !wal.iter().any(|w| {
-                matches!(w.name, crate::wal::WalFileName::History { timeline: t } if t >= timeline)
-            })
-        }
-        _ => false,
-    })
 }
 
 enum Attempt {
@@ -536,33 +481,17 @@ mod tests {
             matches!(err.primary(), FetchError::Repository { .. }),
             "{err}"
         );
-        // But repo2, required, holds segment 07 and nothing after it: 08
-        // and the next timeline's history were never archived.
-        for next in [
-            "000000010000000000000008",
-            "00000002.history",
-            "00000001.history",
-        ] {
-            let outcome = fetch_any(&repos, next, &dest, opts(0)).await.unwrap();
-            assert!(matches!(outcome, FetchOutcome::NotFound), "{next}");
-        }
-        // Optional, it proves nothing.
-        let mut optional = two(&repo1, &repo2);
-        optional = crate::archive::Repos::new(
-            optional
-                .members()
-                .iter()
-                .cloned()
-                .map(|mut m| {
-                    m.required = m.label == "repo1";
-                    m
-                })
-                .collect(),
-        );
-        let err = fetch_any(&optional, "000000010000000000000008", &dest, opts(0))
+        // Even the segment right after repo2's newest: it may be in repo1
+        // alone (a push that died between the two puts). Timeline 1's
+        // history never exists anywhere.
+        let err = fetch_any(&repos, "000000010000000000000008", &dest, opts(0))
             .await
             .unwrap_err();
         assert!(matches!(err, FetchError::Repository { .. }), "{err}");
+        let outcome = fetch_any(&repos, "00000001.history", &dest, opts(0))
+            .await
+            .unwrap();
+        assert!(matches!(outcome, FetchOutcome::NotFound));
         // Both healthy, neither holds it: missing.
         store1.fail_next(Op::Get, 0, false);
         let outcome = fetch_any(&repos, "000000010000000000000099", &dest, opts(0))

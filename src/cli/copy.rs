@@ -46,7 +46,8 @@ fn parse_repo_name(text: &str) -> Result<usize, String> {
 
 fn copy_exit(e: &CopyError) -> Exit {
     match e {
-        CopyError::NoSuchBackup { .. } => Exit::Usage,
+        CopyError::NoSuchBackup { .. } | CopyError::MissingDependency { .. } => Exit::Usage,
+        CopyError::LockLost { .. } => Exit::Failed,
         CopyError::Conflict { .. } => Exit::Conflict,
         CopyError::Vanished { .. } | CopyError::Spool(_) => Exit::Failed,
         CopyError::Repo(r) => super::wal::repo_exit(r),
@@ -158,9 +159,16 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &CopyArgs) -> Exit {
             return Ok(None);
         }
         let progress = |line: &str| println!("{line}");
-        apply_copy(&from, &to, &plan, args.jobs.max(1), &progress)
-            .await
-            .map(Some)
+        apply_copy(
+            &from,
+            &to,
+            &plan,
+            args.jobs.max(1),
+            lock.as_ref(),
+            &progress,
+        )
+        .await
+        .map(Some)
     }
     .await;
     let code = match result {

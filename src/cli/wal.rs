@@ -323,7 +323,15 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         Ok(s) => s,
         Err(e) => return fail(Exit::Usage, &e),
     };
-    let repos = match super::archive_repos(&settings) {
+    // An explicit --repo-index reads that repository alone: how a
+    // recovery whose repo1 is gone goes on (README, "Two repositories").
+    let repos = match global.repo_index {
+        Some(_) => settings
+            .open_repository()
+            .map(crate::archive::Repos::single),
+        None => super::archive_repos(&settings),
+    };
+    let repos = match repos {
         Ok(r) => r,
         Err(e) => return fail(Exit::Usage, &e),
     };

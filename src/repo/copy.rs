@@ -22,8 +22,9 @@ use std::io::{BufRead, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
+use super::lock::RepoLock;
 use super::manifest::BackupManifest;
-use super::object::{copy_object, read_info};
+use super::object::{copy_object, read_info, read_object};
 use super::{layout, BackupListing, ObjectError, RepoError, Repository, WalObject};
 use crate::storage::{Key, PutMode, StorageError};
 use crate::wal::Lsn;
@@ -54,6 +55,14 @@ pub enum CopyError {
         from_sum: String,
         to_sum: String,
     },
+    #[error("backup {label} is built on {missing}, which neither {from} nor the destination holds complete\nHINT: it cannot be restored anywhere without it; copy a backup that is complete with what it needs")]
+    MissingDependency {
+        label: String,
+        missing: String,
+        from: String,
+    },
+    #[error("the destination's repository lock was lost before backup {label} was published; its manifest was not written\nHINT: another backup, expire or copy took the lock over; what was copied is checked and stays, so run walvault copy again")]
+    LockLost { label: String },
     #[error("{key} disappeared from {from} during the copy (expired meanwhile?)\nHINT: run walvault copy again: what was copied stays and is skipped")]
     Vanished { key: String, from: String },
     #[error("copy {key}: {source}")]
@@ -98,6 +107,12 @@ pub fn plan_copy(
             for d in &manifest.depends_on {
                 if complete.contains_key(d.as_str()) {
                     wanted.insert(d.as_str());
+                } else if !in_dest.contains_key(d.as_str()) {
+                    return Err(CopyError::MissingDependency {
+                        label: label.to_string(),
+                        missing: d.clone(),
+                        from: from_name.to_string(),
+                    });
                 }
             }
         }
@@ -149,7 +164,9 @@ struct Counters {
     bytes: AtomicU64,
 }
 
-/// Copies one object, create-only; an equal one already there is skipped.
+/// Copies one object, create-only. One already in the destination is read
+/// whole and checked, then compared with the source's trailer: equal is
+/// skipped, different stops the copy; it is never overwritten.
 async fn copy_one(
     from: &Repository,
     to: &Repository,
@@ -161,6 +178,12 @@ async fn copy_one(
         key: key.to_string(),
         source,
     };
+    // A resumed copy finds most objects there: no transfer for them.
+    match to.store().head(key).await {
+        Ok(_) => return check_existing(from, to, key, counters).await,
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(object_error(ObjectError::Storage(e))),
+    }
     match copy_object(from.store(), to.store(), key, mode).await {
         Ok(info) => {
             counters.copied.fetch_add(1, Ordering::Relaxed);
@@ -169,29 +192,54 @@ async fn copy_one(
                 .fetch_add(info.stored_size, Ordering::Relaxed);
             Ok(())
         }
+        // Created meanwhile (by a copy running elsewhere).
         Err(ObjectError::Storage(StorageError::AlreadyExists { .. })) => {
-            let theirs = read_info(from.store(), key).await.map_err(object_error)?;
-            let ours = read_info(to.store(), key).await.map_err(object_error)?;
-            if theirs.raw_size == ours.raw_size && theirs.checksum == ours.checksum {
-                counters.skipped.fetch_add(1, Ordering::Relaxed);
-                Ok(())
-            } else {
-                Err(CopyError::Conflict {
-                    key: key.to_string(),
-                    from: from.describe(),
-                    to: to.describe(),
-                    from_size: theirs.raw_size,
-                    to_size: ours.raw_size,
-                    from_sum: theirs.checksum.to_string(),
-                    to_sum: ours.checksum.to_string(),
-                })
-            }
+            check_existing(from, to, key, counters).await
         }
         Err(ObjectError::Storage(e)) if e.is_not_found() => Err(CopyError::Vanished {
             key: key.to_string(),
             from: from.describe(),
         }),
         Err(e) => Err(object_error(e)),
+    }
+}
+
+async fn check_existing(
+    from: &Repository,
+    to: &Repository,
+    key: &Key,
+    counters: &Counters,
+) -> Result<(), CopyError> {
+    let object_error = |source: ObjectError| CopyError::Object {
+        key: key.to_string(),
+        source,
+    };
+    let theirs = match read_info(from.store(), key).await {
+        Ok(info) => info,
+        Err(ObjectError::Storage(e)) if e.is_not_found() => {
+            return Err(CopyError::Vanished {
+                key: key.to_string(),
+                from: from.describe(),
+            })
+        }
+        Err(e) => return Err(object_error(e)),
+    };
+    let ours = read_object(to.store(), key, &mut |_: &[u8]| Ok(()))
+        .await
+        .map_err(object_error)?;
+    if theirs.raw_size == ours.raw_size && theirs.checksum == ours.checksum {
+        counters.skipped.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    } else {
+        Err(CopyError::Conflict {
+            key: key.to_string(),
+            from: from.describe(),
+            to: to.describe(),
+            from_size: theirs.raw_size,
+            to_size: ours.raw_size,
+            from_sum: theirs.checksum.to_string(),
+            to_sum: ours.checksum.to_string(),
+        })
     }
 }
 
@@ -253,12 +301,15 @@ async fn spool_keys(
 }
 
 /// Carries out a plan. `progress` hears of each backup and of the WAL as
-/// they finish.
+/// they finish. With `lock` (the destination's), each manifest is written
+/// only after confirming the lock is still held: an expire that took it
+/// over may have removed the incomplete copy's objects meanwhile.
 pub async fn apply_copy(
     from: &Repository,
     to: &Repository,
     plan: &CopyPlan,
     jobs: usize,
+    lock: Option<&RepoLock>,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<CopyReport, CopyError> {
     let counters = Arc::new(Counters::default());
@@ -280,6 +331,13 @@ pub async fn apply_copy(
             .await
             .map_err(RepoError::Storage)?;
         // The manifest last: it makes the copy a complete backup.
+        if let Some(lock) = lock {
+            if !matches!(lock.confirm().await, Ok(true)) {
+                return Err(CopyError::LockLost {
+                    label: label.clone(),
+                });
+            }
+        }
         copy_one(from, to, &manifest_key, PutMode::Create, &counters).await?;
         let manifest = to.read_manifest(label).await?;
         to.write_summary(&manifest).await?;
@@ -393,7 +451,15 @@ mod tests {
         assert_eq!(plan.wal.len(), 6);
 
         // Up to date: nothing.
-        let plan = plan_copy(&from, &wal, &[full, incr, later], &wal, None, "repo1").unwrap();
+        let plan = plan_copy(
+            &from,
+            &wal,
+            &[full.clone(), incr.clone(), later],
+            &wal,
+            None,
+            "repo1",
+        )
+        .unwrap();
         assert!(plan.backups.is_empty() && plan.wal.is_empty());
 
         let err = plan_copy(&from, &wal, &[], &[], Some("20261123T100000Z"), "repo1").unwrap_err();

@@ -207,7 +207,7 @@ pub struct OffsiteLag {
     pub repo_index: usize,
     /// How long the oldest thing repo1 holds and repo2 lacks has waited:
     /// a complete backup newer than repo2's newest, or a WAL file after
-    /// repo2's newest. 0 when repo2 is up to date.
+    /// repo2's oldest that it lacks. 0 when repo2 is up to date.
     pub lag_secs: i64,
     pub missing_backups: Vec<String>,
     pub missing_wal_files: usize,
@@ -241,10 +241,16 @@ pub fn plan_offsite(
         .filter(|(l, t)| !have.contains(l.as_str()) && second_newest.is_none_or(|n| *t > n))
         .collect();
     let mut oldest_missing = missing.iter().map(|(_, t)| *t).min();
-    let second_last = second_wal.iter().map(|w| w.key.as_str()).max();
+    // WAL repo2 lacks from its oldest on (older WAL it expired is not
+    // lag): after its newest, and holes left by failed optional pushes.
+    let second_keys: BTreeSet<&str> = second_wal.iter().map(|w| w.key.as_str()).collect();
+    let second_first = second_keys.iter().next().copied();
     let wal_missing: Vec<&WalObject> = first_wal
         .iter()
-        .filter(|w| second_last.is_none_or(|last| w.key.as_str() > last))
+        .filter(|w| {
+            let key = w.key.as_str();
+            !second_keys.contains(key) && second_first.is_none_or(|first| key > first)
+        })
         .collect();
     if let Some(t) = wal_missing.iter().map(|w| w.archived_unix_secs).min() {
         oldest_missing = Some(oldest_missing.map_or(t, |b| b.min(t)));
@@ -387,10 +393,7 @@ impl Health {
                 ));
             }
             if lag.missing_wal_files > 0 {
-                what.push(format!(
-                    "{} WAL file(s) after its newest not stored",
-                    lag.missing_wal_files
-                ));
+                what.push(format!("{} WAL file(s) not stored", lag.missing_wal_files));
             }
             self.add(reason(
                 level,
@@ -1049,6 +1052,12 @@ mod tests {
             Duration::from_secs(86400),
         );
         assert!(fine.reasons.iter().all(|r| r.check != CHECK_OFFSITE_LAG));
+        // A hole in repo2's WAL counts too.
+        let mut holed = wal1.clone();
+        holed.remove(5);
+        let lag = plan_offsite(2, &[day2.clone()], &wal1, &[day2.clone()], &holed, now());
+        assert_eq!(lag.missing_wal_files, 1);
+        assert!(lag.lag_secs > 0);
         // An empty repo2 lags by the age of everything.
         let lag = plan_offsite(2, &[day2.clone()], &wal1, &[], &[], now());
         assert_eq!(lag.missing_wal_files, 11);

@@ -9,8 +9,8 @@ mod harness;
 
 mod archive_cluster;
 mod archive_errors;
-mod contrib;
 mod async_archive;
+mod contrib;
 mod create_only;
 mod encryption;
 mod faults;

@@ -91,11 +91,16 @@ impl TwoLocal {
     }
 
     fn fetch(&self, name: &str) -> (crate::harness::Ran, PathBuf) {
+        self.fetch_with(&[], name)
+    }
+
+    fn fetch_with(&self, extra: &[&str], name: &str) -> (crate::harness::Ran, PathBuf) {
         let dest = self.dir.path().join("fetched");
         let _ = std::fs::remove_file(&dest);
         let out = run(walvault("walvault-fetch")
             .arg("--config")
             .arg(&self.config)
+            .args(extra)
             .arg("--fetch-retry-secs")
             .arg("0")
             .arg("--pgdata")
@@ -131,7 +136,11 @@ fn a_push_is_acknowledged_only_when_every_required_repository_holds_it() {
     let second = t.segment(2);
     let out = t.push(&second);
     assert_eq!(out.code, 9, "not initialized: {}", out.stderr);
-    assert!(out.stderr.contains("repo2"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("\"{}\"", t.repo2.display())),
+        "names repo2: {}",
+        out.stderr
+    );
     assert!(t.stored(&t.repo1, &name_of(&second)));
     std::fs::rename(&away, &t.repo2).unwrap();
     let out = t.push(&second);
@@ -148,16 +157,26 @@ fn a_push_is_acknowledged_only_when_every_required_repository_holds_it() {
     let (out, dest) = t.fetch(&name_of(&second));
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(std::fs::read(&dest).unwrap(), want);
-    // The next segment: repo2, required, holds the one before and nothing
-    // after, so it was never archived: "missing" (exit 1).
-    let (out, dest) = t.fetch("000000010000000000000003");
+    // A file repo2 lacks while repo1 fails may be in repo1 alone: a
+    // failure, which stops recovery (exit 128 outside standby mode), never
+    // "missing", even for the segment right after repo2's newest.
+    for name in ["000000010000000000000003", "000000010000000000000009"] {
+        let (out, dest) = t.fetch(name);
+        assert_eq!(out.code, 128, "{name}: {}", out.stderr);
+        assert!(
+            out.stderr.contains(&format!("\"{}\"", t.repo1.display())),
+            "names repo1: {}",
+            out.stderr
+        );
+        assert!(!dest.exists());
+    }
+    // With repo1 known lost, --repo-index 2 reads repo2 alone, and its
+    // miss is final.
+    let (out, _) = t.fetch_with(&["--repo-index", "2"], "000000010000000000000003");
     assert_eq!(out.code, 1, "{}", out.stderr);
-    assert!(!dest.exists());
-    // A segment in the middle of nothing repo2 can vouch for: a failure,
-    // which stops recovery (exit 128 outside standby mode), never "missing".
-    let (out, _) = t.fetch("000000010000000000000009");
-    assert_eq!(out.code, 128, "{}", out.stderr);
-    assert!(out.stderr.contains("repo1"), "{}", out.stderr);
+    let (out, dest) = t.fetch_with(&["--repo-index", "2"], &name_of(&second));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(std::fs::read(&dest).unwrap(), want);
     std::fs::rename(&dead, &t.repo1).unwrap();
     // Both healthy and neither holds it: missing.
     let (out, _) = t.fetch("000000010000000000000009");
@@ -478,7 +497,10 @@ fn copy_to_an_offsite_s3_repository_and_recover_from_it_when_repo1_dies() {
 
     // A restore from repo1 whose repo1 dies midway through recovery: each
     // fetch is slowed a little, so recovery is still running when the
-    // repository directory disappears.
+    // repository directory disappears. WAL keeps coming from repo2; at
+    // the end of the archive, a file repo2 lacks may be in repo1 alone,
+    // so recovery stops there instead of ending at a point it cannot
+    // vouch for.
     let (out, pgdata) = setup.restore("restored", &["--archive-mode", "off"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     let auto = pgdata.join("postgresql.auto.conf");
@@ -489,18 +511,38 @@ fn copy_to_an_offsite_s3_repository_and_recover_from_it_when_repo1_dies() {
         conf.replace("restore_command = '", "restore_command = 'sleep 0.4; "),
     )
     .unwrap();
-    let mut restored = PgCluster::existing(setup.dir.path(), "restored", pgdata);
+    let mut restored = PgCluster::existing(setup.dir.path(), "restored", pgdata.clone());
     restored.start();
     wait_for("recovery to fetch three files", 120, || {
         restored.server_log().matches("restored log file").count() >= 3
     });
     std::fs::rename(&repo1, repo1.with_extension("dead")).unwrap();
-    restored.wait_promoted(240);
+    wait_for("recovery to stop", 240, || {
+        restored.server_log().contains("exited with exit code 128")
+    });
     let log = restored.server_log();
     assert!(
         log.contains("restored from repo2 because repo1 failed"),
-        "some WAL came from repo2:\n{log}"
+        "WAL came from repo2 after repo1 died:\n{log}"
     );
-    assert_eq!(rows(&restored), want, "every row recovered\n{log}");
+    assert!(!log.contains("archive recovery complete"), "{log}");
+    wait_for("the server to stop", 60, || {
+        !pgdata.join("postmaster.pid").exists()
+    });
+    // The DBA, knowing repo1 is gone, reads repo2 alone and starts again:
+    // recovery goes on from its last restartpoint and completes.
+    let conf = std::fs::read_to_string(&auto).unwrap();
+    std::fs::write(
+        &auto,
+        conf.replace("walvault-fetch' ", "walvault-fetch' '--repo-index' '2' ")
+            .replace("walvault-fetch ", "walvault-fetch --repo-index 2 "),
+    )
+    .unwrap();
+    assert!(std::fs::read_to_string(&auto)
+        .unwrap()
+        .contains("--repo-index"));
+    restored.start();
+    restored.wait_promoted(240);
+    assert_eq!(rows(&restored), want, "every row recovered");
     restored.stop();
 }
