@@ -83,12 +83,31 @@ pub struct LockInfo {
     pub acquired_at: i64,
     /// Unix seconds; at or after this moment the lock is stale.
     pub lease_until: i64,
+    /// The holder's start time (Linux `/proc/<pid>/stat`): on the
+    /// holder's own host, a lock whose process is gone is taken over at
+    /// once, and a reused pid is not taken for the holder.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proc_start: Option<u64>,
+}
+
+impl LockInfo {
+    /// Whether the holder ran on this host and is gone for certain.
+    fn holder_is_gone(&self) -> bool {
+        super::WriterInfo {
+            host: self.host.clone(),
+            pid: self.pid,
+            started_at: String::new(),
+            proc_start: self.proc_start,
+        }
+        .alive()
+            == Some(false)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LockError {
     #[error(
-        "repository {repo} is locked by \"{command}\" on host \"{host}\" (pid {pid}), acquired at {acquired}, lease until {lease}\nHINT: another walvault backup or expire is running; if that process is gone, the lock is taken over automatically after its lease ends at {lease}",
+        "repository {repo} is locked by \"{command}\" on host \"{host}\" (pid {pid}), acquired at {acquired}, lease until {lease}\nHINT: another walvault backup, expire or copy is running; if that process is gone, the lock is taken over automatically: at once on its own host, from another host after its lease ends at {lease}",
         command = .info.command,
         host = .info.host,
         pid = .info.pid,
@@ -167,6 +186,7 @@ impl RepoLock {
                 pid: std::process::id(),
                 acquired_at: t,
                 lease_until: t.saturating_add(lease_secs),
+                proc_start: super::proc_start_time(std::process::id()),
             }
         };
 
@@ -179,13 +199,22 @@ impl RepoLock {
                 // Released between our put and our read.
                 continue;
             };
-            if current.lease_until.saturating_add(MAX_CLOCK_SKEW_SECS) > clock() {
+            let gone = current.holder_is_gone();
+            if !gone && current.lease_until.saturating_add(MAX_CLOCK_SKEW_SECS) > clock() {
                 return Err(LockError::Held {
                     info: current,
                     repo: repo.describe(),
                 });
             }
-            tracing::warn!(
+            if gone {
+                tracing::warn!(
+                    repo = %repo.describe(),
+                    stale_command = %current.command,
+                    stale_pid = current.pid,
+                    "taking over the repository lock of a process on this host that is gone"
+                );
+            } else {
+                tracing::warn!(
                 repo = %repo.describe(),
                 stale_owner = %current.owner_id,
                 stale_command = %current.command,
@@ -193,7 +222,8 @@ impl RepoLock {
                 stale_pid = current.pid,
                 lease_ended = %unix_time(current.lease_until),
                 "taking over a stale repository lock: its holder's lease has ended"
-            );
+                );
+            }
             // Still the same stale lock? Someone may have taken it over or
             // released it since we read it.
             match read_lock(repo).await? {
@@ -548,7 +578,7 @@ mod tests {
             "{message}"
         );
         assert!(
-            message.contains("\nHINT: another walvault backup or expire is running; if that process is gone, the lock is taken over automatically after its lease ends at 2026-02-02T02:41:00Z"),
+            message.contains("\nHINT: another walvault backup, expire or copy is running; if that process is gone, the lock is taken over automatically: at once on its own host, from another host after its lease ends at 2026-02-02T02:41:00Z"),
             "{message}"
         );
 
@@ -649,6 +679,48 @@ mod tests {
         lock.release().await.expect("release");
     }
 
+    /// A lock whose holder ran on this host and is gone (killed -9) is
+    /// taken over at once, whatever its lease; one whose holder runs, or
+    /// ran elsewhere, is held.
+    #[tokio::test]
+    async fn a_lock_of_a_dead_process_on_this_host_is_taken_over_at_once() {
+        let repo = memory_repo();
+        let mut child = std::process::Command::new("true").spawn().expect("spawn");
+        let dead_pid = child.id();
+        child.wait().expect("wait");
+        let held_by = |host: String, pid: u32, proc_start: Option<u64>| LockInfo {
+            owner_id: format!("{host}-{pid}"),
+            command: "copy".to_string(),
+            host,
+            pid,
+            acquired_at: T0,
+            lease_until: T0 + 600,
+            proc_start,
+        };
+        let me = std::process::id();
+        for (holder, taken) in [
+            (held_by(host_name(), dead_pid, Some(1)), true),
+            (
+                held_by(host_name(), me, crate::repo::proc_start_time(me)),
+                false,
+            ),
+            // The pid is in use, by a process that started at another time.
+            (held_by(host_name(), me, Some(1)), true),
+            (held_by("elsewhere".to_string(), dead_pid, None), false),
+        ] {
+            let _ = repo.store().delete(&lock_key()).await;
+            assert!(put_lock(&repo, &holder, PutMode::Create)
+                .await
+                .expect("put"));
+            let (_time, now) = clock(T0);
+            let got = RepoLock::acquire(&repo, "backup", Duration::from_secs(60), now).await;
+            assert_eq!(got.is_ok(), taken, "{holder:?}");
+            if let Ok(lock) = got {
+                lock.release().await.expect("release");
+            }
+        }
+    }
+
     #[tokio::test]
     async fn renewal_stops_when_someone_else_holds_the_lock() {
         let repo = memory_repo();
@@ -663,6 +735,7 @@ mod tests {
             pid: 1,
             acquired_at: T0,
             lease_until: T0 + 1000,
+            proc_start: None,
         };
         assert!(put_lock(&repo, &intruder, PutMode::Overwrite)
             .await
@@ -764,6 +837,7 @@ mod tests {
             pid: 1,
             acquired_at: T0,
             lease_until: T0 + 60,
+            proc_start: None,
         };
         assert!(put_lock(&repo, &crashed, PutMode::Create)
             .await
@@ -921,6 +995,7 @@ mod tests {
             pid: 1,
             acquired_at: T0 - 100,
             lease_until: T0 - 40 - MAX_CLOCK_SKEW_SECS,
+            proc_start: None,
         };
         assert!(put_lock(&repo, &stale, PutMode::Create).await.expect("put"));
         let (_time, now) = clock(T0);
@@ -994,6 +1069,7 @@ mod tests {
                         pid: 2,
                         acquired_at: T0,
                         lease_until: T0 + 60,
+                        proc_start: None,
                     };
                     let json = serde_json::to_vec(&fresh).expect("serializes");
                     self.inner.overwrite_raw(key, Bytes::from(json));

@@ -281,7 +281,12 @@ fn rows(c: &PgCluster) -> String {
 
 /// Every file s3s-fs stores for repo2's backup `label`.
 fn s3_backup_files(s3_root: &Path, label: &str) -> Vec<PathBuf> {
-    files_under(&s3_root.join("bucket/offsite/backup").join(label))
+    let dir = s3_root.join("bucket/offsite/backup").join(label);
+    if dir.exists() {
+        files_under(&dir)
+    } else {
+        Vec::new()
+    }
 }
 
 #[test]
@@ -383,8 +388,36 @@ fn copy_to_an_offsite_s3_repository_and_recover_from_it_when_repo1_dies() {
         "{}",
         out.stdout
     );
+    // A copy killed (-9) midway: an incomplete backup in repo2, which
+    // the next copy completes without copying its objects again.
+    let mut copying = setup
+        .command(&["copy", "--to", "repo2", "--set", &second, "--jobs", "1"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the copy to store ten objects", 60, || {
+        s3_backup_files(&server.root, &second).len() >= 10
+    });
+    copying.kill().unwrap();
+    copying.wait().unwrap();
+    let out = setup.walvault(&["list", "--repo-index", "2"]);
+    assert!(
+        out.stdout
+            .lines()
+            .any(|l| l.starts_with(&second) && l.contains("incomplete")),
+        "{}",
+        out.stdout
+    );
+    let there = s3_backup_files(&server.root, &second).len();
     let out = setup.walvault(&["copy", "--to", "repo2", "--set", &second]);
     assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout
+            .contains(&format!("{there} object(s) were already there")),
+        "{there} objects were there: {}",
+        out.stdout
+    );
     let out = setup.walvault(&[
         "status",
         "--verify-stale-days",
