@@ -255,6 +255,18 @@ fn kill_9_of_push_and_fetch_s3() {
     kill_push_and_fetch(Backend::S3, 16);
 }
 
+/// How many backup file objects the local repository holds.
+fn stored_files(repo: &std::path::Path) -> usize {
+    let backups = repo.join("backup");
+    if !backups.exists() {
+        return 0;
+    }
+    crate::ops::files_under(&backups)
+        .iter()
+        .filter(|f| f.parent().is_some_and(|d| d.ends_with("files")))
+        .count()
+}
+
 /// `walvault backup` killed at random moments: an interrupted backup is
 /// never restored from, and expire removes it with its temporary files.
 #[test]
@@ -269,6 +281,7 @@ fn kill_9_of_backup() {
     let mut rng = Rng::new();
     let kills = 3;
     for _ in 0..kills {
+        let before = stored_files(&repo);
         let mut child = setup
             .command(&[
                 "backup",
@@ -282,10 +295,16 @@ fn kill_9_of_backup() {
             .stderr(std::process::Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(100 + rng.below(900)));
+        // Killed while it copies files: after a random number of them (a
+        // random sleep alone may outlast a backup this small).
+        let at = before + 1 + rng.below(200) as usize;
+        crate::harness::wait_for("the backup to store files", 60, || {
+            stored_files(&repo) >= at
+        });
         kill9(&mut child);
-        // The next backup would wait for the killed one's lock lease.
-        let _ = std::fs::remove_file(repo.join("lock/repository.lock"));
+        // The killed backup's lock stays; the next backup, on the same
+        // host, sees its holder is gone and takes it over at once.
+        assert!(repo.join("lock/repository.lock").exists());
     }
     // PostgreSQL ends a backup whose session died; nothing is restorable yet.
     let (out, _) = setup.restore("nothing", &[]);
