@@ -667,9 +667,33 @@ fn configurations<'a>(
                 );
             }
         };
-        for (label, dir, jobs) in [
-            ("walvault-push async, 2 jobs", "repo-async2", "2"),
-            ("walvault-push async, 4 jobs", "repo-async4", "4"),
+        let passphrase = (
+            "WALVAULT_ENCRYPTION_PASSPHRASE",
+            std::ffi::OsString::from(&bench.encryption.passphrase),
+        );
+        for (label, dir, jobs, template, env) in [
+            (
+                "walvault-push async, 2 jobs",
+                "repo-async2",
+                "2",
+                &bench.walvault_template,
+                None,
+            ),
+            (
+                "walvault-push async, 4 jobs",
+                "repo-async4",
+                "4",
+                &bench.walvault_template,
+                None,
+            ),
+            // One Argon2id per worker, none in the foreground calls.
+            (
+                "walvault-push async, 2 jobs, encrypted (passphrase)",
+                "repo-async2-passphrase",
+                "2",
+                &bench.encryption.passphrase_template,
+                Some(passphrase.clone()),
+            ),
         ] {
             let repo = root.join(dir);
             let spool = root.join(format!("{dir}-spool"));
@@ -680,7 +704,7 @@ fn configurations<'a>(
                 label,
                 kind: Kind::Push,
                 dir: Some(repo.clone()),
-                template: Some(bench.walvault_template.clone()),
+                template: Some(template.clone()),
                 setup: Some(Box::new(move || {
                     let _ = fs::remove_dir_all(&spool_for_setup);
                     fs::create_dir_all(&spool_for_setup).expect("create spool");
@@ -694,6 +718,9 @@ fn configurations<'a>(
                 })),
                 make: Box::new(move |seg: &Segment| {
                     let mut cmd = walvault_command(push_bin);
+                    if let Some((name, value)) = &env {
+                        cmd.env(name, value);
+                    }
                     cmd.arg("--repo")
                         .arg(&repo)
                         .arg("--archive-async")

@@ -511,6 +511,19 @@ fn copy_to_an_offsite_s3_repository_and_recover_from_it_when_repo1_dies() {
         "{r2}"
     );
 
+    // Retention per repository: repo2 keeps one full backup, repo1 both.
+    let out = setup.walvault(&["expire", "--repo-index", "2", "--keep-full", "1"]);
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains(&format!("removing backup {first}")),
+        "{}",
+        out.stdout
+    );
+    let out = setup.walvault(&["list", "--json"]);
+    let json: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(labels(&json), [first.clone(), second.clone()]);
+    assert_eq!(labels(&json["more_repositories"][0]), [second.clone()]);
+
     // More WAL, pushed into both repositories as it is archived.
     for round in 0..6 {
         p.sql(&format!(
