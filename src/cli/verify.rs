@@ -40,6 +40,27 @@ pub struct VerifyArgs {
     #[arg(long, default_value_t = 1800, value_name = "SECS")]
     pub timeout_secs: u64,
 
+    /// With --restore: a drill of point-in-time recovery to this time (default: the end of the newest backup)
+    #[arg(
+        long,
+        value_name = "TIME",
+        requires = "restore",
+        conflicts_with = "random_target"
+    )]
+    pub target_time: Option<String>,
+
+    /// With --restore: a drill to a random moment between the ends of the oldest and the newest complete backup (logged)
+    #[arg(long, requires = "restore")]
+    pub random_target: bool,
+
+    /// With --restore: run each statement of FILE on the recovered server; one that fails, or returns other than the `-- expect: VALUE` above it, fails the drill
+    #[arg(long, value_name = "FILE", requires = "restore")]
+    pub check_sql: Option<PathBuf>,
+
+    /// The database --check-sql runs in
+    #[arg(long, default_value = "postgres", value_name = "NAME")]
+    pub check_db: String,
+
     /// Machine-readable output
     #[arg(long)]
     pub json: bool,
@@ -60,6 +81,58 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
         Ok(x) => x,
         Err(code) => return code,
     };
+    // A drill's target and checks are read before anything runs.
+    let checks = match &args.check_sql {
+        None => Vec::new(),
+        Some(path) => match std::fs::read_to_string(path)
+            .map_err(|e| e.to_string())
+            .and_then(|text| crate::verify::drill::plan_checks(&text))
+        {
+            Ok(c) => c,
+            Err(e) => {
+                report_error(program, &format!("--check-sql \"{}\": {e}", path.display()));
+                return Exit::Usage;
+            }
+        },
+    };
+    let mut target = crate::restore::target::RecoveryTarget::Immediate;
+    if let Some(t) = &args.target_time {
+        match crate::restore::target::parse_target_time(t) {
+            Ok(ts) => target = crate::restore::target::RecoveryTarget::Time(ts),
+            Err(e) => {
+                report_error(program, &e);
+                return Exit::Usage;
+            }
+        }
+    }
+    if args.random_target {
+        let stops: Vec<jiff::Timestamp> = match repo.list_backups().await {
+            Ok(b) => b
+                .iter()
+                .filter_map(|b| b.manifest.as_ref()?.stop_time_ts())
+                .collect(),
+            Err(e) => {
+                report_error(program, &e);
+                return super::wal::repo_exit(&e);
+            }
+        };
+        let (Some(from), Some(to)) = (stops.iter().min(), stops.iter().max()) else {
+            report_error(
+                program,
+                &"--random-target needs a complete backup\nHINT: take one with walvault backup",
+            );
+            return Exit::Failed;
+        };
+        let seed = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0)
+            ^ u64::from(std::process::id()).rotate_left(32);
+        let at = crate::verify::drill::plan_random_target(*from, *to, seed);
+        tracing::warn!(target_time = %at, from = %from, to = %to, "restore drill to a random moment");
+        println!("drill target: {at} (random between {from} and {to})");
+        target = crate::restore::target::RecoveryTarget::Time(at);
+    }
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
             .map(|n| n.get())
@@ -92,6 +165,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
         duration_secs: duration,
         problems: problems.clone(),
         backup_label: None,
+        target: None,
+        wal_replayed_bytes: None,
+        checks_passed: None,
     };
     if let Err(e) = write_verify_record(&repo, &record).await {
         report_error(program, &e);
@@ -146,6 +222,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
             restore_command: super::restore::restore_command(global, &settings, true),
             jobs,
             timeout: Duration::from_secs(args.timeout_secs),
+            target: target.clone(),
+            checks: checks.clone(),
+            check_db: args.check_db.clone(),
         };
         let started = std::time::Instant::now();
         let result = run_restore_verify(&repo, &opts).await;
@@ -169,6 +248,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
             duration_secs: duration,
             problems: problems.clone(),
             backup_label: label,
+            target: Some(crate::verify::restore::describe_target(&target)),
+            wal_replayed_bytes: result.as_ref().ok().map(|r| r.wal_replayed_bytes),
+            checks_passed: result.as_ref().ok().map(|r| r.checks_passed),
         };
         if let Err(e) = write_verify_record(&repo, &record).await {
             report_error(program, &e);
@@ -192,11 +274,29 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
             );
         match &result {
             Ok(r) => {
-                metrics.gauge(
-                    "walvault_verify_restore_indexes_checked",
-                    "btree indexes amcheck verified.",
-                    r.indexes_checked as f64,
-                );
+                metrics
+                    .gauge(
+                        "walvault_verify_restore_indexes_checked",
+                        "btree indexes amcheck verified.",
+                        r.indexes_checked as f64,
+                    )
+                    .gauge(
+                        "walvault_drill_wal_replayed_bytes",
+                        "WAL the last restore drill replayed.",
+                        r.wal_replayed_bytes as f64,
+                    )
+                    .gauge(
+                        "walvault_drill_checks_passed",
+                        "--check-sql statements the last restore drill passed.",
+                        r.checks_passed as f64,
+                    );
+                if let crate::restore::target::RecoveryTarget::Time(t) = &target {
+                    metrics.gauge(
+                        "walvault_drill_target_timestamp_seconds",
+                        "The moment the last restore drill recovered to.",
+                        t.as_second() as f64,
+                    );
+                }
                 if args.json {
                     println!(
                         "{}",
@@ -204,9 +304,12 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
                     );
                 } else {
                     println!(
-                        "verify --restore: backup {} restored, recovered and checked in {:.1}s: {} databases, {} btree indexes passed amcheck{}",
+                        "verify --restore: backup {} restored, recovered to {} ({} of WAL replayed) and checked in {:.1}s: {} check(s) passed, {} databases, {} btree indexes passed amcheck{}",
                         r.backup_label,
+                        r.target,
+                        human_bytes(r.wal_replayed_bytes),
                         r.duration_secs,
+                        r.checks_passed,
                         r.databases_checked,
                         r.indexes_checked,
                         if r.amcheck_unavailable.is_empty() {

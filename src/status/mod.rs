@@ -61,6 +61,16 @@ pub struct VerifyRecord {
     pub problems: Vec<String>,
     /// The backup that was verified, when there was one.
     pub backup_label: Option<String>,
+    /// A drill's recovery target (`immediate`: the end of the backup).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    /// WAL the drill replayed, from the backup's start to where recovery
+    /// stopped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub wal_replayed_bytes: Option<u64>,
+    /// `--check-sql` statements that passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks_passed: Option<usize>,
 }
 
 impl VerifyRecord {
@@ -1071,6 +1081,9 @@ mod tests {
             duration_secs: 42.5,
             problems: problems.iter().map(|p| p.to_string()).collect(),
             backup_label: None,
+            target: None,
+            wal_replayed_bytes: None,
+            checks_passed: None,
         }
     }
 

@@ -18,6 +18,7 @@
 //! a backup whose manifest is gone by the time its WAL is checked was
 //! expired, not damaged.
 
+pub mod drill;
 pub mod restore;
 
 use std::collections::{BTreeMap, HashMap};

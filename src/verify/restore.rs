@@ -34,6 +34,12 @@ pub struct RestoreVerifyOptions {
     pub jobs: usize,
     /// How long recovery may take.
     pub timeout: Duration,
+    /// Where recovery stops: `Immediate` (the end of the backup) or a
+    /// drill's target time.
+    pub target: RecoveryTarget,
+    /// A drill's `--check-sql` statements, run in `check_db`.
+    pub checks: Vec<super::drill::Check>,
+    pub check_db: String,
 }
 
 #[derive(Debug, serde::Serialize)]
@@ -45,6 +51,11 @@ pub struct RestoreVerifyReport {
     /// Databases where amcheck is not available.
     pub amcheck_unavailable: Vec<String>,
     pub problems: Vec<String>,
+    /// Where recovery was asked to stop.
+    pub target: String,
+    /// WAL replayed, from the backup's start to where recovery stopped.
+    pub wal_replayed_bytes: u64,
+    pub checks_passed: usize,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -150,7 +161,7 @@ pub async fn run_restore_verify(
     let mut restore_opts = RestoreOptions {
         pgdata: pgdata.clone(),
         backup: BackupChoice::Latest,
-        target: RecoveryTarget::Immediate,
+        target: opts.target.clone(),
         target_timeline: None,
         target_action: Some(TargetAction::Promote),
         inclusive: true,
@@ -173,6 +184,7 @@ pub async fn run_restore_verify(
         .map(|t| (t.oid, scratch.path().join(format!("tablespace-{}", t.oid))))
         .collect();
     let label = planned.backup.label.clone();
+    let start_lsn = planned.backup.start_lsn;
     let major = planned.backup.pg_major;
     let bin = find_pg_bin(opts.pg_bin.as_ref(), major)?;
     apply(repo, planned, &restore_opts).await?;
@@ -220,8 +232,14 @@ pub async fn run_restore_verify(
         });
     }
     let result = check_cluster(socket_dir, &opts.run_as, opts.timeout, &log).await;
+    let drill = match &result {
+        Ok(_) => Some(run_checks(socket_dir, &opts.run_as, opts, start_lsn).await),
+        Err(_) => None,
+    };
     server.stop();
-    let (databases_checked, indexes_checked, amcheck_unavailable, problems) = result?;
+    let (databases_checked, indexes_checked, amcheck_unavailable, mut problems) = result?;
+    let (wal_replayed_bytes, checks_passed, failed_checks) = drill.unwrap_or_default();
+    problems.extend(failed_checks);
     drop(scratch);
     Ok(RestoreVerifyReport {
         backup_label: label,
@@ -230,7 +248,82 @@ pub async fn run_restore_verify(
         indexes_checked,
         amcheck_unavailable,
         problems,
+        target: describe_target(&opts.target),
+        wal_replayed_bytes,
+        checks_passed,
     })
+}
+
+/// A recovery target in words, for records and messages.
+pub fn describe_target(target: &RecoveryTarget) -> String {
+    match target {
+        RecoveryTarget::Immediate => "immediate".to_string(),
+        RecoveryTarget::EndOfArchive => "end of archive".to_string(),
+        RecoveryTarget::Time(t) => t.to_string(),
+        RecoveryTarget::Lsn(l) => l.to_string(),
+        RecoveryTarget::Xid(x) => format!("xid {x}"),
+        RecoveryTarget::Name(n) => format!("restore point {n}"),
+    }
+}
+
+/// After recovery: how much WAL was replayed, and the drill's checks
+/// (passed, and a problem line for each that failed).
+async fn run_checks(
+    socket_dir: &Path,
+    run_as: &str,
+    opts: &RestoreVerifyOptions,
+    start_lsn: crate::wal::Lsn,
+) -> (u64, usize, Vec<String>) {
+    let users = ["postgres", run_as];
+    let mut problems = Vec::new();
+    let mut replayed = 0;
+    if let Ok(c) = connect(socket_dir, "postgres", &users).await {
+        if let Ok(row) = c
+            .query_one("SELECT pg_last_wal_replay_lsn()::text", &[])
+            .await
+        {
+            let text: Option<String> = row.get(0);
+            if let Some(lsn) = text.and_then(|t| t.parse::<crate::wal::Lsn>().ok()) {
+                replayed = lsn.0.saturating_sub(start_lsn.0);
+            }
+        }
+    }
+    if opts.checks.is_empty() {
+        return (replayed, 0, problems);
+    }
+    let client = match connect(socket_dir, &opts.check_db, &users).await {
+        Ok(c) => c,
+        Err(e) => {
+            problems.push(format!(
+                "checks: cannot connect to database \"{}\": {e}",
+                opts.check_db
+            ));
+            return (replayed, 0, problems);
+        }
+    };
+    let mut passed = 0;
+    for check in &opts.checks {
+        let got = client
+            .simple_query(&check.sql)
+            .await
+            .map(|messages| {
+                messages.iter().find_map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(row) => {
+                        Some(row.get(0).map(str::to_string))
+                    }
+                    _ => None,
+                })
+            })
+            .map_err(|e| match e.as_db_error() {
+                Some(db) => db.message().to_string(),
+                None => e.to_string(),
+            });
+        match super::drill::judge_check(check, got) {
+            None => passed += 1,
+            Some(problem) => problems.push(problem),
+        }
+    }
+    (replayed, passed, problems)
 }
 
 /// The scratch server's settings, as `postgres` options for `pg_ctl -o`

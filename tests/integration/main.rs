@@ -12,6 +12,7 @@ mod archive_errors;
 mod async_archive;
 mod contrib;
 mod create_only;
+mod drills;
 mod encryption;
 mod faults;
 mod incremental;

@@ -170,7 +170,7 @@ impl Setup {
 }
 
 /// The server's clock, as a timestamp with an explicit offset.
-fn server_now(cluster: &PgCluster) -> String {
+pub fn server_now(cluster: &PgCluster) -> String {
     cluster.sql(
         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS.US') || '+00'",
     )
