@@ -153,6 +153,19 @@ pub struct GlobalArgs {
     #[arg(long, env = "WALVAULT_REPO_INDEX", global = true, value_name = "N")]
     pub repo_index: Option<usize>,
 
+    /// Backup, expire, verify and copy POST a JSON event here when they end (a Slack incoming webhook, or any webhook); status when its level changes
+    #[arg(long, env = "WALVAULT_NOTIFY_URL", global = true, value_name = "URL")]
+    pub notify_url: Option<String>,
+
+    /// healthchecks.io-style pings: URL/start when backup, expire, verify or copy starts, URL on success, URL/fail on failure
+    #[arg(
+        long,
+        env = "WALVAULT_NOTIFY_PING_URL",
+        global = true,
+        value_name = "URL"
+    )]
+    pub notify_ping_url: Option<String>,
+
     /// More output: -v for progress lines, -vv for debugging
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
@@ -191,6 +204,10 @@ pub struct FileConfig {
     /// The second repository: the same repository keys, in a `[repo2]`
     /// table.
     pub repo2: Option<Repo2File>,
+    pub notify_url: Option<String>,
+    pub notify_ping_url: Option<String>,
+    /// The longest a notification may take (default 10).
+    pub notify_timeout_secs: Option<u64>,
 }
 
 /// The `[repo2]` table: the second repository's own location, S3 settings
@@ -280,6 +297,8 @@ pub struct Settings {
     pub backup_type: crate::repo::manifest::BackupType,
     /// Where `repo`'s encryption secret comes from, if one is configured.
     pub encryption: Option<crate::repo::keys::SecretSource>,
+    /// Where notifications go, if anywhere.
+    pub notify: crate::notify::NotifySettings,
 }
 
 /// Asynchronous archiving's settings.
@@ -595,7 +614,35 @@ impl Settings {
                 reason,
             })?,
         };
+        let notify = crate::notify::NotifySettings {
+            webhook: args.notify_url.clone().or(file.notify_url.clone()),
+            ping: args
+                .notify_ping_url
+                .clone()
+                .or(file.notify_ping_url.clone()),
+            timeout: Duration::from_secs(file.notify_timeout_secs.unwrap_or(10).clamp(1, 300)),
+        };
+        for (name, url) in [
+            ("notify_url", &notify.webhook),
+            ("notify_ping_url", &notify.ping),
+        ] {
+            if let Some(url) = url {
+                if !matches!(
+                    reqwest::Url::parse(url)
+                        .map(|u| u.scheme().to_string())
+                        .as_deref(),
+                    Ok("http" | "https")
+                ) {
+                    return Err(ConfigError::Invalid {
+                        name,
+                        value: crate::notify::redact(url),
+                        reason: "must be an http:// or https:// URL".to_string(),
+                    });
+                }
+            }
+        }
         Ok(Settings {
+            notify,
             repo: chosen.location,
             encryption: chosen.encryption,
             repos,

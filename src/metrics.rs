@@ -4,9 +4,9 @@
 //! ([`write_textfile`]) or to a Pushgateway ([`push_gateway`]).
 //!
 //! This module owns the format and the delivery. It must not choose metric
-//! names or values (the commands do), read the repository, or pull in an
-//! HTTP or TLS library: the Pushgateway client is a minimal HTTP/1.1 PUT
-//! over a plain TCP connection, for `http://` URLs only.
+//! names or values (the commands do) or read the repository. The
+//! Pushgateway is reached with walvault's HTTP client ([`crate::http`]:
+//! reqwest, with TLS for `https://`).
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -16,16 +16,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The content type of the text exposition format.
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4";
 
 /// How long a push may take, connection included.
 pub const PUSH_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// The longest response head read from a Pushgateway.
-const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 
 /// Mode of the textfile: node_exporter usually runs as another user.
 const TEXTFILE_MODE: u32 = 0o644;
@@ -38,9 +34,7 @@ pub enum MetricsError {
         #[source]
         source: std::io::Error,
     },
-    #[error("pushgateway url \"{url}\" uses https, which walvault cannot push to\nHINT: TLS to the Pushgateway is not supported yet; use a local http:// Pushgateway or --metrics-file")]
-    HttpsUnsupported { url: String },
-    #[error("invalid pushgateway url \"{url}\": {reason}\nHINT: expected http://host[:port][/path], e.g. http://localhost:9091")]
+    #[error("invalid pushgateway url \"{url}\": {reason}\nHINT: expected http[s]://host[:port][/path], e.g. http://localhost:9091")]
     InvalidUrl { url: String, reason: String },
     #[error("invalid pushgateway job name \"{job}\": {reason}")]
     InvalidJob { job: String, reason: String },
@@ -252,84 +246,27 @@ fn textfile_dir(path: &Path) -> &Path {
     }
 }
 
-/// Where to send a push: from `http://host[:port][/prefix]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Endpoint {
-    /// Without brackets for IPv6, for connecting.
-    host: String,
-    port: u16,
-    /// `host[:port]` as written, for the Host header.
-    authority: String,
-    /// Empty or `/...` without a trailing slash.
-    prefix: String,
-}
-
-fn parse_url(url: &str) -> Result<Endpoint, MetricsError> {
+/// Checks a Pushgateway URL: `http[s]://host[:port][/prefix]`, without a
+/// query, fragment or user information. Returns it without a trailing `/`.
+fn parse_url(url: &str) -> Result<String, MetricsError> {
     let invalid = |reason: &str| MetricsError::InvalidUrl {
         url: url.to_string(),
         reason: reason.to_string(),
     };
-    let scheme_end = url
-        .find("://")
-        .ok_or_else(|| invalid("no http:// scheme"))?;
-    let scheme = &url[..scheme_end];
-    if scheme.eq_ignore_ascii_case("https") {
-        return Err(MetricsError::HttpsUnsupported {
-            url: url.to_string(),
-        });
+    let parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
+    if !matches!(parsed.scheme(), "http" | "https") {
+        return Err(invalid("only http:// and https:// are supported"));
     }
-    if !scheme.eq_ignore_ascii_case("http") {
-        return Err(invalid("only http:// is supported"));
-    }
-    let rest = &url[scheme_end + 3..];
-    if rest.contains(['?', '#']) {
+    if parsed.query().is_some() || parsed.fragment().is_some() {
         return Err(invalid("a query or fragment is not allowed"));
     }
-    let (authority, path) = match rest.find('/') {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    if authority.contains('@') {
+    if !parsed.username().is_empty() || parsed.password().is_some() {
         return Err(invalid("user information is not supported"));
     }
-    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
-        let (host, after) = v6
-            .split_once(']')
-            .ok_or_else(|| invalid("unclosed '[' in the host"))?;
-        match after {
-            "" => (host, None),
-            _ => (
-                host,
-                Some(
-                    after
-                        .strip_prefix(':')
-                        .ok_or_else(|| invalid("unexpected text after ']'"))?,
-                ),
-            ),
-        }
-    } else {
-        match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        }
-    };
-    if host.is_empty() {
+    if parsed.host_str().is_none_or(str::is_empty) {
         return Err(invalid("no host"));
     }
-    let port = match port {
-        None => 80,
-        Some(port) => port
-            .parse::<u16>()
-            .ok()
-            .filter(|p| *p != 0)
-            .ok_or_else(|| invalid("the port is not a number from 1 to 65535"))?,
-    };
-    Ok(Endpoint {
-        host: host.to_string(),
-        port,
-        authority: authority.to_string(),
-        prefix: path.trim_end_matches('/').to_string(),
-    })
+    Ok(url.trim_end_matches('/').to_string())
 }
 
 /// Unpadded base64url (RFC 4648 section 5).
@@ -386,76 +323,41 @@ async fn push_gateway_within(
     metrics: &Metrics,
     timeout: Duration,
 ) -> Result<(), MetricsError> {
-    let endpoint = parse_url(url)?;
-    let path = format!("{}/metrics/{}", endpoint.prefix, job_path(job)?);
-    let body = metrics.render();
-    let request = format!(
-        "PUT {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: walvault/{}\r\n\
-         Content-Type: {CONTENT_TYPE}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        endpoint.authority,
-        env!("CARGO_PKG_VERSION"),
-        body.len(),
-    );
-    let exchange = async {
-        let mut stream =
-            tokio::net::TcpStream::connect((endpoint.host.as_str(), endpoint.port)).await?;
-        stream.write_all(request.as_bytes()).await?;
-        stream.flush().await?;
-        let mut head = Vec::new();
-        let mut buf = [0u8; 1024];
-        while !head.windows(2).any(|w| w == b"\r\n") && head.len() < MAX_RESPONSE_HEAD {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            head.extend_from_slice(&buf[..n]);
-        }
-        Ok::<Vec<u8>, std::io::Error>(head)
-    };
-    let head = match tokio::time::timeout(timeout, exchange).await {
-        Err(_) => {
+    let target = format!("{}/metrics/{}", parse_url(url)?, job_path(job)?);
+    let sent = crate::http::client(timeout)
+        .put(&target)
+        .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
+        .body(metrics.render())
+        .send()
+        .await;
+    let response = match sent {
+        Ok(r) => r,
+        Err(e) if e.is_timeout() => {
             return Err(MetricsError::Timeout {
                 url: url.to_string(),
                 timeout,
             })
         }
-        Ok(Err(source)) => {
+        Err(e) if e.is_connect() => {
             return Err(MetricsError::Io {
                 url: url.to_string(),
-                source,
+                source: std::io::Error::other(crate::http::describe(&e)),
             })
         }
-        Ok(Ok(head)) => head,
+        Err(e) => {
+            return Err(MetricsError::BadResponse {
+                url: url.to_string(),
+                reason: crate::http::describe(&e),
+            })
+        }
     };
-    check_status_line(url, &head)
-}
-
-/// Accepts a `HTTP/1.x 2xx ...` status line.
-fn check_status_line(url: &str, head: &[u8]) -> Result<(), MetricsError> {
-    let bad = |reason: String| MetricsError::BadResponse {
-        url: url.to_string(),
-        reason,
-    };
-    let text = String::from_utf8_lossy(head);
-    let Some((line, _)) = text.split_once("\r\n") else {
-        return Err(bad(if head.is_empty() {
-            "the connection closed without a response".to_string()
-        } else {
-            "no complete status line".to_string()
-        }));
-    };
-    let mut parts = line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    let code = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/1.") || code.len() != 3 || code.parse::<u16>().is_err() {
-        return Err(bad(format!("\"{line}\" is not an HTTP status line")));
-    }
-    if code.starts_with('2') {
+    let status = response.status();
+    if status.is_success() {
         Ok(())
     } else {
         Err(MetricsError::Status {
             url: url.to_string(),
-            status_line: line.to_string(),
+            status_line: crate::http::status_line(&response),
         })
     }
 }
@@ -463,6 +365,7 @@ fn check_status_line(url: &str, head: &[u8]) -> Result<(), MetricsError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     #[test]
@@ -645,61 +548,40 @@ mod tests {
     #[test]
     fn urls_are_parsed() {
         let ok = |url: &str| parse_url(url).unwrap();
-        let e = ok("http://localhost:9091");
+        assert_eq!(ok("http://localhost:9091"), "http://localhost:9091");
         assert_eq!(
-            (
-                e.host.as_str(),
-                e.port,
-                e.authority.as_str(),
-                e.prefix.as_str()
-            ),
-            ("localhost", 9091, "localhost:9091", "")
+            ok("HTTP://gw.example/prefix/path/"),
+            "HTTP://gw.example/prefix/path"
         );
-        let e = ok("HTTP://gw.example/prefix/path/");
-        assert_eq!(
-            (e.host.as_str(), e.port, e.prefix.as_str()),
-            ("gw.example", 80, "/prefix/path")
-        );
-        let e = ok("http://[::1]:9091/");
-        assert_eq!(
-            (
-                e.host.as_str(),
-                e.port,
-                e.authority.as_str(),
-                e.prefix.as_str()
-            ),
-            ("::1", 9091, "[::1]:9091", "")
-        );
-        assert_eq!(ok("http://[::1]").port, 80);
-
-        let err = parse_url("https://gw.example:9091").unwrap_err();
-        assert!(matches!(err, MetricsError::HttpsUnsupported { .. }));
-        assert_eq!(
-            err.to_string(),
-            "pushgateway url \"https://gw.example:9091\" uses https, which walvault cannot \
-             push to\nHINT: TLS to the Pushgateway is not supported yet; use a local \
-             http:// Pushgateway or --metrics-file"
-        );
+        assert_eq!(ok("http://[::1]:9091/"), "http://[::1]:9091");
+        assert_eq!(ok("https://gw.example:9091/"), "https://gw.example:9091");
         for (url, reason) in [
-            ("gw.example:9091", "no http:// scheme"),
-            ("ftp://gw.example", "only http:// is supported"),
+            (
+                "ftp://gw.example",
+                "only http:// and https:// are supported",
+            ),
             ("http://gw/x?y=1", "a query or fragment is not allowed"),
             ("http://user:pw@gw", "user information is not supported"),
-            ("http://[::1", "unclosed '[' in the host"),
-            ("http://[::1]x", "unexpected text after ']'"),
-            ("http://:9091", "no host"),
-            ("http://", "no host"),
-            ("http://gw:0", "the port is not a number from 1 to 65535"),
-            ("http://gw:http", "the port is not a number from 1 to 65535"),
         ] {
             match parse_url(url) {
                 Err(MetricsError::InvalidUrl { reason: r, .. }) => assert_eq!(r, reason, "{url}"),
                 other => panic!("{url}: {other:?}"),
             }
         }
+        for url in [
+            "gw.example:9091",
+            "http://",
+            "http://[::1",
+            "http://gw:http",
+        ] {
+            assert!(
+                matches!(parse_url(url), Err(MetricsError::InvalidUrl { .. })),
+                "{url}"
+            );
+        }
         let err = parse_url("http://").unwrap_err().to_string();
         assert!(
-            err.contains("\nHINT: expected http://host[:port][/path]"),
+            err.contains("\nHINT: expected http[s]://host[:port][/path]"),
             "{err}"
         );
     }
@@ -735,7 +617,11 @@ mod tests {
                 if let Some((head, body)) = text.split_once("\r\n\r\n") {
                     let len: usize = head
                         .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length: ")
+                                .map(str::to_string)
+                        })
                         .unwrap()
                         .parse()
                         .unwrap();
@@ -766,10 +652,20 @@ mod tests {
             lines.next(),
             Some("PUT /gw/metrics/job/walvault_verify HTTP/1.1")
         );
-        let headers: Vec<&str> = lines.collect();
-        assert!(headers.contains(&"Content-Type: text/plain; version=0.0.4"));
-        assert!(headers.contains(&format!("Host: {}", &url["http://".len()..]).as_str()));
-        assert!(headers.contains(&format!("Content-Length: {}", body.len()).as_str()));
+        let headers: Vec<String> = lines.map(|l| l.to_ascii_lowercase()).collect();
+        let has = |h: String| headers.contains(&h);
+        assert!(
+            has("content-type: text/plain; version=0.0.4".into()),
+            "{headers:?}"
+        );
+        assert!(
+            has(format!("host: {}", &url["http://".len()..])),
+            "{headers:?}"
+        );
+        assert!(
+            has(format!("content-length: {}", body.len())),
+            "{headers:?}"
+        );
         assert_eq!(body, metrics.render());
     }
 
@@ -794,42 +690,18 @@ mod tests {
 
     #[tokio::test]
     async fn garbage_and_silence_are_errors() {
-        let (url, server) = serve_once("SSH-2.0-OpenSSH\r\n").await;
-        let err = push_gateway(&url, "walvault", &sample()).await.unwrap_err();
-        server.await.unwrap();
-        assert!(
-            err.to_string().ends_with(
-                "sent an invalid response: \"SSH-2.0-OpenSSH\" is not an HTTP status line"
-            ),
-            "{err}"
-        );
-
-        let (url, server) = serve_once("").await;
-        let err = push_gateway(&url, "walvault", &sample()).await.unwrap_err();
-        server.await.unwrap();
-        assert!(
-            err.to_string()
-                .ends_with("the connection closed without a response"),
-            "{err}"
-        );
-
-        let (url, server) = serve_once("HTTP/1.1 200").await;
-        let err = push_gateway(&url, "walvault", &sample()).await.unwrap_err();
-        server.await.unwrap();
-        assert!(
-            err.to_string().ends_with("no complete status line"),
-            "{err}"
-        );
-
-        // A response head without an end is not read forever.
-        let endless: &'static str = Box::leak("x".repeat(MAX_RESPONSE_HEAD + 1).into_boxed_str());
-        let (url, server) = serve_once(endless).await;
-        let err = push_gateway(&url, "walvault", &sample()).await.unwrap_err();
-        server.await.unwrap();
-        assert!(
-            err.to_string().ends_with("no complete status line"),
-            "{err}"
-        );
+        for garbage in ["SSH-2.0-OpenSSH\r\n", "", "HTTP/1.1 200"] {
+            let (url, server) = serve_once(garbage).await;
+            let err = push_gateway(&url, "walvault", &sample()).await.unwrap_err();
+            server.await.unwrap();
+            assert!(
+                matches!(err, MetricsError::BadResponse { .. })
+                    && err
+                        .to_string()
+                        .starts_with(&format!("pushgateway {url} sent an invalid response: ")),
+                "{garbage:?}: {err}"
+            );
+        }
 
         // Accepts, never answers.
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -857,10 +729,6 @@ mod tests {
             "{err}"
         );
 
-        let err = push_gateway("https://gw", "walvault", &sample())
-            .await
-            .unwrap_err();
-        assert!(matches!(err, MetricsError::HttpsUnsupported { .. }));
         let err = push_gateway("http://gw", "", &sample()).await.unwrap_err();
         assert_eq!(
             err.to_string(),

@@ -130,6 +130,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
                 Some(r) => format!("{} on {r}", s.backup_type),
                 None => s.backup_type.to_string(),
             };
+            crate::notify::record_size(s.stored_bytes);
             println!(
                 "backup {} complete ({kind}): {} files, {} of data stored as {} ({:.1}x) in {:.1}s ({}/s); WAL {} to {}",
                 s.label,

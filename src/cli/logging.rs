@@ -57,7 +57,9 @@ pub fn init(program: &'static str, verbose: u8) {
 /// and any other lines (a server log excerpt, say) as DETAIL, so one
 /// error reads as one error in a log.
 pub fn report_error(program: &str, error: &dyn fmt::Display) {
-    for line in error_lines(program, &error.to_string()) {
+    let text = error.to_string();
+    crate::notify::record_error(&text);
+    for line in error_lines(program, &text) {
         eprintln!("{line}");
     }
 }

@@ -209,6 +209,40 @@ pub fn walvault_main() -> ExitCode {
 }
 
 async fn run_command(program: &str, global: &GlobalArgs, command: Command) -> Exit {
+    let notified = match &command {
+        Command::Backup(_) => Some("backup"),
+        Command::Expire(_) => Some("expire"),
+        Command::Verify(_) => Some("verify"),
+        Command::Copy(_) => Some("copy"),
+        _ => None,
+    };
+    let notify = notified
+        .and_then(|_| Settings::resolve(global).ok())
+        .filter(|s| s.notify.wanted());
+    let Some(settings) = notify else {
+        return run_one(program, global, command).await;
+    };
+    let name = notified.expect("a notified command");
+    crate::notify::send_start(&settings.notify).await;
+    let started = std::time::Instant::now();
+    let exit = run_one(program, global, command).await;
+    let repository = settings
+        .open_repository()
+        .map(|r| r.describe())
+        .unwrap_or_else(|_| "(repository not opened)".to_string());
+    let event = crate::notify::plan_event(
+        name,
+        exit == Exit::Ok,
+        started.elapsed(),
+        &repository,
+        &crate::repo::lock::host_name(),
+        jiff::Timestamp::now(),
+    );
+    crate::notify::send_event(&settings.notify, &event).await;
+    exit
+}
+
+async fn run_one(program: &str, global: &GlobalArgs, command: Command) -> Exit {
     match command {
         Command::WalPush(args) => wal::run_push(program, global, &args).await,
         Command::WalFetch(args) => wal::run_fetch(program, global, &args).await,

@@ -86,6 +86,7 @@ async fn load(repo: &crate::repo::Repository) -> Result<Loaded, crate::repo::Rep
 }
 
 pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit {
+    let started = std::time::Instant::now();
     let (settings, repo) = match super::settings_and_repository(program, global) {
         Ok(x) => x,
         Err(_) => return Exit::Usage,
@@ -184,6 +185,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
             }
         }
     }
+    if settings.notify.wanted() {
+        notify_level_change(&repo, &settings.notify, &health, started).await;
+    }
     if args.json {
         println!(
             "{}",
@@ -259,4 +263,76 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
         Level::Warning => Exit::NotFound,
         Level::Critical => Exit::Usage,
     }
+}
+
+/// The level the last status run saw, kept in the repository so that a
+/// change is told once, whichever machine runs status.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct LevelRecord {
+    level: String,
+    at: String,
+}
+
+/// Sends an event when the level differs from the one the last run saw
+/// (the first run only records it).
+async fn notify_level_change(
+    repo: &crate::repo::Repository,
+    notify: &crate::notify::NotifySettings,
+    health: &crate::status::Health,
+    started: std::time::Instant,
+) {
+    let key = crate::status::verify_record_key("level");
+    let before: Option<LevelRecord> = match repo.store().get_bytes(&key).await {
+        Ok(bytes) => serde_json::from_slice(&bytes).ok(),
+        Err(_) => None,
+    };
+    let now = health.level.as_str();
+    if before.as_ref().is_some_and(|b| b.level == now) {
+        return;
+    }
+    let record = LevelRecord {
+        level: now.to_string(),
+        at: jiff::Timestamp::now().to_string(),
+    };
+    let json = serde_json::to_vec_pretty(&record).expect("level records serialize");
+    if let Err(e) = repo
+        .store()
+        .put_bytes(
+            &key,
+            bytes::Bytes::from(json),
+            crate::storage::PutMode::Overwrite,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "cannot record the status level; a change may be told again");
+    }
+    let Some(before) = before else { return };
+    let host = crate::repo::lock::host_name();
+    let findings: Vec<String> = health
+        .reasons
+        .iter()
+        .filter(|r| r.level != crate::status::Level::Good)
+        .map(|r| r.message.clone())
+        .collect();
+    let event = crate::notify::Event {
+        text: format!(
+            "walvault status on {host} ({}): {} -> {now}{}",
+            repo.describe(),
+            before.level,
+            if findings.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", findings.join("; "))
+            }
+        ),
+        command: "status".to_string(),
+        result: now.to_string(),
+        duration_secs: started.elapsed().as_secs_f64(),
+        size_bytes: None,
+        repository: repo.describe(),
+        host,
+        message: (!findings.is_empty()).then(|| findings.join("; ")),
+        at: record.at.clone(),
+    };
+    crate::notify::send_event(notify, &event).await;
 }

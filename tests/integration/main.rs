@@ -16,6 +16,7 @@ mod drills;
 mod encryption;
 mod faults;
 mod incremental;
+mod notify;
 mod ops;
 mod pitr;
 mod s3_storage;
