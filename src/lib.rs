@@ -36,6 +36,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod extract;
 pub mod http;
 pub mod metrics;
 pub mod notify;

@@ -14,6 +14,7 @@ pub mod backup;
 pub mod check;
 pub mod copy;
 pub mod expire;
+pub mod extract;
 pub mod init;
 pub mod key;
 pub mod list;
@@ -60,6 +61,8 @@ pub enum Command {
     Key(key::KeyArgs),
     /// Copy backups and the WAL they need to the other repository (repo1 <-> repo2)
     Copy(copy::CopyArgs),
+    /// Bring one database or some tables back from a moment in the past into a running cluster
+    Extract(extract::ExtractArgs),
 }
 
 /// walvault-push: PostgreSQL's archive_command.
@@ -256,6 +259,7 @@ async fn run_one(program: &str, global: &GlobalArgs, command: Command) -> Exit {
         Command::Verify(args) => verify::run(program, global, &args).await,
         Command::Key(args) => key::run(program, global, &args).await,
         Command::Copy(args) => copy::run(program, global, &args).await,
+        Command::Extract(args) => extract::run(program, global, &args).await,
     }
 }
 

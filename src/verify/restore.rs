@@ -130,13 +130,55 @@ fn tail(path: &Path, lines: usize) -> String {
     all[all.len().saturating_sub(lines)..].join("\n")
 }
 
-/// Restores the newest backup into a scratch directory, starts it, checks
-/// it, and removes it.
-pub async fn run_restore_verify(
+/// A backup restored into a scratch directory and running there on a
+/// private socket, archiving off; stopped and removed when dropped.
+pub struct Scratch {
+    // Dropped in this order: the server stops before its directory goes.
+    _server: Server,
+    dir: tempfile::TempDir,
+    pub socket_dir: PathBuf,
+    pub bin: PathBuf,
+    pub run_as: String,
+    pub label: String,
+    pub start_lsn: crate::wal::Lsn,
+    pub log: PathBuf,
+}
+
+impl Scratch {
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// A command for a PostgreSQL program of the backup's major, run as
+    /// the server's user when walvault is root.
+    pub fn pg_command(&self, program: &str) -> Command {
+        pg_command(&self.bin, program, &self.run_as)
+    }
+
+    /// The server's log, its last lines.
+    pub fn log_tail(&self) -> String {
+        tail(&self.log, 20)
+    }
+
+    /// Gives a file in the scratch directory to the server's user.
+    pub fn give(&self, path: &Path) {
+        if is_root() {
+            if let Some((uid, gid)) = user_ids(&self.run_as) {
+                let _ = std::os::unix::fs::chown(path, Some(uid), Some(gid));
+            }
+        }
+    }
+}
+
+/// Restores the backup `opts.target` needs into a scratch directory and
+/// starts PostgreSQL there, private and never archiving. `check` sees the
+/// plan and the scratch directory before anything is written (room for
+/// it, say).
+pub async fn start_scratch(
     repo: &Repository,
     opts: &RestoreVerifyOptions,
-) -> Result<RestoreVerifyReport, RestoreVerifyError> {
-    let started = Instant::now();
+    check: impl FnOnce(&crate::restore::plan::RestorePlan, &Path) -> Result<(), RestoreVerifyError>,
+) -> Result<Scratch, RestoreVerifyError> {
     let mut builder = tempfile::Builder::new();
     builder.prefix("walvault-verify-");
     let scratch = match &opts.work_dir {
@@ -175,6 +217,7 @@ pub async fn run_restore_verify(
         delta_force_checksum: false,
     };
     let planned = plan(repo, &restore_opts).await?;
+    check(&planned, scratch.path())?;
     // Tablespaces go inside the scratch directory too, never over the
     // production cluster's tablespace directories.
     restore_opts.tablespace_map = planned
@@ -194,13 +237,13 @@ pub async fn run_restore_verify(
     // (where ALTER SYSTEM puts archive_mode and archive_command): the
     // scratch server must never archive its new timeline into the
     // repository. Its restore_command opens the repository read-only.
-    let socket_dir = scratch.path();
+    let socket_dir = scratch.path().to_path_buf();
     let hba = scratch.path().join("pg_hba_verify.conf");
     std::fs::write(&hba, "local all all trust\n").map_err(setup("write pg_hba"))?;
     if let Some((uid, gid)) = owner {
         std::os::unix::fs::chown(&hba, Some(uid), Some(gid)).map_err(setup("chown"))?;
     }
-    let server_options = plan_scratch_server_options(socket_dir, &hba);
+    let server_options = plan_scratch_server_options(&socket_dir, &hba);
     let log = scratch.path().join("server.log");
     let server = Server {
         bin: bin.clone(),
@@ -231,16 +274,69 @@ pub async fn run_restore_verify(
             log: tail(&log, 20),
         });
     }
-    let result = check_cluster(socket_dir, &opts.run_as, opts.timeout, &log).await;
+    Ok(Scratch {
+        _server: server,
+        dir: scratch,
+        socket_dir,
+        bin,
+        run_as: opts.run_as.clone(),
+        label,
+        start_lsn,
+        log,
+    })
+}
+
+/// Waits until the scratch server has recovered and been promoted, and
+/// returns a connection to `dbname`.
+pub async fn wait_recovered(
+    scratch: &Scratch,
+    dbname: &str,
+    timeout: Duration,
+) -> Result<tokio_postgres::Client, RestoreVerifyError> {
+    let users = ["postgres", scratch.run_as.as_str()];
+    let deadline = Instant::now() + timeout;
+    loop {
+        match connect(&scratch.socket_dir, dbname, &users).await {
+            Ok(c) => match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
+                Ok(row) if !row.get::<_, bool>(0) => return Ok(c),
+                _ => {}
+            },
+            Err(e) if Instant::now() > deadline => {
+                return Err(RestoreVerifyError::Server {
+                    reason: format!("no connection within {}s: {e}", timeout.as_secs()),
+                    log: scratch.log_tail(),
+                })
+            }
+            Err(_) => {}
+        }
+        if Instant::now() > deadline {
+            return Err(RestoreVerifyError::Server {
+                reason: format!("recovery did not finish within {}s", timeout.as_secs()),
+                log: scratch.log_tail(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Restores the newest backup (or the one a drill's target needs) into a
+/// scratch directory, starts it, checks it, and removes it.
+pub async fn run_restore_verify(
+    repo: &Repository,
+    opts: &RestoreVerifyOptions,
+) -> Result<RestoreVerifyReport, RestoreVerifyError> {
+    let started = Instant::now();
+    let scratch = start_scratch(repo, opts, |_, _| Ok(())).await?;
+    let result = check_cluster(&scratch, opts.timeout).await;
     let drill = match &result {
-        Ok(_) => Some(run_checks(socket_dir, &opts.run_as, opts, start_lsn).await),
+        Ok(_) => Some(run_checks(&scratch.socket_dir, &opts.run_as, opts, scratch.start_lsn).await),
         Err(_) => None,
     };
-    server.stop();
+    let label = scratch.label.clone();
+    drop(scratch);
     let (databases_checked, indexes_checked, amcheck_unavailable, mut problems) = result?;
     let (wal_replayed_bytes, checks_passed, failed_checks) = drill.unwrap_or_default();
     problems.extend(failed_checks);
-    drop(scratch);
     Ok(RestoreVerifyReport {
         backup_label: label,
         duration_secs: started.elapsed().as_secs_f64(),
@@ -409,36 +505,14 @@ async fn connect(
 }
 
 async fn check_cluster(
-    socket_dir: &Path,
-    run_as: &str,
+    scratch: &Scratch,
     timeout: Duration,
-    log: &Path,
 ) -> Result<Checked, RestoreVerifyError> {
-    let users = ["postgres", run_as];
-    let deadline = Instant::now() + timeout;
-    // Recovery to the end of the backup, then promotion.
-    let client = loop {
-        match connect(socket_dir, "postgres", &users).await {
-            Ok(c) => match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
-                Ok(row) if !row.get::<_, bool>(0) => break c,
-                _ => {}
-            },
-            Err(e) if Instant::now() > deadline => {
-                return Err(RestoreVerifyError::Server {
-                    reason: format!("no connection within {}s: {e}", timeout.as_secs()),
-                    log: tail(log, 20),
-                })
-            }
-            Err(_) => {}
-        }
-        if Instant::now() > deadline {
-            return Err(RestoreVerifyError::Server {
-                reason: format!("recovery did not finish within {}s", timeout.as_secs()),
-                log: tail(log, 20),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    };
+    let socket_dir = scratch.socket_dir.as_path();
+    let users = ["postgres", scratch.run_as.as_str()];
+    let log = scratch.log.as_path();
+    // Recovery to the target, then promotion.
+    let client = wait_recovered(scratch, "postgres", timeout).await?;
     let databases: Vec<String> = client
         .query(
             "SELECT datname FROM pg_database WHERE datallowconn ORDER BY datname",

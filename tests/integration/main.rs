@@ -14,6 +14,7 @@ mod contrib;
 mod create_only;
 mod drills;
 mod encryption;
+mod extract;
 mod faults;
 mod incremental;
 mod notify;
