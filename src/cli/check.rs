@@ -18,8 +18,10 @@ pub struct CheckArgs {
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     pub timeout_secs: u64,
 
-    /// Probe the repository's storage instead: does it keep create-only
-    /// writes from overwriting? Records the result in the repository header
+    /// Test the repository's storage instead: conditional create (recorded
+    /// in the repository header), ranged reads, multipart upload and abort,
+    /// listing, deletes, clock skew, and (S3) versioning, object lock and
+    /// the IAM policy walvault needs. Exit 8 if anything breaks a guarantee
     #[arg(long)]
     pub storage: bool,
 }
@@ -44,7 +46,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &CheckArgs) -> Exit {
                     ),
                 }
                 super::init::print_create_only(&Some(now.to_string()), &None);
-                Exit::Ok
+                storage_self_test(&settings, &repo).await
             }
             Err(e) => {
                 report_error(program, &e);
@@ -88,5 +90,41 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &CheckArgs) -> Exit {
                 _ => Exit::Failed,
             }
         }
+    }
+}
+
+/// The rest of `check --storage`: a table of what the store does, and
+/// for S3 the IAM policy walvault needs.
+async fn storage_self_test(
+    settings: &crate::config::Settings,
+    repo: &crate::repo::Repository,
+) -> Exit {
+    use crate::storage::selftest::{run_self_test, Verdict};
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let base = format!("probe/selftest-{}-{n}", std::process::id());
+    let multipart = match &settings.repo {
+        crate::config::RepoLocation::S3(s3) => s3.part_size_bytes * 2 + (1 << 20),
+        crate::config::RepoLocation::Local(_) => 17 << 20,
+    };
+    let findings = run_self_test(repo.store_arc(), &base, multipart).await;
+    println!();
+    println!("  {:<20} {:<6} DETAIL", "CHECK", "RESULT");
+    for f in &findings {
+        println!("  {:<20} {:<6} {}", f.check, f.verdict.as_str(), f.detail);
+    }
+    if let crate::config::RepoLocation::S3(s3) = &settings.repo {
+        println!();
+        println!("The least IAM policy walvault needs on this repository:");
+        println!("{}", crate::storage::s3::plan_iam_policy(s3));
+    }
+    if findings.iter().any(|f| f.verdict == Verdict::Fail) {
+        println!();
+        println!("FAIL: this storage breaks a walvault guarantee (see the rows marked FAIL)");
+        Exit::Failed
+    } else {
+        Exit::Ok
     }
 }

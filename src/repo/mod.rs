@@ -140,6 +140,11 @@ impl Repository {
         self.store.as_ref()
     }
 
+    /// The store, shared.
+    pub fn store_arc(&self) -> Arc<dyn ObjectStore> {
+        self.store.clone()
+    }
+
     pub fn compress(&self) -> CompressSettings {
         self.compress
     }

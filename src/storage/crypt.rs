@@ -419,6 +419,10 @@ impl ObjectStore for CryptStore {
     async fn create_root(&self) -> Result<()> {
         self.inner.create_root().await
     }
+
+    async fn probe_features(&self) -> Vec<super::selftest::Finding> {
+        self.inner.probe_features().await
+    }
 }
 
 struct EncryptingWriter {

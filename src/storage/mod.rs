@@ -31,6 +31,7 @@ pub mod local;
 pub mod memory;
 pub mod readonly;
 pub mod s3;
+pub mod selftest;
 
 /// A key in the object store: `/`-separated segments of `[A-Za-z0-9._-]`,
 /// never empty, never starting with `.` (temporary files of the local
@@ -327,6 +328,13 @@ pub trait ObjectStore: Send + Sync + fmt::Debug {
     /// operation ever creates the root.
     async fn create_root(&self) -> Result<()> {
         Ok(())
+    }
+
+    /// What `check --storage` reports of the server beyond the
+    /// [`ObjectStore`] API (S3: versioning, object lock, the URL style,
+    /// whether ranged reads are honoured). Wrappers forward it.
+    async fn probe_features(&self) -> Vec<selftest::Finding> {
+        Vec::new()
     }
 
     /// Reads a whole object into memory. Only for small objects (headers,

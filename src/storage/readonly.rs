@@ -72,6 +72,10 @@ impl<S: ObjectStore> ObjectStore for ReadOnlyStore<S> {
         Err(refused("create", "repository"))
     }
 
+    async fn probe_features(&self) -> Vec<super::selftest::Finding> {
+        self.inner.probe_features().await
+    }
+
     fn use_create_only(&self, mode: super::CreateOnly) {
         self.inner.use_create_only(mode)
     }

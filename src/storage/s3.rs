@@ -600,6 +600,117 @@ impl ObjectStore for S3Store {
         );
     }
 
+    async fn probe_features(&self) -> Vec<super::selftest::Finding> {
+        use super::selftest::{Finding, Verdict};
+        let mut out = Vec::new();
+        let s = &self.settings;
+        out.push(Finding::new(
+            "URL style",
+            Verdict::Info,
+            if s.path_style {
+                format!("path style (s3_path_style = true): {}/{}", s.endpoint.as_deref().unwrap_or("https://s3.amazonaws.com"), s.bucket)
+            } else {
+                format!("virtual-host style: https://{}.<endpoint>; set s3_path_style = true for servers that need path style", s.bucket)
+            },
+        ));
+        // Ranged reads as the server answers them, before walvault cuts.
+        let key = format!(
+            "{}probe/range-{}",
+            if s.prefix.is_empty() {
+                String::new()
+            } else {
+                format!("{}/", s.prefix)
+            },
+            std::process::id()
+        );
+        let body: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+        let put = self
+            .client
+            .put_object()
+            .bucket(&s.bucket)
+            .key(&key)
+            .body(ByteStream::from(body.clone()))
+            .send()
+            .await;
+        if put.is_ok() {
+            let got = self
+                .client
+                .get_object()
+                .bucket(&s.bucket)
+                .key(&key)
+                .range("bytes=100-199")
+                .send()
+                .await;
+            out.push(match got {
+                Ok(o) => match o.body.collect().await.map(|b| b.into_bytes()) {
+                    Ok(b) if b.len() == 100 && b[..] == body[100..200] => {
+                        Finding::new("range requests", Verdict::Pass, "the server sends the range asked for")
+                    }
+                    Ok(b) => Finding::new(
+                        "range requests",
+                        Verdict::Warn,
+                        format!("the server ignored a range of 100 bytes and sent {}: walvault cuts it, but reads of block maps cost whole objects", b.len()),
+                    ),
+                    Err(e) => Finding::new("range requests", Verdict::Fail, e.to_string()),
+                },
+                Err(e) => Finding::new("range requests", Verdict::Fail, e.to_string()),
+            });
+            let _ = self
+                .client
+                .delete_object()
+                .bucket(&s.bucket)
+                .key(&key)
+                .send()
+                .await;
+        }
+        let versioning = self
+            .client
+            .get_bucket_versioning()
+            .bucket(&s.bucket)
+            .send()
+            .await;
+        out.push(match versioning {
+            Ok(v) => match v.status() {
+                Some(status) => Finding::new(
+                    "versioning",
+                    Verdict::Info,
+                    format!("{}: deleted objects stay as old versions until a lifecycle rule removes them, so expire frees no space without one", status.as_str()),
+                ),
+                None => Finding::new("versioning", Verdict::Info, "off"),
+            },
+            Err(e) => Finding::new(
+                "versioning",
+                Verdict::Info,
+                format!("unknown: the server did not say ({})", http_status(&e).map(|c| c.to_string()).unwrap_or_else(|| "no answer".to_string())),
+            ),
+        });
+        let lock = self
+            .client
+            .get_object_lock_configuration()
+            .bucket(&s.bucket)
+            .send()
+            .await;
+        out.push(match lock {
+            Ok(l) => Finding::new(
+                "object lock",
+                Verdict::Info,
+                format!(
+                    "{}: locked objects cannot be deleted until their retention ends, so expire fails on them",
+                    l.object_lock_configuration()
+                        .and_then(|c| c.object_lock_enabled())
+                        .map(|e| e.as_str().to_string())
+                        .unwrap_or_else(|| "configured".to_string())
+                ),
+            ),
+            Err(e) => Finding::new(
+                "object lock",
+                Verdict::Info,
+                format!("off or unknown (the server answered {})", http_status(&e).map(|c| c.to_string()).unwrap_or_else(|| "nothing".to_string())),
+            ),
+        });
+        out
+    }
+
     async fn probe_create_only(&self) -> Result<CreateOnlyProbe> {
         let n = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -1077,4 +1188,26 @@ impl Drop for S3Writer {
             }
         }
     }
+}
+
+/// The least an IAM policy must allow walvault on this repository (the
+/// bucket and, under it, the prefix).
+pub fn plan_iam_policy(s: &S3Settings) -> String {
+    let objects = if s.prefix.is_empty() {
+        format!("arn:aws:s3:::{}/*", s.bucket)
+    } else {
+        format!("arn:aws:s3:::{}/{}/*", s.bucket, s.prefix)
+    };
+    let list_condition = if s.prefix.is_empty() {
+        String::new()
+    } else {
+        format!(
+            ",\n      \"Condition\": {{\"StringLike\": {{\"s3:prefix\": [\"{}/*\"]}}}}",
+            s.prefix
+        )
+    };
+    format!(
+        "{{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:ListBucket\", \"s3:ListBucketMultipartUploads\"],\n      \"Resource\": \"arn:aws:s3:::{bucket}\"{list_condition}\n    }},\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:GetObject\", \"s3:PutObject\", \"s3:DeleteObject\", \"s3:AbortMultipartUpload\", \"s3:ListMultipartUploadParts\"],\n      \"Resource\": \"{objects}\"\n    }}\n  ]\n}}",
+        bucket = s.bucket
+    )
 }

@@ -57,6 +57,33 @@ fn create_only_holds(mode: Conditional) {
         .args(&args)
         .args(["check", "--storage"]));
     assert_eq!(out.code, 0, "{}", out.stderr);
+    // The rest of the self-test: everything walvault relies on holds
+    // here, whatever the server does with conditional creates.
+    for check in [
+        "write and read back",
+        "ranged reads",
+        "clock skew",
+        "multipart upload",
+        "abort",
+        "listing",
+        "delete",
+        "range requests",
+    ] {
+        assert!(
+            out.stdout
+                .lines()
+                .any(|l| l.trim_start().starts_with(check) && l.contains(" PASS ")),
+            "{check} passes:\n{}",
+            out.stdout
+        );
+    }
+    assert!(
+        out.stdout
+            .contains("\"Resource\": \"arn:aws:s3:::bucket/co/*\"")
+            && out.stdout.contains("\"s3:prefix\": [\"co/*\"]"),
+        "the IAM policy names the bucket and prefix: {}",
+        out.stdout
+    );
     if mode == Conditional::Forward {
         assert!(header.contains("\"create_only\": \"atomic\""), "{header}");
         assert!(out.stdout.contains("(honoured)"), "{}", out.stdout);
@@ -134,4 +161,84 @@ fn a_server_that_ignores_conditional_writes_never_overwrites() {
 #[test]
 fn a_server_that_answers_501_never_overwrites() {
     create_only_holds(Conditional::NotImplemented);
+}
+
+/// A server that ignores `Range` (played by the proxy): the self-test says
+/// so as a warning, and ranged reads through walvault still return the
+/// right bytes (it cuts the whole object itself).
+#[test]
+fn a_server_ignoring_ranges_is_named_by_the_storage_self_test() {
+    let dir = TestDir::new("selftest-range");
+    let server = S3Server::start_without_auth(dir.path(), "bucket");
+    let proxy = FaultProxy::start(server.endpoint.trim_start_matches("http://"), 1, 0);
+    proxy.set_conditional(Conditional::IgnoreRange);
+    let config = dir.path().join("walvault.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "{}s3_part_size_mib = 5\n",
+            server
+                .config_toml("s3://bucket/co")
+                .replace(&server.endpoint, &proxy.endpoint)
+        ),
+    )
+    .unwrap();
+    let args = ["--config".to_string(), config.display().to_string()];
+    let data = fake_pgdata(dir.path(), SYSID, 16 << 20);
+    let out = run(walvault("walvault")
+        .args(&args)
+        .args(["init", "--pgdata"])
+        .arg(&data));
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = run(walvault("walvault")
+        .args(&args)
+        .args(["check", "--storage"]));
+    assert_eq!(
+        out.code, 0,
+        "a warning, not a failure: {}{}",
+        out.stdout, out.stderr
+    );
+    let line = |check: &str| {
+        out.stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(check))
+            .unwrap_or_else(|| panic!("no {check} row: {}", out.stdout))
+            .to_string()
+    };
+    let range = line("range requests");
+    assert!(
+        range.contains(" WARN ") && range.contains("ignored a range of 100 bytes"),
+        "{range}"
+    );
+    assert!(line("ranged reads").contains(" PASS "), "{}", out.stdout);
+}
+
+/// The self-test of a local repository: everything passes, nothing stays.
+#[test]
+fn a_local_repository_passes_the_storage_self_test() {
+    let dir = TestDir::new("selftest-local");
+    let repo = dir.path().join("repo");
+    crate::harness::init_local_repo(&repo, SYSID, 16 << 20);
+    let out = run(walvault("walvault")
+        .arg("--repo")
+        .arg(&repo)
+        .args(["check", "--storage"]));
+    assert_eq!(out.code, 0, "{}{}", out.stdout, out.stderr);
+    let rows: Vec<&str> = out
+        .stdout
+        .lines()
+        .filter(|l| l.contains(" PASS ") || l.contains(" FAIL ") || l.contains(" WARN "))
+        .collect();
+    assert_eq!(rows.len(), 7, "{}", out.stdout);
+    assert!(rows.iter().all(|l| l.contains(" PASS ")), "{}", out.stdout);
+    let left: Vec<_> = crate::ops::files_under(&repo)
+        .into_iter()
+        .filter(|f| {
+            f.strip_prefix(&repo)
+                .unwrap()
+                .to_string_lossy()
+                .contains("selftest")
+        })
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -45,6 +45,9 @@ pub enum Conditional {
     Ignore,
     /// Answered 501 Not Implemented by the proxy itself.
     NotImplemented,
+    /// `Range` headers removed, as a server that ignores them (every
+    /// ranged read gets the whole object).
+    IgnoreRange,
 }
 
 pub struct FaultProxy {
@@ -117,6 +120,7 @@ impl FaultProxy {
             Conditional::Forward => 0,
             Conditional::Ignore => 1,
             Conditional::NotImplemented => 2,
+            Conditional::IgnoreRange => 3,
         };
         self.conditional.store(n, Ordering::SeqCst);
     }
@@ -302,6 +306,7 @@ fn serve_conditional(mut client: TcpStream, upstream: &str, mode: u32) {
             !l.starts_with("connection:")
                 && !l.starts_with("authorization:")
                 && !(mode == 1 && l.starts_with("if-none-match:"))
+                && !(mode == 3 && l.starts_with("range:"))
         })
         .collect();
     lines.insert(1, "Connection: close");
