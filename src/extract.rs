@@ -97,20 +97,41 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// `conninfo` with its database set to `db` (key=value strings and
-/// `postgresql://` URIs).
-pub fn plan_conninfo(conninfo: &str, db: &str) -> String {
-    if conninfo.starts_with("postgres://") || conninfo.starts_with("postgresql://") {
-        if let Ok(mut url) = reqwest::Url::parse(conninfo) {
-            url.set_path(&format!("/{db}"));
-            return url.to_string();
-        }
+fn conninfo_value(v: &str) -> String {
+    format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"))
+}
+
+/// A key=value connection string for pg_restore: the target's hosts,
+/// ports, user and TLS mode, database `db`, and never the password (it
+/// goes in `PGPASSWORD`, out of process listings).
+pub fn plan_conninfo(config: &tokio_postgres::Config, db: &str) -> String {
+    let mut parts = Vec::new();
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .map(|h| match h {
+            tokio_postgres::config::Host::Tcp(name) => name.clone(),
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    if !hosts.is_empty() {
+        parts.push(format!("host={}", conninfo_value(&hosts.join(","))));
     }
-    // A later keyword wins in libpq's key=value strings.
-    format!(
-        "{conninfo} dbname='{}'",
-        db.replace('\\', "\\\\").replace('\'', "\\'")
-    )
+    let ports: Vec<String> = config.get_ports().iter().map(|p| p.to_string()).collect();
+    if !ports.is_empty() {
+        parts.push(format!("port={}", conninfo_value(&ports.join(","))));
+    }
+    if let Some(user) = config.get_user() {
+        parts.push(format!("user={}", conninfo_value(user)));
+    }
+    let sslmode = match config.get_ssl_mode() {
+        tokio_postgres::config::SslMode::Disable => "disable",
+        tokio_postgres::config::SslMode::Require => "require",
+        _ => "prefer",
+    };
+    parts.push(format!("sslmode={sslmode}"));
+    parts.push(format!("dbname={}", conninfo_value(db)));
+    parts.join(" ")
 }
 
 fn quote_ident(name: &str) -> String {
@@ -183,6 +204,7 @@ pub async fn run_extract(
         (false, true) => return Err(ExtractError::NoTarget(name)),
         _ => {}
     }
+    drop(client);
 
     progress("restoring the backup into a scratch directory");
     let mut space: Option<ExtractError> = None;
@@ -209,7 +231,25 @@ pub async fn run_extract(
         scratch.label,
         crate::verify::restore::describe_target(&opts.scratch.target)
     ));
-    let source = wait_recovered(&scratch, &opts.db, opts.scratch.timeout).await?;
+    let source = wait_recovered(&scratch, "postgres", opts.scratch.timeout).await?;
+    let there = source
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&opts.db])
+        .await
+        .map_err(|e| ExtractError::Step {
+            step: "connect to the recovered server",
+            detail: e.to_string(),
+        })?
+        .is_some();
+    if !there {
+        return Err(ExtractError::Step {
+            step: "find the database",
+            detail: format!(
+                "database \"{}\" did not exist at {}",
+                opts.db,
+                crate::verify::restore::describe_target(&opts.scratch.target)
+            ),
+        });
+    }
     let role: String = source
         .query_one("SELECT current_user::text", &[])
         .await
@@ -239,10 +279,38 @@ pub async fn run_extract(
     run_step("pg_dump", &mut cmd)?;
     scratch.give(&dump);
 
+    // A fresh connection: the first may have idled through a long restore.
+    let (client, connection) = config
+        .connect(tokio_postgres::NoTls)
+        .await
+        .map_err(|e| target_err(e.to_string()))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
     if !opts.replace {
         progress(&format!("creating database \"{name}\" on the target"));
+        // The source database's encoding and locale, from template0.
+        let row = source
+            .query_one(
+                "SELECT pg_encoding_to_char(encoding), datcollate::text, datctype::text FROM pg_database WHERE datname = $1",
+                &[&opts.db],
+            )
+            .await
+            .map_err(|e| ExtractError::Step {
+                step: "read the database's encoding",
+                detail: e.to_string(),
+            })?;
+        let (encoding, collate, ctype): (String, String, String) =
+            (row.get(0), row.get(1), row.get(2));
+        let literal = |v: &str| format!("'{}'", v.replace('\'', "''"));
         client
-            .batch_execute(&format!("CREATE DATABASE {}", quote_ident(&name)))
+            .batch_execute(&format!(
+                "CREATE DATABASE {} TEMPLATE template0 ENCODING {} LC_COLLATE {} LC_CTYPE {}",
+                quote_ident(&name),
+                literal(&encoding),
+                literal(&collate),
+                literal(&ctype)
+            ))
             .await
             .map_err(|e| target_err(format!("create database \"{name}\": {e}")))?;
     }
@@ -252,10 +320,20 @@ pub async fn run_extract(
     if opts.replace {
         cmd.args(["--clean", "--if-exists"]);
     }
-    cmd.arg("-d")
-        .arg(plan_conninfo(&opts.into, &name))
-        .arg(&dump);
-    run_step("pg_restore", &mut cmd)?;
+    if let Some(password) = config.get_password() {
+        cmd.env("PGPASSWORD", String::from_utf8_lossy(password).into_owned());
+    }
+    cmd.arg("-d").arg(plan_conninfo(&config, &name)).arg(&dump);
+    if let Err(e) = run_step("pg_restore", &mut cmd) {
+        // A half-loaded new database goes, so that a second try can use
+        // the name.
+        if !opts.replace {
+            let _ = client
+                .batch_execute(&format!("DROP DATABASE IF EXISTS {}", quote_ident(&name)))
+                .await;
+        }
+        return Err(e);
+    }
 
     progress("removing the scratch directory");
     let label = scratch.label.clone();
@@ -280,14 +358,23 @@ mod tests {
         assert_eq!(plan_space(1 << 30, 2 << 30), Ok(()));
         let need = (1u64 << 30) + (1u64 << 30) / 10 + (64 << 20);
         assert_eq!(plan_space(1 << 30, 1 << 30), Err((need, 1 << 30)));
+        let c: tokio_postgres::Config =
+            "host=/tmp port=5432 user=me password=s3cret dbname=postgres"
+                .parse()
+                .unwrap();
         assert_eq!(
-            plan_conninfo("host=/tmp port=5432 dbname=postgres", "shop_at_x"),
-            "host=/tmp port=5432 dbname=postgres dbname='shop_at_x'"
+            plan_conninfo(&c, "shop_at_x"),
+            "host='/tmp' port='5432' user='me' sslmode=prefer dbname='shop_at_x'"
         );
+        let c: tokio_postgres::Config = "postgresql://u:pw@db:5432/postgres?sslmode=require"
+            .parse()
+            .unwrap();
+        let s = plan_conninfo(&c, "o'k");
         assert_eq!(
-            plan_conninfo("postgresql://u@db:5432/postgres?sslmode=require", "o'k"),
-            "postgresql://u@db:5432/o'k?sslmode=require"
+            s,
+            r"host='db' port='5432' user='u' sslmode=require dbname='o\'k'"
         );
+        assert!(!s.contains("pw"));
         assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
     }
 }

@@ -6,14 +6,14 @@
 use std::time::Duration;
 
 /// A client whose every request, connection included, ends within
-/// `timeout`.
-pub fn client(timeout: Duration) -> reqwest::Client {
+/// `timeout`; an error when one cannot be built (no TLS roots, say).
+pub fn client(timeout: Duration) -> Result<reqwest::Client, String> {
     reqwest::Client::builder()
         .timeout(timeout)
         .connect_timeout(timeout)
         .user_agent(concat!("walvault/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+        .map_err(|e| describe(&e.without_url()))
 }
 
 /// An error with its causes, on one line (reqwest's own message is only

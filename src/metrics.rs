@@ -324,7 +324,11 @@ async fn push_gateway_within(
     timeout: Duration,
 ) -> Result<(), MetricsError> {
     let target = format!("{}/metrics/{}", parse_url(url)?, job_path(job)?);
-    let sent = crate::http::client(timeout)
+    let client = crate::http::client(timeout).map_err(|reason| MetricsError::Io {
+        url: url.to_string(),
+        source: std::io::Error::other(reason),
+    })?;
+    let sent = client
         .put(&target)
         .header(reqwest::header::CONTENT_TYPE, CONTENT_TYPE)
         .body(metrics.render())

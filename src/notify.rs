@@ -159,28 +159,39 @@ pub async fn send_event(settings: &NotifySettings, event: &Event) {
     });
     let webhook = async {
         if let Some(url) = &settings.webhook {
-            send(settings, url, Some(body.clone())).await;
+            send(settings, url, Some(("application/json", body.clone()))).await;
         }
     };
     let pinged = async {
         if let Some(url) = &ping {
-            send(settings, url, Some(event.text.clone().into_bytes())).await;
+            send(
+                settings,
+                url,
+                Some(("text/plain; charset=utf-8", event.text.clone().into_bytes())),
+            )
+            .await;
         }
     };
     tokio::join!(webhook, pinged);
 }
 
 /// One POST, within the timeout; never an error for the caller.
-async fn send(settings: &NotifySettings, url: &str, body: Option<Vec<u8>>) {
-    let client = crate::http::client(settings.timeout);
-    let mut request = client.post(url);
-    if let Some(body) = body {
-        request = request
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(body);
-    }
+async fn send(settings: &NotifySettings, url: &str, body: Option<(&'static str, Vec<u8>)>) {
     // Credentials in a URL (a webhook's secret path) stay out of logs.
     let shown = redact(url);
+    let client = match crate::http::client(settings.timeout) {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::warn!(url = %shown, error = %e, "notification not sent; the command's result is unchanged");
+            return;
+        }
+    };
+    let mut request = client.post(url);
+    if let Some((content_type, body)) = body {
+        request = request
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+    }
     match request.send().await {
         Ok(r) if r.status().is_success() => {
             tracing::debug!(url = %shown, "notification sent")
@@ -192,7 +203,7 @@ async fn send(settings: &NotifySettings, url: &str, body: Option<Vec<u8>>) {
         ),
         Err(e) => tracing::warn!(
             url = %shown,
-            error = %crate::http::describe(&e).replace(url, &shown),
+            error = %crate::http::describe(&e.without_url()),
             "notification not sent; the command's result is unchanged"
         ),
     }

@@ -97,6 +97,27 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &StatusArgs) -> Exit 
         Err(e) => {
             report_error(program, &e);
             println!("CRITICAL: repository {} cannot be read", repo.describe());
+            // No level can be read back from a repository that cannot be
+            // read: told on every run while it lasts.
+            if settings.notify.wanted() {
+                let host = crate::repo::lock::host_name();
+                let message = e.to_string().lines().next().unwrap_or_default().to_string();
+                let event = crate::notify::Event {
+                    text: format!(
+                        "walvault status on {host} ({}): CRITICAL: the repository cannot be read: {message}",
+                        repo.describe()
+                    ),
+                    command: "status".to_string(),
+                    result: "CRITICAL".to_string(),
+                    duration_secs: started.elapsed().as_secs_f64(),
+                    size_bytes: None,
+                    repository: repo.describe(),
+                    host,
+                    message: Some(message),
+                    at: jiff::Timestamp::now().to_string(),
+                };
+                crate::notify::send_event(&settings.notify, &event).await;
+            }
             return Exit::Usage;
         }
     };

@@ -123,15 +123,24 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
             );
             return Exit::Failed;
         };
-        let seed = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_nanos() as u64)
-            .unwrap_or(0)
-            ^ u64::from(std::process::id()).rotate_left(32);
-        let at = crate::verify::drill::plan_random_target(*from, *to, seed);
-        tracing::warn!(target_time = %at, from = %from, to = %to, "restore drill to a random moment");
-        println!("drill target: {at} (random between {from} and {to})");
-        target = crate::restore::target::RecoveryTarget::Time(at);
+        // Recovery to a time needs a backup that stopped strictly before
+        // it: from a second after the oldest backup's end.
+        let from = from
+            .checked_add(jiff::SignedDuration::from_secs(1))
+            .unwrap_or(*from);
+        if from >= *to {
+            println!("drill target: the end of backup (one backup: nothing to choose between)");
+        } else {
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0)
+                ^ u64::from(std::process::id()).rotate_left(32);
+            let at = crate::verify::drill::plan_random_target(from, *to, seed);
+            tracing::info!(target_time = %at, from = %from, to = %to, "restore drill to a random moment");
+            println!("drill target: {at} (random between {from} and {to})");
+            target = crate::restore::target::RecoveryTarget::Time(at);
+        }
     }
     let jobs = args.jobs.unwrap_or_else(|| {
         std::thread::available_parallelism()
@@ -213,6 +222,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
         }
     }
     failed |= !report.ok();
+    if let Some(first) = problems.first() {
+        crate::notify::record_error(&format!("verify: {first}"));
+    }
 
     if args.restore {
         let opts = RestoreVerifyOptions {
@@ -326,6 +338,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
             Err(e) => report_error(program, e),
         }
         failed |= !success;
+        if let Some(first) = problems.first() {
+            crate::notify::record_error(&format!("verify --restore: {first}"));
+        }
     }
     emit(program, &args.metrics, "walvault_verify", &metrics).await;
     if failed {

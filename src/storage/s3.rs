@@ -1207,7 +1207,7 @@ pub fn plan_iam_policy(s: &S3Settings) -> String {
         )
     };
     format!(
-        "{{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:ListBucket\", \"s3:ListBucketMultipartUploads\"],\n      \"Resource\": \"arn:aws:s3:::{bucket}\"{list_condition}\n    }},\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:GetObject\", \"s3:PutObject\", \"s3:DeleteObject\", \"s3:AbortMultipartUpload\", \"s3:ListMultipartUploadParts\"],\n      \"Resource\": \"{objects}\"\n    }}\n  ]\n}}",
+        "{{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:ListBucket\"],\n      \"Resource\": \"arn:aws:s3:::{bucket}\"{list_condition}\n    }},\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:ListBucketMultipartUploads\"],\n      \"Resource\": \"arn:aws:s3:::{bucket}\"\n    }},\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:GetObject\", \"s3:PutObject\", \"s3:DeleteObject\", \"s3:AbortMultipartUpload\", \"s3:ListMultipartUploadParts\"],\n      \"Resource\": \"{objects}\"\n    }}\n  ]\n}}",
         bucket = s.bucket
     )
 }

@@ -142,6 +142,7 @@ pub struct Scratch {
     pub label: String,
     pub start_lsn: crate::wal::Lsn,
     pub log: PathBuf,
+    pgdata: PathBuf,
 }
 
 impl Scratch {
@@ -283,6 +284,7 @@ pub async fn start_scratch(
         label,
         start_lsn,
         log,
+        pgdata,
     })
 }
 
@@ -296,6 +298,14 @@ pub async fn wait_recovered(
     let users = ["postgres", scratch.run_as.as_str()];
     let deadline = Instant::now() + timeout;
     loop {
+        // A server that stopped (recovery failed: a target past the end of
+        // the archived WAL, say) is not waited for.
+        if !scratch.pgdata.join("postmaster.pid").exists() {
+            return Err(RestoreVerifyError::Server {
+                reason: "the server stopped during recovery".to_string(),
+                log: scratch.log_tail(),
+            });
+        }
         match connect(&scratch.socket_dir, dbname, &users).await {
             Ok(c) => match c.query_one("SELECT pg_is_in_recovery()", &[]).await {
                 Ok(row) if !row.get::<_, bool>(0) => return Ok(c),
@@ -432,6 +442,9 @@ pub fn plan_scratch_server_options(socket_dir: &Path, hba: &Path) -> String {
         ("port", "5432".to_string()),
         ("hba_file", hba.display().to_string()),
         ("archive_mode", "off".to_string()),
+        // Beside production: small, and no huge pages to take from it.
+        ("shared_buffers", "128MB".to_string()),
+        ("huge_pages", "off".to_string()),
         ("archive_command", String::new()),
         ("shared_preload_libraries", String::new()),
         ("ssl", "off".to_string()),

@@ -38,6 +38,16 @@ fn a_drill_recovers_to_a_moment_and_checks_what_it_finds() {
     p.sql("CREATE TABLE documents(id int primary key)");
     p.sql("INSERT INTO documents SELECT generate_series(1, 100)");
     setup.backup(p);
+    // One backup: --random-target has nothing to choose between and
+    // drills to the end of that backup.
+    let out = drill(&setup, &["--random-target"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert!(
+        out.stdout.contains("drill target: the end of backup"),
+        "{}",
+        out.stdout
+    );
+    assert_eq!(last_drill(&setup)["target"], "immediate");
     p.sql("INSERT INTO documents SELECT generate_series(101, 150)");
     std::thread::sleep(Duration::from_millis(1100));
     let target = server_now(p);

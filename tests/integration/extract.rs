@@ -132,4 +132,22 @@ fn a_dropped_table_comes_back_from_before_the_drop() {
         p.sql("SELECT count(*) FROM pg_database WHERE datname = 'docs_back'"),
         "0"
     );
+
+    // --replace: into postgres itself, where docs was dropped; the other
+    // table there stays as it is.
+    let mut replace = args.to_vec();
+    replace.push("--replace");
+    let out = extract(&setup, &replace);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    assert_eq!(
+        p.sql("SELECT count(*) || ':' || sum(id) || ':' || md5(string_agg(note, ',' ORDER BY id)) FROM docs"),
+        want
+    );
+    assert_eq!(p.sql("SELECT count(*) FROM other"), "1");
+    // --replace of a database the target lacks is refused.
+    let mut missing = replace.clone();
+    missing[1] = "no_such_db";
+    let out = extract(&setup, &missing);
+    assert_eq!(out.code, 2, "{}", out.stderr);
+    assert!(out.stderr.contains("does not exist"), "{}", out.stderr);
 }
