@@ -11,7 +11,6 @@ use super::human_bytes;
 use super::logging::report_error;
 use super::ops::{emit, repository_metrics, MetricsArgs};
 use crate::metrics::Metrics;
-use crate::repo::lock::RepoLock;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct BackupArgs {
@@ -84,19 +83,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         return super::wal::repo_exit(&e);
     }
     // One backup or expire at a time per repository.
-    let lock = match RepoLock::acquire(
-        &repo,
-        "backup",
-        Duration::from_secs(args.lock_lease_secs),
-        super::expire::now_secs,
-    )
-    .await
-    {
+    let lock = match super::take_lock(program, &repo, "backup", args.lock_lease_secs).await {
         Ok(l) => l,
-        Err(e) => {
-            report_error(program, &e);
-            return Exit::Failed;
-        }
+        Err(code) => return code,
     };
     let started = std::time::Instant::now();
     let result = run_backup(&repo, &opts, Some(&lock)).await;

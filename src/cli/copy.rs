@@ -1,12 +1,9 @@
 //! `walvault copy --to repo2`: backups and their WAL from one configured
 //! repository to the other, under the destination's repository lock.
 
-use std::time::Duration;
-
 use crate::config::GlobalArgs;
 use crate::exit::Exit;
 use crate::repo::copy::{apply_copy, plan_copy, CopyError};
-use crate::repo::lock::RepoLock;
 use crate::repo::{ClusterIdentity, ObjectError, RepoError};
 use crate::storage::StorageError;
 
@@ -109,19 +106,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &CopyArgs) -> Exit {
     let lock = if args.dry_run {
         None
     } else {
-        match RepoLock::acquire(
-            &to,
-            "copy",
-            Duration::from_secs(args.lock_lease_secs),
-            super::expire::now_secs,
-        )
-        .await
-        {
+        match super::take_lock(program, &to, "copy", args.lock_lease_secs).await {
             Ok(l) => Some(l),
-            Err(e) => {
-                report_error(program, &e);
-                return Exit::Failed;
-            }
+            Err(code) => return code,
         }
     };
     let started = std::time::Instant::now();

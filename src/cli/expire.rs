@@ -5,7 +5,6 @@ use std::time::Duration;
 use crate::config::GlobalArgs;
 use crate::exit::Exit;
 use crate::metrics::Metrics;
-use crate::repo::lock::RepoLock;
 use crate::retention::{apply_expire, plan_expire, RetentionPolicy};
 
 use super::human_bytes;
@@ -62,19 +61,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExpireArgs) -> Exit 
     let lock = if args.dry_run {
         None
     } else {
-        match RepoLock::acquire(
-            &repo,
-            "expire",
-            Duration::from_secs(args.lock_lease_secs),
-            now_secs,
-        )
-        .await
-        {
+        match super::take_lock(program, &repo, "expire", args.lock_lease_secs).await {
             Ok(l) => Some(l),
-            Err(e) => {
-                report_error(program, &e);
-                return Exit::Failed;
-            }
+            Err(code) => return code,
         }
     };
     let started = std::time::Instant::now();

@@ -306,6 +306,27 @@ pub(crate) fn open_repository(
     settings_and_repository(program, global).map(|(_, repo)| repo)
 }
 
+/// Takes the repository lock for `command` (backup, expire, copy),
+/// reporting a refusal (held by another process) as a failure.
+pub(crate) async fn take_lock(
+    program: &str,
+    repo: &crate::repo::Repository,
+    command: &str,
+    lease_secs: u64,
+) -> Result<crate::repo::lock::RepoLock, Exit> {
+    crate::repo::lock::RepoLock::acquire(
+        repo,
+        command,
+        std::time::Duration::from_secs(lease_secs),
+        expire::now_secs,
+    )
+    .await
+    .map_err(|e| {
+        logging::report_error(program, &e);
+        Exit::Failed
+    })
+}
+
 /// Sizes for people: `1.5 GiB`.
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];

@@ -42,7 +42,7 @@ async fn read_all(store: &dyn ObjectStore, key: &Key) -> Vec<u8> {
 }
 
 /// Deterministic, incompressible-ish bytes.
-fn pattern(len: usize, seed: u64) -> Vec<u8> {
+pub(crate) fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     (0..len)
         .map(|_| {

@@ -57,18 +57,6 @@ pub const LISTED_KEYS: usize = 1001;
 /// The clock skew the repository lock tolerates between hosts.
 const MAX_SKEW_SECS: i64 = crate::repo::lock::MAX_CLOCK_SKEW_SECS;
 
-fn pattern(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = u32::from(seed) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 /// Runs every check under `base` (a fresh key prefix), removing what it
 /// wrote. `multipart_bytes` is an object size that takes several parts.
 pub async fn run_self_test(
@@ -80,7 +68,7 @@ pub async fn run_self_test(
     let key = |name: &str| Key::new(format!("{base}/{name}")).expect("self-test keys are valid");
 
     // Round trip and ranged reads.
-    let small = pattern(3 << 20, 7);
+    let small = super::conformance::pattern(3 << 20, 7);
     let k = key("range");
     let local_before = jiff::Timestamp::now().as_second();
     match store
@@ -173,7 +161,7 @@ pub async fn run_self_test(
     let _ = store.delete(&k).await;
 
     // An object of several parts, written as walvault writes one.
-    let big = pattern(multipart_bytes, 9);
+    let big = super::conformance::pattern(multipart_bytes, 9);
     let k = key("multipart");
     let written = async {
         let mut w = store.put(&k, PutMode::Create).await?;

@@ -23,8 +23,10 @@ fn object_file(s3_root: &Path, name: &str) -> std::path::PathBuf {
         .join(name)
 }
 
-fn create_only_holds(mode: Conditional) {
-    let dir = TestDir::new("create-only");
+/// s3s-fs behind a proxy playing `mode`, and a repository `s3://bucket/co`
+/// initialized through it: the server, the proxy and the walvault
+/// arguments that reach it.
+fn proxied_repository(dir: &TestDir, mode: Conditional) -> (S3Server, FaultProxy, [String; 2]) {
     // The proxy changes signed headers only in the other modes.
     let server = if mode == Conditional::Forward {
         S3Server::start(dir.path(), "bucket")
@@ -51,6 +53,12 @@ fn create_only_holds(mode: Conditional) {
         .args(["init", "--pgdata"])
         .arg(&data));
     assert_eq!(out.code, 0, "{}", out.stderr);
+    (server, proxy, args)
+}
+
+fn create_only_holds(mode: Conditional) {
+    let dir = TestDir::new("create-only");
+    let (_server, _proxy, args) = proxied_repository(&dir, mode);
     let s3_root = dir.path().join("s3");
     let header = std::fs::read_to_string(s3_root.join("bucket/co/repository.json")).unwrap();
     let out = run(walvault("walvault")
@@ -169,27 +177,7 @@ fn a_server_that_answers_501_never_overwrites() {
 #[test]
 fn a_server_ignoring_ranges_is_named_by_the_storage_self_test() {
     let dir = TestDir::new("selftest-range");
-    let server = S3Server::start_without_auth(dir.path(), "bucket");
-    let proxy = FaultProxy::start(server.endpoint.trim_start_matches("http://"), 1, 0);
-    proxy.set_conditional(Conditional::IgnoreRange);
-    let config = dir.path().join("walvault.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "{}s3_part_size_mib = 5\n",
-            server
-                .config_toml("s3://bucket/co")
-                .replace(&server.endpoint, &proxy.endpoint)
-        ),
-    )
-    .unwrap();
-    let args = ["--config".to_string(), config.display().to_string()];
-    let data = fake_pgdata(dir.path(), SYSID, 16 << 20);
-    let out = run(walvault("walvault")
-        .args(&args)
-        .args(["init", "--pgdata"])
-        .arg(&data));
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (_server, _proxy, args) = proxied_repository(&dir, Conditional::IgnoreRange);
     let out = run(walvault("walvault")
         .args(&args)
         .args(["check", "--storage"]));
