@@ -230,3 +230,30 @@ fn a_local_repository_passes_the_storage_self_test() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A server whose listings stop after the first page (played by the
+/// proxy) breaks what expire and verify rely on: the self-test fails that
+/// row and exits 8.
+#[test]
+fn a_server_with_broken_pagination_fails_the_storage_self_test() {
+    let dir = TestDir::new("selftest-pages");
+    let (_server, _proxy, args) = proxied_repository(&dir, Conditional::OnePageListings);
+    let out = run(walvault("walvault")
+        .args(&args)
+        .args(["check", "--storage"]));
+    assert_eq!(out.code, 8, "{}{}", out.stdout, out.stderr);
+    let listing = out
+        .stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("listing"))
+        .unwrap_or_else(|| panic!("no listing row: {}", out.stdout));
+    assert!(
+        listing.contains(" FAIL ") && listing.contains("listed 1000 keys"),
+        "{listing}"
+    );
+    assert!(
+        out.stdout.contains("breaks a walvault guarantee"),
+        "{}",
+        out.stdout
+    );
+}

@@ -48,6 +48,9 @@ pub enum Conditional {
     /// `Range` headers removed, as a server that ignores them (every
     /// ranged read gets the whole object).
     IgnoreRange,
+    /// Listings cut after their first page (`IsTruncated` false, no
+    /// continuation token), as a server whose pagination is broken.
+    OnePageListings,
 }
 
 pub struct FaultProxy {
@@ -121,6 +124,7 @@ impl FaultProxy {
             Conditional::Ignore => 1,
             Conditional::NotImplemented => 2,
             Conditional::IgnoreRange => 3,
+            Conditional::OnePageListings => 4,
         };
         self.conditional.store(n, Ordering::SeqCst);
     }
@@ -319,6 +323,42 @@ fn serve_conditional(mut client: TcpStream, upstream: &str, mode: u32) {
     };
     if server.write_all(&out).is_err() {
         reset(&client);
+        return;
+    }
+    if mode == 4 {
+        // The whole response, its listing said to be complete.
+        let mut response = Vec::new();
+        let _ = server.read_to_end(&mut response);
+        let text = String::from_utf8_lossy(&response).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            if body.contains("<IsTruncated>true</IsTruncated>") {
+                let mut body = body.replace(
+                    "<IsTruncated>true</IsTruncated>",
+                    "<IsTruncated>false</IsTruncated>",
+                );
+                if let (Some(start), Some(end)) = (
+                    body.find("<NextContinuationToken>"),
+                    body.find("</NextContinuationToken>"),
+                ) {
+                    body.replace_range(start..end + "</NextContinuationToken>".len(), "");
+                }
+                let head: Vec<String> = head
+                    .split("\r\n")
+                    .map(|l| {
+                        if l.to_ascii_lowercase().starts_with("content-length:") {
+                            format!("Content-Length: {}", body.len())
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect();
+                let _ = client.write_all(format!("{}\r\n\r\n{body}", head.join("\r\n")).as_bytes());
+                let _ = client.shutdown(Shutdown::Both);
+                return;
+            }
+        }
+        let _ = client.write_all(&response);
+        let _ = client.shutdown(Shutdown::Both);
         return;
     }
     let _ = std::io::copy(&mut server, &mut client);
