@@ -50,10 +50,6 @@ impl Repos {
         &self.0
     }
 
-    pub fn first(&self) -> &Repository {
-        &self.0[0].repo
-    }
-
     /// Names every member: what the async and prefetch spools are keyed
     /// by, so a spool of another set of repositories is never trusted.
     pub fn describe(&self) -> String {

@@ -1,12 +1,8 @@
 //! `walvault extract --db NAME [--table T ...] --target-time T --into CONNINFO`.
 
-use std::path::PathBuf;
-use std::time::Duration;
-
 use crate::config::GlobalArgs;
 use crate::exit::Exit;
 use crate::extract::{run_extract, ExtractError, ExtractOptions};
-use crate::verify::restore::RestoreVerifyOptions;
 
 use super::logging::report_error;
 
@@ -36,21 +32,8 @@ pub struct ExtractArgs {
     #[arg(long)]
     pub replace: bool,
 
-    /// Where the scratch restore goes [default: the temp dir]
-    #[arg(long, value_name = "DIR")]
-    pub work_dir: Option<PathBuf>,
-
-    /// PostgreSQL's bin directory for the scratch server, pg_dump and pg_restore [default: /usr/lib/postgresql/<major>/bin]
-    #[arg(long, value_name = "DIR")]
-    pub pg_bin: Option<PathBuf>,
-
-    /// When run as root: the user the scratch server runs as
-    #[arg(long, default_value = "postgres", value_name = "USER")]
-    pub run_as: String,
-
-    /// How long recovery may take
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
-    pub timeout_secs: u64,
+    #[command(flatten)]
+    pub scratch: super::verify::ScratchArgs,
 }
 
 pub async fn run(program: &str, global: &GlobalArgs, args: &ExtractArgs) -> Exit {
@@ -71,19 +54,14 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &ExtractArgs) -> Exit
         into: args.into.clone(),
         new_name: args.new_name.clone(),
         replace: args.replace,
-        scratch: RestoreVerifyOptions {
-            work_dir: args.work_dir.clone(),
-            pg_bin: args.pg_bin.clone(),
-            run_as: args.run_as.clone(),
-            restore_command: super::restore::restore_command(global, &settings, true),
-            jobs: std::thread::available_parallelism()
+        scratch: args.scratch.options(
+            global,
+            &settings,
+            std::thread::available_parallelism()
                 .map(|n| n.get())
                 .unwrap_or(2),
-            timeout: Duration::from_secs(args.timeout_secs),
-            target: crate::restore::target::RecoveryTarget::Time(at),
-            checks: Vec::new(),
-            check_db: args.db.clone(),
-        },
+            crate::restore::target::RecoveryTarget::Time(at),
+        ),
     };
     let steps = std::sync::atomic::AtomicUsize::new(0);
     let progress = |step: &str| {

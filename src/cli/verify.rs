@@ -24,21 +24,8 @@ pub struct VerifyArgs {
     #[arg(long, short = 'j', value_name = "N")]
     pub jobs: Option<usize>,
 
-    /// With --restore: where the scratch directory goes [default: the temp dir]
-    #[arg(long, value_name = "DIR")]
-    pub work_dir: Option<PathBuf>,
-
-    /// With --restore: PostgreSQL's bin directory [default: /usr/lib/postgresql/<major>/bin]
-    #[arg(long, value_name = "DIR")]
-    pub pg_bin: Option<PathBuf>,
-
-    /// With --restore, when run as root: the user PostgreSQL runs as
-    #[arg(long, default_value = "postgres", value_name = "USER")]
-    pub run_as: String,
-
-    /// With --restore: how long recovery may take
-    #[arg(long, default_value_t = 1800, value_name = "SECS")]
-    pub timeout_secs: u64,
+    #[command(flatten)]
+    pub scratch: ScratchArgs,
 
     /// With --restore: a drill of point-in-time recovery to this time (default: the end of the newest backup)
     #[arg(
@@ -67,6 +54,50 @@ pub struct VerifyArgs {
 
     #[command(flatten)]
     pub metrics: MetricsArgs,
+}
+
+/// The scratch server of `verify --restore` and `extract`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScratchArgs {
+    /// Where the scratch restore goes (with verify: only with --restore) [default: the temp dir]
+    #[arg(long, value_name = "DIR")]
+    pub work_dir: Option<PathBuf>,
+
+    /// PostgreSQL's bin directory for the scratch server (and extract's pg_dump and pg_restore) [default: /usr/lib/postgresql/<major>/bin]
+    #[arg(long, value_name = "DIR")]
+    pub pg_bin: Option<PathBuf>,
+
+    /// When run as root: the user the scratch server runs as
+    #[arg(long, default_value = "postgres", value_name = "USER")]
+    pub run_as: String,
+
+    /// How long the scratch server's recovery may take
+    #[arg(long, default_value_t = 1800, value_name = "SECS")]
+    pub timeout_secs: u64,
+}
+
+impl ScratchArgs {
+    /// The scratch server's options: a read-only restore_command of
+    /// every configured repository, recovering to `target`.
+    pub fn options(
+        &self,
+        global: &GlobalArgs,
+        settings: &crate::config::Settings,
+        jobs: usize,
+        target: crate::restore::target::RecoveryTarget,
+    ) -> RestoreVerifyOptions {
+        RestoreVerifyOptions {
+            work_dir: self.work_dir.clone(),
+            pg_bin: self.pg_bin.clone(),
+            run_as: self.run_as.clone(),
+            restore_command: super::restore::restore_command(global, settings, true),
+            jobs,
+            timeout: Duration::from_secs(self.timeout_secs),
+            target,
+            checks: Vec::new(),
+            check_db: "postgres".to_string(),
+        }
+    }
 }
 
 fn now_rfc3339() -> String {
@@ -228,15 +259,11 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &VerifyArgs) -> Exit 
 
     if args.restore {
         let opts = RestoreVerifyOptions {
-            work_dir: args.work_dir.clone(),
-            pg_bin: args.pg_bin.clone(),
-            run_as: args.run_as.clone(),
-            restore_command: super::restore::restore_command(global, &settings, true),
-            jobs,
-            timeout: Duration::from_secs(args.timeout_secs),
-            target: target.clone(),
             checks: checks.clone(),
             check_db: args.check_db.clone(),
+            ..args
+                .scratch
+                .options(global, &settings, jobs, target.clone())
         };
         let started = std::time::Instant::now();
         let result = run_restore_verify(&repo, &opts).await;

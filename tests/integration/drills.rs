@@ -62,9 +62,36 @@ fn a_drill_recovers_to_a_moment_and_checks_what_it_finds() {
         &setup.dir.path().join("checks.sql"),
         "-- rows at the target\n-- expect: 150\nSELECT count(*) FROM documents;\n\n-- expect: 150\nSELECT max(id)\n  FROM documents;\nSELECT 1;\n",
     );
-    let out = drill(&setup, &["--target-time", &target, "--check-sql", &checks]);
+    let metrics = setup.dir.path().join("drill.prom");
+    let out = drill(
+        &setup,
+        &[
+            "--target-time",
+            &target,
+            "--check-sql",
+            &checks,
+            "--metrics-file",
+            metrics.to_str().unwrap(),
+        ],
+    );
     assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
     assert!(out.stdout.contains("3 check(s) passed"), "{}", out.stdout);
+    let prom = std::fs::read_to_string(&metrics).unwrap();
+    let asked_secs = walvault::restore::target::parse_target_time(&target)
+        .unwrap()
+        .as_second();
+    for line in [
+        "walvault_drill_checks_passed 3".to_string(),
+        format!("walvault_drill_target_timestamp_seconds {asked_secs}"),
+        "backup_restore_verify_success 1".to_string(),
+    ] {
+        assert!(prom.lines().any(|l| l == line), "{line} in {prom}");
+    }
+    assert!(
+        prom.lines()
+            .any(|l| l.starts_with("walvault_drill_wal_replayed_bytes ") && !l.ends_with(" 0")),
+        "{prom}"
+    );
     let record = last_drill(&setup);
     assert_eq!(record["success"], true, "{record}");
     assert_eq!(record["checks_passed"], 3, "{record}");

@@ -94,7 +94,17 @@ fn event(requests: &[Request], path: &str) -> serde_json::Value {
 #[test]
 fn events_and_pings_tell_what_ended_and_never_change_the_result() {
     let server = Receiver::start(true);
-    let setup = Setup::with_config("notify", Backend::Local, Some("notify_timeout_secs = 2"));
+    // A second repository, for the event of a copy.
+    let offsite = crate::harness::TestDir::new("notify-offsite");
+    crate::harness::give_to_postgres(offsite.path());
+    let setup = Setup::with_config(
+        "notify",
+        Backend::Local,
+        Some(&format!(
+            "notify_timeout_secs = 2\n[repo2]\nrepo = \"{}\"\n",
+            offsite.path().join("repo2").display()
+        )),
+    );
     let p = &setup.primary;
     let hook = format!("{}/hook/secret-part", server.url);
     let ping = format!("{}/ping/uuid", server.url);
@@ -148,6 +158,25 @@ fn events_and_pings_tell_what_ended_and_never_change_the_result() {
             .starts_with("walvault backup succeeded on "),
         "{e}"
     );
+
+    // A verify and a copy that succeed.
+    for (command, args) in [
+        ("verify", vec!["verify"]),
+        ("copy", vec!["copy", "--to", "repo2"]),
+    ] {
+        let mut all = notify.to_vec();
+        all.extend(args);
+        let out = setup.walvault(&all);
+        assert_eq!(out.code, 0, "{command}: {}{}", out.stdout, out.stderr);
+        let seen = server.take();
+        let e = event(&seen, "/hook/secret-part");
+        assert_eq!(
+            (e["command"].as_str(), e["result"].as_str()),
+            (Some(command), Some("success")),
+            "{e}"
+        );
+        assert!(seen.iter().any(|r| r.path == "/ping/uuid"), "{seen:?}");
+    }
 
     // An expire that fails (no policy): the event says why, the ping
     // goes to /fail, and the exit status is expire's own.
