@@ -16,6 +16,8 @@ use std::fs;
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 use crate::repo::manifest::{BackupManifest, FileEntry};
 use crate::repo::object::read_object;
@@ -472,27 +474,11 @@ pub async fn apply(
             });
         }
     }
-    let (moved_aside, delta_files, delta_summary) = if opts.delta {
-        // Delta restore compares the whole list with the data directory in
-        // memory (about 1 KiB per file).
-        let mut whole = manifest.clone();
-        whole.files = file_list
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(bad_manifest)?;
-        whole.file_list = None;
-        let (files, summary) = prepare_delta(
-            repo,
-            manifest.block_size,
-            &pgdata,
-            &whole,
-            &tablespaces,
-            opts,
-        )
-        .await?;
-        (None, Some(files), Some(summary))
+    let (moved_aside, delta_removed) = if opts.delta {
+        let removed = prepare_delta(&pgdata, manifest, &file_list, &tablespaces, opts)?;
+        (None, Some(removed))
     } else {
-        (prepare_target(&pgdata, opts.force)?, None, None)
+        (prepare_target(&pgdata, opts.force)?, None)
     };
 
     // Tablespace links first, so their directories are created through them.
@@ -531,33 +517,50 @@ pub async fn apply(
         }
     }
 
-    let not_control =
-        |f: &Result<FileEntry, RestoreError>| !matches!(f, Ok(f) if f.path == "global/pg_control");
-    let (control, rest): (Vec<FileEntry>, Box<dyn Iterator<Item = _> + Send>) = match delta_files {
-        Some(files) => {
-            let (control, rest): (Vec<FileEntry>, Vec<FileEntry>) = files
-                .into_iter()
-                .partition(|f| f.path == "global/pg_control");
-            (control, Box::new(rest.into_iter().map(Ok)))
+    if opts.delta {
+        // Directories kept get the modes a fresh restore gives (those made
+        // above got them when created).
+        for dir in &manifest.directories {
+            let path = local_path(&pgdata, &tablespaces, &dir.path);
+            if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+                fs::set_permissions(&path, fs::Permissions::from_mode(dir_mode(dir.mode)))
+                    .map_err(io_err("chmod", &path))?;
+            }
         }
-        None => {
-            let label = manifest.label.clone();
-            let rest = file_list.iter().map(move |f| {
-                f.map_err(|reason| RestoreError::BadManifest {
-                    label: label.clone(),
-                    reason,
-                })
-            });
-            (
-                control_entry.into_iter().collect(),
-                Box::new(rest.filter(not_control)),
-            )
-        }
-    };
-    let block_size = manifest.block_size;
-    if let Err(e) = restore_files(repo, &pgdata, rest, opts.jobs, block_size, opts.delta).await {
-        return Err(explain_vanished(repo, &manifest.label, e).await);
     }
+    let label = manifest.label.clone();
+    let files = file_list
+        .iter()
+        .map(move |f| {
+            f.map_err(|reason| RestoreError::BadManifest {
+                label: label.clone(),
+                reason,
+            })
+        })
+        .filter(|f| !matches!(f, Ok(f) if f.path == "global/pg_control"));
+    let block_size = manifest.block_size;
+    let written = match delta_removed {
+        Some(removed) => {
+            let counts = DeltaCounts::default();
+            counts.removed.store(removed, Ordering::Relaxed);
+            let counts = Arc::new(counts);
+            let check = DeltaCheck {
+                force_checksum: opts.delta_force_checksum,
+                trust_before: super::delta::trust_before(manifest),
+                block_size,
+            };
+            delta_files(repo, &pgdata, files, opts.jobs, check, counts.clone())
+                .await
+                .map(|()| Some(counts.summary()))
+        }
+        None => restore_files(repo, &pgdata, files, opts.jobs, block_size, false)
+            .await
+            .map(|()| None),
+    };
+    let delta_summary = match written {
+        Ok(summary) => summary,
+        Err(e) => return Err(explain_vanished(repo, &manifest.label, e).await),
+    };
 
     write_small(
         &pgdata.join("backup_label"),
@@ -598,7 +601,7 @@ pub async fn apply(
     restore_files(
         repo,
         &pgdata,
-        control.into_iter().map(Ok),
+        control_entry.into_iter().map(Ok),
         1,
         block_size,
         opts.delta,
@@ -731,14 +734,7 @@ where
             if replace {
                 // A delta restore rewrites a file that differs: whatever is
                 // at its path goes first (never followed if a link).
-                let path = pgdata.join(&entry.path);
-                match fs::symlink_metadata(&path) {
-                    Ok(m) if m.is_dir() => {
-                        fs::remove_dir_all(&path).map_err(io_err("remove", &path))?
-                    }
-                    Ok(_) => fs::remove_file(&path).map_err(io_err("remove", &path))?,
-                    Err(_) => {}
-                }
+                remove_any(&pgdata.join(&entry.path))?;
             }
             restore_one(&repo, &pgdata, &entry, block_size)
                 .await
@@ -841,18 +837,17 @@ fn local_path(
     pgdata.join(rel)
 }
 
-/// A delta restore's preparation: refuse a running server and (unless
+/// A delta restore's first pass: refuse a running server and (unless
 /// forced) another cluster's directory, remove `global/pg_control` first,
-/// remove what the backup does not have, and compare files by size and
-/// time or checksum. Returns the files to write.
-async fn prepare_delta(
-    repo: &Repository,
-    block_size: Option<u32>,
+/// then remove what the backup does not have ([`super::delta::Removals`],
+/// streamed). Returns how many paths it removed.
+fn prepare_delta(
     pgdata: &Path,
     manifest: &BackupManifest,
+    file_list: &crate::repo::filelist::FileList,
     tablespaces: &[crate::repo::manifest::TablespaceEntry],
     opts: &RestoreOptions,
-) -> Result<(Vec<FileEntry>, DeltaSummary), RestoreError> {
+) -> Result<usize, RestoreError> {
     let target = |reason: String| RestoreError::Target {
         path: pgdata.to_path_buf(),
         reason,
@@ -887,118 +882,185 @@ async fn prepare_delta(
         Err(e) if e.kind() == io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_err("remove", &control)(e)),
     }
-    let local = super::delta::list_local(pgdata, tablespaces, manifest.pg_major)
-        .map_err(io_err("list", pgdata))?;
-    let plan = super::delta::plan_delta(manifest, &local, opts.delta_force_checksum);
-    for rel in &plan.remove {
-        let path = local_path(pgdata, tablespaces, rel);
-        let result = match fs::symlink_metadata(&path) {
-            Ok(m) if m.is_dir() => fs::remove_dir_all(&path),
-            Ok(_) => fs::remove_file(&path),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        };
-        result.map_err(io_err("remove", &path))?;
-    }
-    // Same size, other time: compare by checksum, in parallel.
-    let checks: Vec<(FileEntry, PathBuf)> = plan
-        .check
-        .iter()
-        .map(|f| (f.clone(), local_path(pgdata, tablespaces, &f.path)))
-        .collect();
-    let repo_for_checks = repo.clone();
-    let outcomes = crate::pool::run_bounded(checks, opts.jobs, move |(entry, path)| {
-        let repo = repo_for_checks.clone();
-        async move {
-            if let Some(map) = &entry.map {
-                // Block by block against the map: only differing blocks
-                // are written.
-                return match patch(&repo, &path, &entry, map, block_size).await? {
-                    Patched::Equal => Ok::<_, RestoreError>(Some(Checked::Equal)),
-                    Patched::Blocks(n) => Ok(Some(Checked::Patched(n))),
-                    Patched::Unpatchable => Ok(Some(Checked::Differs(Box::new(entry.clone())))),
-                };
-            }
-            let same = tokio::task::spawn_blocking({
-                let path = path.clone();
-                let entry = entry.clone();
-                move || -> io::Result<bool> {
-                    let mut f = fs::OpenOptions::new()
-                        .read(true)
-                        .custom_flags(libc::O_NOFOLLOW)
-                        .open(&path)?;
-                    let mut hasher = crate::stream::Hasher::new();
-                    let mut buf = vec![0u8; 1 << 20];
-                    loop {
-                        let n = io::Read::read(&mut f, &mut buf)?;
-                        if n == 0 {
-                            break;
-                        }
-                        hasher.update(&buf[..n]);
-                    }
-                    let same = hasher.len() == entry.size && hasher.finish() == entry.checksum;
-                    if same {
-                        // Equal: give it the recorded time, so the next
-                        // delta restore keeps it without reading.
-                        if let Ok(secs) = u64::try_from(entry.mtime) {
-                            let _ = f.set_modified(
-                                std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs),
-                            );
-                        }
-                    }
-                    Ok(same)
-                }
+    let walk = super::delta::LocalWalk::new(pgdata, tablespaces, manifest.pg_major)
+        .map_err(io_err("list", pgdata))?
+        .map(|e| e.map_err(io_err("list", pgdata)));
+    let label = &manifest.label;
+    let paths = file_list.iter().map(|f| {
+        f.map(|f| f.path)
+            .map_err(|reason| RestoreError::BadManifest {
+                label: label.clone(),
+                reason,
             })
-            .await
-            .map_err(|e| io_err("compare", &path)(io::Error::other(e)))?
-            .map_err(io_err("compare", &path))?;
-            Ok(Some(if same {
-                Checked::Equal
-            } else {
-                Checked::Differs(Box::new(entry))
-            }))
+    });
+    let mut removed = 0;
+    for entry in super::delta::Removals::new(manifest, walk, paths) {
+        let entry = entry?;
+        remove_any(&entry.abs)?;
+        removed += 1;
+    }
+    Ok(removed)
+}
+
+/// Removes whatever is at `path` (a directory with all it holds; a link,
+/// never followed); nothing there is fine.
+fn remove_any(path: &Path) -> Result<bool, RestoreError> {
+    let result = match fs::symlink_metadata(path) {
+        Ok(m) if m.is_dir() => fs::remove_dir_all(path),
+        Ok(_) => fs::remove_file(path),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => Err(e),
+    };
+    result.map(|()| true).map_err(io_err("remove", path))
+}
+
+/// What a delta restore's second pass found, counted as files finish.
+#[derive(Default)]
+struct DeltaCounts {
+    kept: AtomicUsize,
+    equal: AtomicUsize,
+    written: AtomicUsize,
+    removed: AtomicUsize,
+    patched: AtomicUsize,
+    blocks: AtomicUsize,
+}
+
+impl DeltaCounts {
+    fn summary(&self) -> DeltaSummary {
+        let get = |a: &AtomicUsize| a.load(Ordering::Relaxed);
+        DeltaSummary {
+            kept: get(&self.kept),
+            checked_equal: get(&self.equal),
+            rewritten: get(&self.written),
+            removed: get(&self.removed),
+            patched: get(&self.patched),
+            blocks_written: get(&self.blocks),
+        }
+    }
+}
+
+/// How a delta restore compares files.
+#[derive(Clone, Copy)]
+struct DeltaCheck {
+    force_checksum: bool,
+    trust_before: Option<i64>,
+    block_size: Option<u32>,
+}
+
+/// A delta restore's second pass: each file of the list, `jobs` at a
+/// time, kept, compared (and patched), or written
+/// ([`super::delta::plan_file`]). One entry per job in memory.
+async fn delta_files<I>(
+    repo: &Repository,
+    pgdata: &Path,
+    files: I,
+    jobs: usize,
+    how: DeltaCheck,
+    counts: Arc<DeltaCounts>,
+) -> Result<(), RestoreError>
+where
+    I: IntoIterator<Item = Result<FileEntry, RestoreError>>,
+    I::IntoIter: Send + 'static,
+{
+    use super::delta::{plan_file, FileAction, LocalKind};
+    let (repo, pgdata) = (repo.clone(), pgdata.to_path_buf());
+    crate::pool::run_bounded(files, jobs, move |entry| {
+        let (repo, pgdata, counts) = (repo.clone(), pgdata.clone(), counts.clone());
+        async move {
+            let entry = entry?;
+            let path = pgdata.join(&entry.path);
+            let here = match fs::symlink_metadata(&path) {
+                Ok(m) => Some(LocalKind::of(&m)),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => None,
+                Err(e) => return Err(io_err("stat", &path)(e)),
+            };
+            let keep_mode = |counter: &AtomicUsize| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                fs::set_permissions(&path, fs::Permissions::from_mode(file_mode(entry.mode)))
+                    .map_err(io_err("chmod", &path))
+            };
+            match plan_file(&entry, here.as_ref(), how.force_checksum, how.trust_before) {
+                FileAction::Keep => keep_mode(&counts.kept)?,
+                FileAction::Check => match compare(&repo, &path, &entry, how.block_size).await? {
+                    Checked::Equal => keep_mode(&counts.equal)?,
+                    Checked::Patched(n) => {
+                        counts.blocks.fetch_add(n, Ordering::Relaxed);
+                        keep_mode(&counts.patched)?
+                    }
+                    Checked::Differs => {
+                        remove_any(&path)?;
+                        restore_one(&repo, &pgdata, &entry, how.block_size).await?;
+                        counts.written.fetch_add(1, Ordering::Relaxed);
+                    }
+                },
+                FileAction::Write { clear } => {
+                    if clear && remove_any(&path)? {
+                        counts.removed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    restore_one(&repo, &pgdata, &entry, how.block_size).await?;
+                    counts.written.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Ok(None::<()>)
         }
     })
-    .await?;
-    let mut differing = Vec::new();
-    let (mut equal, mut patched, mut blocks) = (0, 0, 0);
-    for outcome in outcomes {
-        match outcome {
-            Checked::Equal => equal += 1,
-            Checked::Patched(n) => {
-                patched += 1;
-                blocks += n;
+    .await
+    .map(|_| ())
+}
+
+/// Compares an existing file with the backup's: block by block against
+/// its map (patching the blocks that differ), or without a map by
+/// checksum.
+async fn compare(
+    repo: &Repository,
+    path: &Path,
+    entry: &FileEntry,
+    block_size: Option<u32>,
+) -> Result<Checked, RestoreError> {
+    if let Some(map) = &entry.map {
+        return Ok(match patch(repo, path, entry, map, block_size).await? {
+            Patched::Equal => Checked::Equal,
+            Patched::Blocks(n) => Checked::Patched(n),
+            Patched::Unpatchable => Checked::Differs,
+        });
+    }
+    let same = tokio::task::spawn_blocking({
+        let path = path.to_path_buf();
+        let (size, checksum, mtime) = (entry.size, entry.checksum, entry.mtime);
+        move || -> io::Result<bool> {
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)?;
+            let mut hasher = crate::stream::Hasher::new();
+            let mut buf = vec![0u8; 1 << 20];
+            loop {
+                let n = io::Read::read(&mut f, &mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                hasher.update(&buf[..n]);
             }
-            Checked::Differs(entry) => differing.push(*entry),
+            let same = hasher.len() == size && hasher.finish() == checksum;
+            if same {
+                // Equal: give it the recorded time, so the next delta
+                // restore keeps it without reading.
+                if let Ok(secs) = u64::try_from(mtime) {
+                    let _ = f
+                        .set_modified(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs));
+                }
+            }
+            Ok(same)
         }
-    }
-    let summary = DeltaSummary {
-        kept: plan.keep.len(),
-        checked_equal: equal,
-        rewritten: plan.rewrite.len() + differing.len(),
-        removed: plan.remove.len(),
-        patched,
-        blocks_written: blocks,
-    };
-    // Files and directories kept get the modes a fresh restore gives
-    // (those about to be written get them when created).
-    for dir in &manifest.directories {
-        let path = local_path(pgdata, tablespaces, &dir.path);
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
-            fs::set_permissions(&path, fs::Permissions::from_mode(dir_mode(dir.mode)))
-                .map_err(io_err("chmod", &path))?;
-        }
-    }
-    for file in &manifest.files {
-        let path = local_path(pgdata, tablespaces, &file.path);
-        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_file()) {
-            fs::set_permissions(&path, fs::Permissions::from_mode(file_mode(file.mode)))
-                .map_err(io_err("chmod", &path))?;
-        }
-    }
-    let mut files = plan.rewrite;
-    files.extend(differing);
-    Ok((files, summary))
+    })
+    .await
+    .map_err(|e| io_err("compare", path)(io::Error::other(e)))?
+    .map_err(io_err("compare", path))?;
+    Ok(if same {
+        Checked::Equal
+    } else {
+        Checked::Differs
+    })
 }
 
 fn sync_dir(path: &Path) -> Result<(), RestoreError> {
@@ -1191,8 +1253,9 @@ enum Checked {
     Equal,
     /// Patched block by block: this many blocks written.
     Patched(usize),
-    /// Differs and has no map: written whole.
-    Differs(Box<FileEntry>),
+    /// Differs (and has no map, or one that cannot vouch for it): written
+    /// whole.
+    Differs,
 }
 
 /// What [`patch`] did to an existing file.

@@ -851,6 +851,18 @@ fn many_files_back_up_and_restore_in_bounded_memory() {
         assert_eq!(ran.code, 0, "restore: {}", ran.stderr);
         (target, kib)
     };
+    let delta = |label: &str, target: &std::path::Path| {
+        let (ran, kib) = peak_rss_kib(&mut setup.command(&[
+            "restore",
+            "--delta",
+            "--pgdata",
+            target.to_str().unwrap(),
+            "--backup",
+            label,
+        ]));
+        assert_eq!(ran.code, 0, "delta restore: {}", ran.stderr);
+        kib
+    };
     let list = || {
         let (ran, kib) = peak_rss_kib(&mut setup.command(&["list"]));
         assert_eq!(ran.code, 0, "list: {}", ran.stderr);
@@ -859,6 +871,7 @@ fn many_files_back_up_and_restore_in_bounded_memory() {
     let (small, small_backup) = backup("full");
     let (small_dir, small_restore) = restore(&small, "r-small");
     let small_list = list();
+    let small_delta = delta(&small, &small_dir);
     std::fs::remove_dir_all(&small_dir).unwrap();
 
     let many = 40_000;
@@ -882,6 +895,14 @@ fn many_files_back_up_and_restore_in_bounded_memory() {
     let (incr, incr_backup) = backup("incr");
     let big_list = list();
     let (restored, big_restore) = restore(&incr, "r-big");
+    // The incremental's directory taken back to the full by a delta
+    // restore (restored again below, to the incremental).
+    let big_delta = delta(&big, &restored);
+    for i in (0..many).step_by(100) {
+        let path = restored.join(format!("many_files/{}/{i}", i / 1000));
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), format!("file {i}"));
+    }
+    let big_delta_back = delta(&incr, &restored);
     // Allocator arenas and zstd contexts make a few MiB of noise that
     // does not grow with the file count (a million files peak under 64
     // MiB: docs/BENCHMARKS.md); an in-memory list would add 60 MiB here.
@@ -890,6 +911,8 @@ fn many_files_back_up_and_restore_in_bounded_memory() {
         ("full backup", small_backup, big_backup),
         ("incremental backup", small_backup, incr_backup),
         ("restore", small_restore, big_restore),
+        ("delta restore", small_delta, big_delta),
+        ("delta restore back", small_delta, big_delta_back),
         ("list", small_list, big_list),
     ] {
         eprintln!("{what}: peak RSS {small} KiB bare, {big} KiB with {many} more files");
