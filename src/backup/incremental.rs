@@ -185,7 +185,9 @@ pub async fn effective_map(
             ));
         }
         parser.finish().map_err(|e| integrity(e.to_string()))?;
-        if gap {
+        // A delta hashing otherwise than the map (never written so) cannot
+        // be overlaid: compare whole.
+        if gap || parser.kind() != Some(map.kind) {
             return Ok(None);
         }
     }
@@ -325,6 +327,7 @@ async fn write_map(
 ) -> Result<(ObjectRef, u64), ObjectError> {
     let key = layout::backup_map_key(ctx.label, ctx.index);
     let bytes = BlockMap {
+        kind: scan.kind,
         block_size: ctx.block_size,
         file_size: scan.file_size,
         hashes: scan.hashes.clone(),

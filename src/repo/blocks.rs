@@ -3,8 +3,11 @@
 //! changed, and restore put them back.
 //!
 //! - A **block map** (`…/files/<n>.map`) lists a hash of every block of a
-//!   file as it was copied: BLAKE3 truncated to 16 bytes, one per block of
-//!   the cluster's block size (the last block may be short). The next
+//!   file as it was copied, 16 bytes, one per block of the cluster's block
+//!   size (the last block may be short): XXH3-128 in layout 2, BLAKE3
+//!   truncated to 16 bytes in layout 1 (read, and continued by the
+//!   deltas of a chain that started with it). The whole file's checksum
+//!   stays BLAKE3 in both. The next
 //!   backup reads the reference's map and compares each block it reads
 //!   with it, so unchanged blocks are read but never stored.
 //! - A **block delta** (`…/files/<n>`, for a file whose manifest entry has
@@ -34,17 +37,19 @@ use tokio::io::{AsyncRead, ReadBuf};
 pub const HASH_LEN: usize = 16;
 const MAP_MAGIC: &[u8; 4] = b"WVBM";
 const DELTA_MAGIC: &[u8; 4] = b"WVBD";
-const LAYOUT_VERSION: u8 = 1;
-/// Map header: magic, version, 3 reserved, block size u32, 4 reserved,
-/// file size u64.
+/// Map header: magic, layout version, 3 reserved, block size u32, 4
+/// reserved, file size u64.
 pub const MAP_HEADER_LEN: usize = 24;
-/// Delta header: magic, version, 3 reserved, block size u32, 4 reserved.
+/// Delta header: magic, layout version, 3 reserved, block size u32, 4
+/// reserved.
 pub const DELTA_HEADER_LEN: usize = 16;
 /// A delta record's head: block number u32, length u32, hash.
 pub const RECORD_HEAD_LEN: usize = 8 + HASH_LEN;
 /// The block number of the end record, whose "hash" holds the file size
 /// and the record count.
 const END_BLOCK: u32 = u32::MAX;
+/// How much of a file a [`BlockReader`] reads at once.
+const READ_BYTES: usize = 1 << 20;
 
 /// Files at least this many blocks long get a block map and can be stored
 /// as deltas; smaller files are compared and stored whole.
@@ -52,11 +57,55 @@ pub const MIN_MAP_BLOCKS: u64 = 16;
 
 pub type BlockHash = [u8; HASH_LEN];
 
+/// How a map or delta hashes its blocks, named by its layout version.
+/// A delta always hashes as the map it was compared with, so a chain
+/// never mixes the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum HashKind {
+    /// Layout 1: BLAKE3, truncated to 16 bytes.
+    Blake3,
+    /// Layout 2: XXH3-128, little-endian; about seven times faster, so a
+    /// changed file costs one cryptographic pass (its BLAKE3 checksum),
+    /// not two.
+    #[default]
+    Xxh3,
+}
+
+impl HashKind {
+    /// What new maps (and the deltas compared with them) use.
+    pub const CURRENT: HashKind = HashKind::Xxh3;
+
+    fn from_layout(version: u8) -> Option<HashKind> {
+        match version {
+            1 => Some(HashKind::Blake3),
+            2 => Some(HashKind::Xxh3),
+            _ => None,
+        }
+    }
+
+    fn layout(self) -> u8 {
+        match self {
+            HashKind::Blake3 => 1,
+            HashKind::Xxh3 => 2,
+        }
+    }
+
+    pub fn hash(self, data: &[u8]) -> BlockHash {
+        match self {
+            HashKind::Blake3 => {
+                let full = blake3::hash(data);
+                let mut h = [0u8; HASH_LEN];
+                h.copy_from_slice(&full.as_bytes()[..HASH_LEN]);
+                h
+            }
+            HashKind::Xxh3 => xxhash_rust::xxh3::xxh3_128(data).to_le_bytes(),
+        }
+    }
+}
+
+/// A block's hash as new maps record it.
 pub fn block_hash(data: &[u8]) -> BlockHash {
-    let full = blake3::hash(data);
-    let mut h = [0u8; HASH_LEN];
-    h.copy_from_slice(&full.as_bytes()[..HASH_LEN]);
-    h
+    HashKind::CURRENT.hash(data)
 }
 
 /// How many blocks a file of `size` bytes has.
@@ -82,6 +131,7 @@ fn bad(reason: impl Into<String>) -> BlockFormatError {
 /// A parsed block map.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BlockMap {
+    pub kind: HashKind,
     pub block_size: u32,
     pub file_size: u64,
     pub hashes: Vec<BlockHash>,
@@ -113,7 +163,7 @@ impl BlockMap {
     pub fn encode(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(MAP_HEADER_LEN + self.hashes.len() * HASH_LEN);
         out.extend_from_slice(MAP_MAGIC);
-        out.push(LAYOUT_VERSION);
+        out.push(self.kind.layout());
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.block_size.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
@@ -129,11 +179,12 @@ impl BlockMap {
         if bytes.len() < MAP_HEADER_LEN || &bytes[..4] != MAP_MAGIC {
             return Err(bad("not a walvault block map"));
         }
-        if bytes[4] != LAYOUT_VERSION || bytes[5..8] != [0; 3] || bytes[12..16] != [0; 4] {
+        let kind = HashKind::from_layout(bytes[4]);
+        let Some(kind) = kind.filter(|_| bytes[5..8] == [0; 3] && bytes[12..16] == [0; 4]) else {
             return Err(bad(
                 "block map layout is newer than this walvault understands\nHINT: upgrade walvault",
             ));
-        }
+        };
         let block_size = u32::from_le_bytes(bytes[8..12].try_into().expect("4 bytes"));
         if !valid_block_size(block_size) {
             return Err(bad(format!("block map has block size {block_size}")));
@@ -153,6 +204,7 @@ impl BlockMap {
             .map(|c| c.try_into().expect("HASH_LEN bytes"))
             .collect();
         Ok(BlockMap {
+            kind,
             block_size,
             file_size,
             hashes,
@@ -160,10 +212,10 @@ impl BlockMap {
     }
 }
 
-fn delta_header(block_size: u32) -> [u8; DELTA_HEADER_LEN] {
+fn delta_header(block_size: u32, kind: HashKind) -> [u8; DELTA_HEADER_LEN] {
     let mut h = [0u8; DELTA_HEADER_LEN];
     h[..4].copy_from_slice(DELTA_MAGIC);
-    h[4] = LAYOUT_VERSION;
+    h[4] = kind.layout();
     h[8..12].copy_from_slice(&block_size.to_le_bytes());
     h
 }
@@ -179,6 +231,8 @@ fn record_head(block: u32, len: u32, hash: &BlockHash) -> [u8; RECORD_HEAD_LEN] 
 /// What reading a file block by block found.
 #[derive(Debug, Clone, Default)]
 pub struct BlockScan {
+    /// How `hashes` were made.
+    pub kind: HashKind,
     pub file_size: u64,
     /// The hash of every block read: the file's new block map.
     pub hashes: Vec<BlockHash>,
@@ -194,13 +248,23 @@ pub struct BlockScan {
 /// With `reference: None` it passes the file through unchanged (a full
 /// copy, whose map is [`BlockScan::hashes`]); with a reference map it
 /// yields a block delta holding only the blocks whose hash differs from
-/// the reference, or that lie beyond it.
+/// the reference, or that lie beyond it. It reads a MiB at a time and
+/// feeds the whole-file checksum as it reads (large updates are BLAKE3's
+/// fast path); memory is that buffer and, for a delta, the changed blocks
+/// of one buffer.
 pub struct BlockReader<'a, R> {
     inner: R,
     block_size: usize,
+    kind: HashKind,
     reference: Option<&'a BlockMap>,
-    block: Vec<u8>,
-    filled: usize,
+    buf: Vec<u8>,
+    /// Blocks before this are hashed.
+    pos: usize,
+    /// Bytes read up to here.
+    end: usize,
+    /// A full copy has passed on the bytes before this.
+    emitted: usize,
+    /// Delta records waiting to be read.
     out: Vec<u8>,
     out_pos: usize,
     started: bool,
@@ -211,17 +275,25 @@ pub struct BlockReader<'a, R> {
 
 impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
     pub fn new(inner: R, block_size: u32, reference: Option<&'a BlockMap>) -> Self {
+        let bs = block_size as usize;
+        let kind = reference.map_or(HashKind::CURRENT, |m| m.kind);
         BlockReader {
             inner,
-            block_size: block_size as usize,
+            block_size: bs,
+            kind,
             reference,
-            block: vec![0; block_size as usize],
-            filled: 0,
-            out: Vec::with_capacity(block_size as usize + RECORD_HEAD_LEN),
+            buf: vec![0; (READ_BYTES / bs).max(1) * bs],
+            pos: 0,
+            end: 0,
+            emitted: 0,
+            out: Vec::new(),
             out_pos: 0,
             started: false,
             finished: false,
-            scan: BlockScan::default(),
+            scan: BlockScan {
+                kind,
+                ..BlockScan::default()
+            },
             whole: crate::stream::Hasher::new(),
         }
     }
@@ -231,34 +303,30 @@ impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
         self.scan
     }
 
-    /// Hashes the block in `self.block[..self.filled]` and queues what is
-    /// to be emitted for it.
-    fn take_block(&mut self) -> io::Result<()> {
-        let data = &self.block[..self.filled];
-        let hash = block_hash(data);
-        self.whole.update(data);
+    /// Hashes the block at `buf[pos..pos + len]` and, for a delta, queues
+    /// it when it differs from the reference.
+    fn take_block(&mut self, len: usize) -> io::Result<()> {
+        let data = &self.buf[self.pos..self.pos + len];
+        let hash = self.kind.hash(data);
         let number = self.scan.hashes.len();
         self.scan.hashes.push(hash);
-        self.scan.file_size += data.len() as u64;
-        self.out.clear();
-        self.out_pos = 0;
-        match self.reference {
-            None => self.out.extend_from_slice(data),
-            Some(reference) => {
-                let same = reference.hashes.get(number) == Some(&hash);
-                if !same {
-                    let block = u32::try_from(number)
-                        .ok()
-                        .filter(|&b| b != END_BLOCK)
-                        .ok_or_else(|| io::Error::other("file has too many blocks for a delta"))?;
-                    self.out
-                        .extend_from_slice(&record_head(block, data.len() as u32, &hash));
-                    self.out.extend_from_slice(data);
-                    self.scan.stored_blocks += 1;
-                }
+        self.scan.file_size += len as u64;
+        if let Some(reference) = self.reference {
+            if reference.hashes.get(number) != Some(&hash) {
+                let block = u32::try_from(number)
+                    .ok()
+                    .filter(|&b| b != END_BLOCK)
+                    .ok_or_else(|| io::Error::other("file has too many blocks for a delta"))?;
+                self.out
+                    .extend_from_slice(&record_head(block, len as u32, &hash));
+                self.out.extend_from_slice(data);
+                self.scan.stored_blocks += 1;
             }
         }
-        self.filled = 0;
+        self.pos += len;
+        if self.reference.is_some() {
+            self.emitted = self.pos;
+        }
         Ok(())
     }
 }
@@ -270,6 +338,7 @@ impl<R: AsyncRead + Unpin> AsyncRead for BlockReader<'_, R> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        let bs = this.block_size;
         loop {
             if this.out_pos < this.out.len() {
                 let n = (this.out.len() - this.out_pos).min(buf.remaining());
@@ -277,31 +346,47 @@ impl<R: AsyncRead + Unpin> AsyncRead for BlockReader<'_, R> {
                 this.out_pos += n;
                 return Poll::Ready(Ok(()));
             }
+            if this.emitted < this.pos {
+                let n = (this.pos - this.emitted).min(buf.remaining());
+                buf.put_slice(&this.buf[this.emitted..this.emitted + n]);
+                this.emitted += n;
+                return Poll::Ready(Ok(()));
+            }
             if this.finished {
                 return Poll::Ready(Ok(()));
             }
+            this.out.clear();
+            this.out_pos = 0;
             if !this.started {
                 this.started = true;
                 if this.reference.is_some() {
-                    this.out.clear();
                     this.out
-                        .extend_from_slice(&delta_header(this.block_size as u32));
-                    this.out_pos = 0;
+                        .extend_from_slice(&delta_header(bs as u32, this.kind));
                     continue;
                 }
             }
-            let mut rb = ReadBuf::new(&mut this.block[this.filled..]);
+            if this.end - this.pos >= bs {
+                while this.end - this.pos >= bs {
+                    this.take_block(bs)?;
+                }
+                continue;
+            }
+            // Keep the partial block, read more behind it.
+            if this.pos > 0 {
+                this.buf.copy_within(this.pos..this.end, 0);
+                this.end -= this.pos;
+                this.pos = 0;
+                this.emitted = 0;
+            }
+            let mut rb = ReadBuf::new(&mut this.buf[this.end..]);
             match Pin::new(&mut this.inner).poll_read(cx, &mut rb) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
                 Poll::Ready(Ok(())) => {
                     let n = rb.filled().len();
                     if n == 0 {
-                        if this.filled > 0 {
-                            this.take_block()?;
-                        } else {
-                            this.out.clear();
-                            this.out_pos = 0;
+                        if this.end > this.pos {
+                            this.take_block(this.end - this.pos)?;
                         }
                         if this.reference.is_some() {
                             let mut tail = [0u8; HASH_LEN];
@@ -313,10 +398,8 @@ impl<R: AsyncRead + Unpin> AsyncRead for BlockReader<'_, R> {
                         this.finished = true;
                         continue;
                     }
-                    this.filled += n;
-                    if this.filled == this.block_size {
-                        this.take_block()?;
-                    }
+                    this.whole.update(&this.buf[this.end..this.end + n]);
+                    this.end += n;
                 }
             }
         }
@@ -335,6 +418,8 @@ pub struct DeltaBlock<'a> {
 /// hash, the block size and the end record. Holds at most one block.
 pub struct DeltaParser {
     block_size: u32,
+    /// From the header.
+    kind: Option<HashKind>,
     state: ParseState,
     buf: Vec<u8>,
     records: u64,
@@ -358,6 +443,7 @@ impl DeltaParser {
     pub fn new(block_size: u32) -> DeltaParser {
         DeltaParser {
             block_size,
+            kind: None,
             state: ParseState::Header,
             buf: Vec::with_capacity(block_size as usize + RECORD_HEAD_LEN),
             records: 0,
@@ -393,10 +479,9 @@ impl DeltaParser {
                     if &self.buf[..4] != DELTA_MAGIC {
                         return Err(corrupt("not a walvault block delta".into()));
                     }
-                    if self.buf[4] != LAYOUT_VERSION
-                        || self.buf[5..8] != [0; 3]
-                        || self.buf[12..16] != [0; 4]
-                    {
+                    self.kind = HashKind::from_layout(self.buf[4])
+                        .filter(|_| self.buf[5..8] == [0; 3] && self.buf[12..16] == [0; 4]);
+                    if self.kind.is_none() {
                         return Err(corrupt(
                             "block delta layout is newer than this walvault understands\nHINT: upgrade walvault".into(),
                         ));
@@ -442,7 +527,8 @@ impl DeltaParser {
                     }
                 }
                 ParseState::Data { number, len, hash } => {
-                    if block_hash(&self.buf[..len]) != hash {
+                    let kind = self.kind.unwrap_or_default();
+                    if kind.hash(&self.buf[..len]) != hash {
                         return Err(corrupt(format!(
                             "block {number} of a delta does not match its hash"
                         )));
@@ -460,6 +546,11 @@ impl DeltaParser {
             self.buf.clear();
         }
         Ok(())
+    }
+
+    /// How the delta hashes its blocks (known once its header is read).
+    pub fn kind(&self) -> Option<HashKind> {
+        self.kind
     }
 
     /// After the last piece: the file size the delta was taken at and its
@@ -531,6 +622,7 @@ mod tests {
         let bs = 1024u32;
         let old = file(20, 1024, 0, 1);
         let map = BlockMap {
+            kind: HashKind::CURRENT,
             block_size: bs,
             file_size: old.len() as u64,
             hashes: old.chunks(1024).map(block_hash).collect(),
@@ -562,6 +654,7 @@ mod tests {
         let bs = 1024u32;
         let old = file(16, 1024, 0, 1);
         let map = BlockMap {
+            kind: HashKind::CURRENT,
             block_size: bs,
             file_size: old.len() as u64,
             hashes: old.chunks(1024).map(block_hash).collect(),
@@ -585,7 +678,7 @@ mod tests {
             .to_string()
             .contains("block size"));
         let mut newer = delta.clone();
-        newer[4] = 2;
+        newer[4] = 3;
         assert!(run(&newer, bs).unwrap_err().to_string().contains("upgrade"));
     }
 
@@ -594,6 +687,7 @@ mod tests {
         let bs = 1024u32;
         let v1 = file(20, 1024, 0, 1);
         let map_of = |d: &[u8]| BlockMap {
+            kind: HashKind::CURRENT,
             block_size: bs,
             file_size: d.len() as u64,
             hashes: d.chunks(1024).map(block_hash).collect(),
@@ -634,6 +728,7 @@ mod tests {
     #[test]
     fn maps_round_trip_and_refuse_what_they_do_not_know() {
         let m = BlockMap {
+            kind: HashKind::CURRENT,
             block_size: 8192,
             file_size: 8192 * 2 + 1,
             hashes: vec![[1; 16], [2; 16], [3; 16]],
@@ -641,11 +736,57 @@ mod tests {
         let bytes = m.encode();
         assert_eq!(BlockMap::decode(&bytes).unwrap(), m);
         let mut newer = bytes.clone();
-        newer[4] = 2;
+        newer[4] = 3;
         assert!(BlockMap::decode(&newer).is_err());
         assert!(BlockMap::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut flags = bytes.clone();
         flags[13] = 1;
         assert!(BlockMap::decode(&flags).is_err());
+    }
+
+    /// Layout 1 (BLAKE3 block hashes) stays readable, and a delta taken
+    /// against a layout-1 map hashes as that map does, so the chain it
+    /// continues stays one kind; reading a large file in small and large
+    /// pieces gives the same delta and checksum.
+    #[tokio::test]
+    async fn layout_one_maps_are_read_and_continued_in_their_own_kind() {
+        let bs = 1024u32;
+        let old = file(3000, 1024, 0, 3);
+        let v1 = BlockMap {
+            kind: HashKind::Blake3,
+            block_size: bs,
+            file_size: old.len() as u64,
+            hashes: old.chunks(1024).map(|b| HashKind::Blake3.hash(b)).collect(),
+        };
+        let mut bytes = v1.encode();
+        assert_eq!(bytes[4], 1);
+        assert_eq!(BlockMap::decode(&bytes).unwrap(), v1);
+        let mut new = old.clone();
+        new[2500 * 1024 + 1] ^= 1;
+        new[7] ^= 1;
+        let mut r = BlockReader::new(&new[..], bs, Some(&v1));
+        let delta = read_all(&mut r).await;
+        let scan = r.into_scan();
+        assert_eq!(scan.kind, HashKind::Blake3);
+        assert_eq!(scan.stored_blocks, 2);
+        assert_eq!(scan.checksum, crate::stream::Checksum::of(&new));
+        assert_eq!(delta[4], 1, "a layout-1 delta");
+        let mut p = DeltaParser::new(bs);
+        p.feed(&delta, &mut |_| Ok(())).unwrap();
+        assert_eq!(p.kind(), Some(HashKind::Blake3));
+        assert_eq!(apply(&old, &delta, bs, new.len() as u64), new);
+        // A new map is layout 2, with XXH3 block hashes.
+        let mut r = BlockReader::new(&new[..], bs, None);
+        assert_eq!(read_all(&mut r).await, new);
+        let scan = r.into_scan();
+        assert_eq!(scan.kind, HashKind::Xxh3);
+        assert_eq!(
+            scan.hashes[7],
+            xxhash_rust::xxh3::xxh3_128(&new[7 * 1024..8 * 1024]).to_le_bytes()
+        );
+        // A layout-1 map whose hashes are checked as layout 2 would match
+        // nothing: the kind is in the header, not guessed.
+        bytes[4] = 2;
+        assert_eq!(BlockMap::decode(&bytes).unwrap().kind, HashKind::Xxh3);
     }
 }

@@ -1124,7 +1124,7 @@ async fn write_layers(
         let offset = number as u64 * u64::from(bs);
         let len = (size - offset).min(data.len() as u64) as usize;
         if let Some(map) = map {
-            if map.hashes.get(number) != Some(&crate::repo::blocks::block_hash(&data[..len])) {
+            if map.hashes.get(number) != Some(&map.kind.hash(&data[..len])) {
                 return Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("block {number} does not match the block map"),
@@ -1311,16 +1311,29 @@ async fn patch(
     let local_len = meta.len();
     let blocks = map.hashes.len();
     let mut done = vec![false; blocks];
-    let mut buf = vec![0u8; bs as usize];
-    for (number, want) in map.hashes.iter().enumerate() {
-        let offset = number as u64 * u64::from(bs);
-        let expected = (entry.size - offset).min(u64::from(bs)) as usize;
-        if offset + expected as u64 > local_len {
+    // A MiB of blocks per read; blocks the local file does not reach stay
+    // to be written.
+    let bs_bytes = bs as usize;
+    let mut buf = vec![0u8; (1usize << 20).div_ceil(bs_bytes) * bs_bytes];
+    let mut first = 0usize;
+    'read: while first < blocks {
+        let offset = first as u64 * u64::from(bs);
+        let end = (offset + buf.len() as u64).min(entry.size).min(local_len);
+        if end <= offset {
             break;
         }
-        file.read_exact_at(&mut buf[..expected], offset)
+        let have = (end - offset) as usize;
+        file.read_exact_at(&mut buf[..have], offset)
             .map_err(io_err("read", path))?;
-        done[number] = crate::repo::blocks::block_hash(&buf[..expected]) == *want;
+        for (i, chunk) in buf[..have].chunks(bs_bytes).enumerate() {
+            let number = first + i;
+            let expected = (entry.size - number as u64 * u64::from(bs)).min(u64::from(bs)) as usize;
+            if chunk.len() < expected {
+                break 'read;
+            }
+            done[number] = map.kind.hash(chunk) == map.hashes[number];
+        }
+        first += buf.len() / bs_bytes;
     }
     let differing = done.iter().filter(|d| !**d).count();
     if differing > 0 {
@@ -1477,6 +1490,7 @@ mod chain_tests {
         let first = content.clone();
         let base = put(&repo, "backup/20260101T000000Z/files/000000", &content).await;
         let map_bytes = BlockMap {
+            kind: crate::repo::blocks::HashKind::CURRENT,
             block_size: BS,
             file_size: content.len() as u64,
             hashes: content.chunks(BS as usize).map(block_hash).collect(),
