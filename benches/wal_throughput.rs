@@ -26,6 +26,9 @@
 //! - `WALVAULT_BENCH_SYNTHETIC=1`: use synthetic WAL even if PostgreSQL is there
 //! - `WALVAULT_BENCH_PG_BIN`: PostgreSQL binaries (default /usr/lib/postgresql/15/bin)
 //! - `WALVAULT_BENCH_KEEP=1`: keep the temporary directory (WAL, repositories)
+//! - `WALVAULT_BENCH_ONLY=sustained`: only the sustained-load run
+//!   (`support/sustained.rs`): synchronous against asynchronous archiving
+//!   into S3 behind added latency, the backlog over time
 
 use std::fs::{self, File};
 use std::io::{Read, Write};
@@ -33,6 +36,9 @@ use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
+
+#[path = "support/sustained.rs"]
+mod sustained;
 
 const SEGMENT_BYTES: u64 = 16 * 1024 * 1024;
 const DEFAULT_SEGMENTS: usize = 40;
@@ -78,6 +84,14 @@ fn main() {
         .tempdir()
         .expect("create temporary directory");
     let root = tmp.path().to_path_buf();
+    if std::env::var("WALVAULT_BENCH_ONLY").is_ok_and(|v| v == "sustained") {
+        let walvault_bin = walvault_binary("walvault", option_env!("CARGO_BIN_EXE_walvault"));
+        print!(
+            "{}",
+            sustained::run(&root, &pg_bin, &push_bin, &walvault_bin)
+        );
+        return;
+    }
     let wal_dir = root.join("wal");
     fs::create_dir(&wal_dir).expect("create wal directory");
 
@@ -1332,6 +1346,15 @@ impl Cluster {
     }
 
     fn init_and_start(&mut self, wal_dir: &Path) {
+        self.init_and_start_with(&format!(
+            "archive_command = 'cp %p {wal}/%f'\n",
+            wal = wal_dir.display()
+        ));
+    }
+
+    /// initdb and start, with `settings` (archive_command among them)
+    /// added to postgresql.conf.
+    fn init_and_start_with(&mut self, settings: &str) {
         run_ok(
             self.command("initdb")
                 .args(["--no-sync", "-A", "trust", "-U", "postgres", "-D"])
@@ -1343,10 +1366,9 @@ impl Cluster {
              unix_socket_directories = '{root}'\n\
              wal_level = replica\n\
              archive_mode = on\n\
-             archive_command = 'cp %p {wal}/%f'\n\
-             fsync = off\n",
+             fsync = off\n\
+             {settings}",
             root = self.root.display(),
-            wal = wal_dir.display(),
         );
         fs::OpenOptions::new()
             .append(true)
