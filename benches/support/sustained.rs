@@ -9,9 +9,10 @@
 //! Environment:
 //! - `WALVAULT_BENCH_SUSTAINED_SECS`: how long the load runs (default 60)
 //! - `WALVAULT_BENCH_SUSTAINED_TPS`: pgbench transactions per second, each
-//!   inserting 1,000 rows of 64 characters (default 300)
+//!   inserting 1,000 rows of 64 characters (default 250, about 30 MiB of
+//!   WAL a second)
 //! - `WALVAULT_BENCH_S3_DELAY_MS`: latency added to every S3 request
-//!   (default 50)
+//!   (default 150: an S3 region on another continent)
 //! - `WALVAULT_BENCH_ASYNC_JOBS`: `archive_jobs` of the asynchronous run
 //!   (default 4)
 
@@ -158,6 +159,8 @@ struct ModeResult {
     /// From the end of the load until nothing was left to archive.
     drain_secs: f64,
     failures: u64,
+    /// pgbench transactions done.
+    transactions: u64,
 }
 
 fn ready_count(data: &Path) -> usize {
@@ -224,8 +227,8 @@ fn run_mode(
     let push = bin_dir.join("walvault-push");
     cluster.init_and_start_with(&format!(
         "archive_command = '{} --config {} %p'\n\
-         max_wal_size = 8GB\n\
-         checkpoint_timeout = 30min\n",
+         max_wal_size = 1GB\n\
+         checkpoint_timeout = 30s\n",
         push.display(),
         config.display()
     ));
@@ -259,7 +262,7 @@ fn run_mode(
         .expect("start pgbench");
     let started = Instant::now();
     let mut samples = Vec::new();
-    let mut sample = |cluster: &Cluster, samples: &mut Vec<Sample>| {
+    let sample = |cluster: &Cluster, samples: &mut Vec<Sample>| {
         samples.push(Sample {
             secs: started.elapsed().as_secs_f64(),
             ready: ready_count(&cluster.data),
@@ -288,15 +291,23 @@ fn run_mode(
         if archived.len() == 24 && archived >= last && ready_count(&cluster.data) == 0 {
             break;
         }
-        assert!(Instant::now() < deadline, "{name}: archiving did not catch up in 900 s");
+        assert!(
+            Instant::now() < deadline,
+            "{name}: archiving did not catch up in 900 s"
+        );
     }
     let drain_secs = started.elapsed().as_secs_f64() - load_secs;
     let failures = cluster
         .psql("SELECT failed_count FROM pg_stat_archiver")
         .parse()
         .unwrap_or(0);
+    let transactions = cluster
+        .psql("SELECT count(*) / 1000 FROM load")
+        .parse()
+        .unwrap_or(0);
     cluster.stop();
     ModeResult {
+        transactions,
         name: name.to_string(),
         samples,
         load_secs,
@@ -308,11 +319,11 @@ fn run_mode(
 /// Runs both modes and returns the Markdown section.
 pub fn run(root: &Path, pg_bin: &Path, push_bin: &Path, walvault_bin: &Path) -> String {
     let secs = positive_env("WALVAULT_BENCH_SUSTAINED_SECS").unwrap_or(60) as u64;
-    let tps = positive_env("WALVAULT_BENCH_SUSTAINED_TPS").unwrap_or(300) as u64;
+    let tps = positive_env("WALVAULT_BENCH_SUSTAINED_TPS").unwrap_or(250) as u64;
     let delay_ms = std::env::var("WALVAULT_BENCH_S3_DELAY_MS")
         .ok()
         .and_then(|v| v.parse::<u64>().ok())
-        .unwrap_or(50);
+        .unwrap_or(150);
     let jobs = positive_env("WALVAULT_BENCH_ASYNC_JOBS").unwrap_or(4);
     give_to_postgres(root);
     // The binaries where the postgres user can run them.
@@ -372,16 +383,21 @@ fn report(
          behind a relay adding {delay_ms} ms to each request. Backlog = segments \
          marked `.ready` in `pg_wal/archive_status`, sampled every second.\n\
          {}\nLoad average (1, 5, 15 min) before: {load_before}; after: {load_after}.\n\n\
-         | archiving | WAL written MiB | MiB/s written | peak backlog (segments) | backlog when the load stopped | peak pg_wal MiB | archived all after the load (s) | archive_command failures |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+         | archiving | transactions/s | WAL written MiB | MiB/s written | peak backlog (segments) | backlog when the load stopped | peak pg_wal MiB | archived all after the load (s) | archive_command failures |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
         machine_summary()
     );
     for r in results {
-        let during: Vec<&Sample> = r.samples.iter().filter(|s| s.secs <= r.load_secs + 0.5).collect();
+        let during: Vec<&Sample> = r
+            .samples
+            .iter()
+            .filter(|s| s.secs <= r.load_secs + 0.5)
+            .collect();
         let written = during.last().map_or(0, |s| s.written);
         out.push_str(&format!(
-            "| {} | {:.0} | {:.1} | {} | {} | {:.0} | {:.1} | {} |\n",
+            "| {} | {:.0} | {:.0} | {:.1} | {} | {} | {:.0} | {:.1} | {} |\n",
             r.name,
+            r.transactions as f64 / r.load_secs,
             mib(written),
             mib(written) / r.load_secs,
             r.samples.iter().map(|s| s.ready).max().unwrap_or(0),
@@ -425,7 +441,9 @@ fn plot(results: &[ModeResult]) -> String {
             let cell = match r.samples.get(i) {
                 Some(s) => {
                     let bar = (s.ready * WIDTH).div_ceil(peak);
-                    let end = if s.secs <= r.load_secs + 0.5 && s.secs + step as f64 > r.load_secs + 0.5 {
+                    let end = if s.secs <= r.load_secs + 0.5
+                        && s.secs + step as f64 > r.load_secs + 0.5
+                    {
                         "|"
                     } else {
                         ""
