@@ -37,6 +37,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/s3.rs"]
+mod s3;
 #[path = "support/sustained.rs"]
 mod sustained;
 
@@ -94,6 +96,11 @@ fn main() {
     }
     let wal_dir = root.join("wal");
     fs::create_dir(&wal_dir).expect("create wal directory");
+    // `WALVAULT_BENCH_ONLY=s3`: the push and fetch rows with a repository
+    // on S3 (over TLS, beside pgBackRest) instead of the local rows.
+    let s3 = std::env::var("WALVAULT_BENCH_ONLY")
+        .is_ok_and(|v| v == "s3")
+        .then(|| s3::S3Tls::start(&root).unwrap_or_else(|e| panic!("WALVAULT_BENCH_ONLY=s3: {e}")));
 
     let use_pg = !force_synthetic && pg_bin.join("postgres").is_file();
     let pgbackrest = if use_pg && on_path("pgbackrest") {
@@ -105,7 +112,13 @@ fn main() {
     let mut cluster = None;
     let source = if use_pg {
         let c = cluster.insert(Cluster::new(&pg_bin, &root));
-        generate_real_wal(c, &wal_dir, segments_wanted, pgbackrest.as_ref());
+        generate_real_wal(
+            c,
+            &wal_dir,
+            segments_wanted,
+            pgbackrest.as_ref(),
+            s3.as_ref(),
+        );
         c.stop();
         if random_corpus() {
             "real WAL from a PostgreSQL 15 cluster inserting rows of random text (WALVAULT_BENCH_CORPUS=random; archive_command = cp)".to_string()
@@ -208,7 +221,16 @@ fn main() {
         encryption,
     };
 
-    let configs = configurations(&bench, &push_bin, &fetch_bin, pgbackrest.as_ref());
+    let configs = match &s3 {
+        Some(s3) => s3::configurations(
+            &bench,
+            s3,
+            (&walvault_bin, &push_bin, &fetch_bin),
+            &pgdata,
+            pgbackrest.as_ref(),
+        ),
+        None => configurations(&bench, &push_bin, &fetch_bin, pgbackrest.as_ref()),
+    };
     let mut results: Vec<Results> = configs.iter().map(|_| Results::default()).collect();
     let load_before = load_average();
     let cpu_before = cpu_times();
@@ -227,6 +249,13 @@ fn main() {
         bench.segments.len(),
         mib(raw_bytes)
     ));
+    if s3.is_some() {
+        out.push_str(
+            "Repository: S3, s3s-fs 0.14.1 on this machine behind stunnel (TLS with a \
+             certificate from a CA made for the run, verified by both tools), path-style \
+             URLs; each row has its own prefix, reset before each round.\n",
+        );
+    }
     out.push_str(&format!("Machine: {}.\n", machine_summary()));
     out.push_str(&format!(
         "Load average (1, 5, 15 min) before the timed rounds: {load_before}; after: {}. \
@@ -660,27 +689,8 @@ fn configurations<'a>(
     // archive_status beforehand (as on a primary whose archiver fell
     // behind) and marked done after each call, as PostgreSQL does.
     if let Some(pgdata) = &bench.async_pgdata {
-        let status = pgdata.join("pg_wal").join("archive_status");
-        let names: Vec<String> = bench.segments.iter().map(|s| s.name.clone()).collect();
-        let mark_all_ready = {
-            let (status, names) = (status.clone(), names.clone());
-            move || {
-                let _ = fs::remove_dir_all(&status);
-                fs::create_dir_all(&status).expect("create archive_status");
-                for n in &names {
-                    fs::write(status.join(format!("{n}.ready")), "").expect("mark ready");
-                }
-            }
-        };
-        let mark_done = {
-            let status = status.clone();
-            move |seg: &Segment| {
-                let _ = fs::rename(
-                    status.join(format!("{}.ready", seg.name)),
-                    status.join(format!("{}.done", seg.name)),
-                );
-            }
-        };
+        let mark_all_ready = move || bench.mark_all_ready();
+        let mark_done = move |seg: &Segment| bench.mark_done(seg);
         let passphrase = (
             "WALVAULT_ENCRYPTION_PASSPHRASE",
             std::ffi::OsString::from(&bench.encryption.passphrase),
@@ -928,6 +938,32 @@ fn configurations<'a>(
 }
 
 impl Bench {
+    /// Before an asynchronous row: every segment marked ready in
+    /// archive_status (as on a primary whose archiver fell behind).
+    fn mark_all_ready(&self) {
+        let Some(pgdata) = &self.async_pgdata else {
+            return;
+        };
+        let status = pgdata.join("pg_wal").join("archive_status");
+        let _ = fs::remove_dir_all(&status);
+        fs::create_dir_all(&status).expect("create archive_status");
+        for seg in &self.segments {
+            fs::write(status.join(format!("{}.ready", seg.name)), "").expect("mark ready");
+        }
+    }
+
+    /// After each call of an asynchronous row: the segment marked done,
+    /// as PostgreSQL does.
+    fn mark_done(&self, seg: &Segment) {
+        if let Some(pgdata) = &self.async_pgdata {
+            let status = pgdata.join("pg_wal").join("archive_status");
+            let _ = fs::rename(
+                status.join(format!("{}.ready", seg.name)),
+                status.join(format!("{}.done", seg.name)),
+            );
+        }
+    }
+
     /// Runs one configuration over every segment, one process at a time,
     /// timing each call from spawn to exit and reaping it with `wait4` for
     /// its peak RSS. Any failed call, or any restore that differs from the
@@ -1427,6 +1463,7 @@ fn generate_real_wal(
     wal_dir: &Path,
     target: usize,
     pgbackrest: Option<&PgBackRest>,
+    s3: Option<&s3::S3Tls>,
 ) {
     give_to_postgres(wal_dir);
     eprintln!("starting PostgreSQL in {}", cluster.data.display());
@@ -1434,6 +1471,9 @@ fn generate_real_wal(
     if let Some(pgbr) = pgbackrest {
         // stanza-create needs the running server; the pushes later do not.
         pgbr.create_stanzas();
+        if let Some(s3) = s3 {
+            pgbr.create_s3_stanza(s3);
+        }
     }
 
     let scale = if target >= 40 {
@@ -1541,12 +1581,32 @@ impl PgBackRest {
         }
     }
 
-    fn command(&self, repo: &Path) -> Command {
+    /// The S3 prefix of the empty repository, with its stanza, that the S3
+    /// rows start from.
+    const S3_TEMPLATE: &'static str = "pgbr.template";
+
+    /// pgbackrest with this config and stanza, no repository yet.
+    fn command_base(&self) -> Command {
         let mut cmd = Command::new("pgbackrest");
         cmd.arg(format!("--config={}", self.config.display()))
-            .arg(format!("--stanza={}", Self::STANZA))
-            .arg(format!("--repo1-path={}", repo.display()));
+            .arg(format!("--stanza={}", Self::STANZA));
         cmd
+    }
+
+    fn command(&self, repo: &Path) -> Command {
+        let mut cmd = self.command_base();
+        cmd.arg(format!("--repo1-path={}", repo.display()));
+        cmd
+    }
+
+    /// The stanza on S3 ([`Self::S3_TEMPLATE`]), while the server runs.
+    fn create_s3_stanza(&self, s3: &s3::S3Tls) {
+        let mut cmd = self.command_base();
+        s3.pgbackrest_env(&mut cmd);
+        run_ok(
+            cmd.args(s3.pgbackrest_args(Self::S3_TEMPLATE))
+                .arg("stanza-create"),
+        );
     }
 
     /// Makes an empty repository with the stanza created for each of

@@ -193,6 +193,10 @@ pub struct CryptStore {
     keys: Arc<dyn KeyProvider>,
     state: std::sync::OnceLock<Option<DataKey>>,
     unlocking: tokio::sync::Mutex<()>,
+    /// The header as read once by this process (it is written once, by
+    /// init, and replaced only by key rotation, through this store): the
+    /// repository and the key derivation share one GET, not two.
+    header: std::sync::Mutex<Option<Bytes>>,
 }
 
 impl fmt::Debug for CryptStore {
@@ -210,6 +214,23 @@ impl CryptStore {
             keys,
             state: std::sync::OnceLock::new(),
             unlocking: tokio::sync::Mutex::new(()),
+            header: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The header's bytes, read once (a missing header is not cached).
+    async fn header_bytes(&self) -> Result<Bytes> {
+        if let Some(bytes) = self.header.lock().expect("header lock").clone() {
+            return Ok(bytes);
+        }
+        let bytes = self.inner.get_bytes(&Key::new(HEADER_KEY)?).await?;
+        *self.header.lock().expect("header lock") = Some(bytes.clone());
+        Ok(bytes)
+    }
+
+    fn forget_header(&self, key: &Key) {
+        if key.as_str() == HEADER_KEY {
+            *self.header.lock().expect("header lock") = None;
         }
     }
 
@@ -228,7 +249,7 @@ impl CryptStore {
         if let Some(state) = self.state.get() {
             return Ok(state.clone());
         }
-        let header = match self.inner.get_bytes(&Key::new(HEADER_KEY)?).await {
+        let header = match self.header_bytes().await {
             Ok(bytes) => bytes,
             Err(StorageError::NotFound { .. }) => return self.keys.data_key(None).await,
             Err(e) => return Err(e),
@@ -324,6 +345,7 @@ impl ObjectStore for CryptStore {
     }
 
     async fn put(&self, key: &Key, mode: PutMode) -> Result<Box<dyn ObjectWriter>> {
+        self.forget_header(key);
         let Some(data_key) = self.key(key).await? else {
             return self.inner.put(key, mode).await;
         };
@@ -344,6 +366,9 @@ impl ObjectStore for CryptStore {
 
     async fn get_bytes(&self, key: &Key) -> Result<Bytes> {
         use tokio::io::AsyncReadExt;
+        if key.as_str() == HEADER_KEY {
+            return self.header_bytes().await;
+        }
         let mut reader = self.get(key).await?;
         let mut buf = Vec::new();
         reader.read_to_end(&mut buf).await.map_err(|source| {
@@ -393,6 +418,7 @@ impl ObjectStore for CryptStore {
     }
 
     async fn delete(&self, key: &Key) -> Result<()> {
+        self.forget_header(key);
         self.inner.delete(key).await
     }
 
@@ -612,6 +638,36 @@ mod tests {
             .unwrap();
         let store = CryptStore::new(inner.clone(), Arc::new(Fixed(Some(key))));
         (inner, store)
+    }
+
+    /// The header is read once per process: the repository's read and the
+    /// key derivation share it (one GET on S3, not two). A put or delete
+    /// of the header through this store forgets it.
+    #[tokio::test]
+    async fn the_header_is_read_once_and_forgotten_when_replaced() {
+        let (inner, store) = store_with([7; 32]).await;
+        let header = Key::new(HEADER_KEY).unwrap();
+        assert_eq!(&store.get_bytes(&header).await.unwrap()[..], b"{}");
+        // Gone underneath: still served, and the key still derives from it.
+        inner.delete(&header).await.unwrap();
+        assert_eq!(&store.get_bytes(&header).await.unwrap()[..], b"{}");
+        let k = Key::new("a/b").unwrap();
+        store
+            .put_bytes(&k, Bytes::from_static(b"secret"), PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(&store.get_bytes(&k).await.unwrap()[..], b"secret");
+        // Replaced through the store: read again.
+        store
+            .put_bytes(&header, Bytes::from_static(b"{\"v\":2}"), PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(&store.get_bytes(&header).await.unwrap()[..], b"{\"v\":2}");
+        store.delete(&header).await.unwrap();
+        assert!(matches!(
+            store.get_bytes(&header).await,
+            Err(StorageError::NotFound { .. })
+        ));
     }
 
     #[test]
