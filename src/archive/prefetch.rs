@@ -13,7 +13,7 @@
 //!   segment before the one asked for are removed; `.history`, `.partial`
 //!   and `.backup` files are never prefetched or served from the spool.
 //! - Bounded: at most `restore_prefetch` files and `restore_prefetch_bytes`
-//!   bytes in the spool.
+//!   bytes in the spool, [`PREFETCH_JOBS`] fetched at once.
 //! - A miss, an outage or a corrupt object is not the worker's to report:
 //!   the call that needs the file fetches it itself, with the exit codes
 //!   and standby rules of fetch.
@@ -32,6 +32,9 @@ use crate::wal::{SegmentNo, WalFileName};
 
 /// The spool directory, inside the data directory.
 pub const SPOOL_DIR: &str = "walvault_prefetch";
+
+/// Files the worker fetches at once.
+pub const PREFETCH_JOBS: usize = 4;
 
 /// What the last call asked for (a segment name): the worker fetches the
 /// segments after it.
@@ -219,23 +222,50 @@ async fn prefetch_loop(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
-        let mut fetched_any = false;
-        let (held, mut bytes) = spool.held();
+        // The files after the one asked for that the spool lacks, as many
+        // as the byte bound leaves room for.
+        let (held, bytes) = spool.held();
+        let mut room = max_bytes.saturating_sub(bytes) / size.bytes();
+        let mut wanted = Vec::new();
         for i in 1..=count {
             let segment = SegmentNo(asked.0 + i);
             let name = WalFileName::segment_file_name(timeline, segment, size);
             if held.contains(&name) {
                 continue;
             }
-            if bytes + size.bytes() > max_bytes {
+            if room == 0 {
                 break;
             }
-            let tmp = spool.dir().join(format!(".{name}.prefetch"));
-            // No waiting retries: the call that needs the file retries.
-            let opts = FetchOptions {
-                retry_for: Duration::ZERO,
+            room -= 1;
+            wanted.push((segment, name));
+        }
+        // Fetched PREFETCH_JOBS at a time (on S3 each is mostly waiting),
+        // each into its temporary name, renamed when whole and verified.
+        let mut queue = wanted.into_iter();
+        let mut tasks = tokio::task::JoinSet::new();
+        let mut fetched_any = false;
+        let mut stop = false;
+        loop {
+            while !stop && tasks.len() < PREFETCH_JOBS {
+                let Some((segment, name)) = queue.next() else {
+                    break;
+                };
+                let repos = repos.clone();
+                let tmp = spool.dir().join(format!(".{name}.prefetch"));
+                tasks.spawn(async move {
+                    // No waiting retries: the call that needs the file retries.
+                    let opts = FetchOptions {
+                        retry_for: Duration::ZERO,
+                    };
+                    let outcome = fetch_any(&repos, &name, &tmp, opts).await;
+                    (segment, name, tmp, outcome)
+                });
+            }
+            let Some(joined) = tasks.join_next().await else {
+                break;
             };
-            match fetch_any(repos, &name, &tmp, opts).await {
+            let (segment, name, tmp, outcome) = joined.map_err(io::Error::other)?;
+            match outcome {
                 Ok(FetchOutcome::Restored(_)) => {
                     // Recovery may have moved past it, or to another
                     // timeline, meanwhile.
@@ -245,17 +275,17 @@ async fn prefetch_loop(
                         .and_then(position)
                         .is_some_and(|(t, s)| t == timeline && segment > s);
                     if still_wanted && fs::rename(&tmp, spool.dir().join(&name)).is_ok() {
-                        bytes += size.bytes();
                         fetched_any = true;
                     } else {
                         let _ = fs::remove_file(&tmp);
-                        break;
+                        stop = true;
                     }
                 }
-                // The end of the archive for now, or a failure: stop here.
+                // The end of the archive for now, or a failure: no more
+                // started (those under way finish).
                 Ok(FetchOutcome::NotFound) | Err(_) => {
                     let _ = fs::remove_file(&tmp);
-                    break;
+                    stop = true;
                 }
             }
         }
