@@ -283,7 +283,11 @@ fn main() {
         let rows: Vec<(&Config, &Results)> = configs
             .iter()
             .zip(&results)
-            .filter(|(c, _)| c.kind == kind || (kind == Kind::Push && c.kind == Kind::Startup))
+            .filter(|(c, _)| {
+                c.kind == kind
+                    || (kind == Kind::Push && c.kind == Kind::Startup)
+                    || (kind == Kind::Fetch && c.kind == Kind::Miss)
+            })
             .collect();
         out.push_str(title);
         out.push_str("\n\n");
@@ -428,6 +432,9 @@ enum Kind {
     Push,
     /// Restores each segment into `dir`.
     Fetch,
+    /// A call that must answer "not in the archive" (exit 1) and moves no
+    /// WAL: a no-op fetch.
+    Miss,
 }
 
 /// One row of the tables: a way of archiving or restoring a segment.
@@ -791,6 +798,86 @@ fn configurations<'a>(
         }
     }
 
+    // No-op calls: a push of a file the asynchronous worker has already
+    // stored (its done record is in the spool, as when PostgreSQL calls
+    // for a file the worker pushed ahead), and a fetch of a timeline
+    // history file the archive does not have (what recovery asks first).
+    if let Some(pgdata) = &bench.async_pgdata {
+        let repo = root.join("repo-noop");
+        let spool = root.join("repo-noop-spool");
+        let (repo_setup, spool_setup, spool_call) = (repo.clone(), spool.clone(), spool.clone());
+        let last = bench
+            .segments
+            .last()
+            .map(|s| s.name.clone())
+            .unwrap_or_default();
+        configs.push(Config {
+            label: "walvault-push async, file already done (no-op)",
+            kind: Kind::Startup,
+            dir: Some(repo.clone()),
+            template: Some(bench.walvault_template.clone()),
+            setup: Some(Box::new(move || {
+                // Untimed: every segment ready, one call for the last one
+                // (the worker pushes them all, it returns when its own is
+                // done), then the worker stopped: every done record stays.
+                let _ = fs::remove_dir_all(&spool_setup);
+                fs::create_dir_all(&spool_setup).expect("create spool");
+                bench.mark_all_ready();
+                run_ok(
+                    walvault_command(push_bin)
+                        .arg("--repo")
+                        .arg(&repo_setup)
+                        .arg("--archive-async")
+                        .arg("--spool-path")
+                        .arg(&spool_setup)
+                        .arg(format!("pg_wal/{last}"))
+                        .current_dir(pgdata),
+                );
+                stop_workers(&[
+                    "--internal-async-worker",
+                    &spool_setup.display().to_string(),
+                ]);
+            })),
+            after: None,
+            teardown: Some(Box::new(move || {
+                stop_workers(&["--internal-async-worker", &spool.display().to_string()]);
+                None
+            })),
+            make: Box::new(move |seg: &Segment| {
+                let mut cmd = walvault_command(push_bin);
+                cmd.arg("--repo")
+                    .arg(&repo)
+                    .arg("--archive-async")
+                    .arg("--spool-path")
+                    .arg(&spool_call)
+                    .arg(format!("pg_wal/{}", seg.name))
+                    .current_dir(pgdata);
+                cmd
+            }),
+        });
+    }
+    {
+        let repo = root.join("repo");
+        let to = root.join("restore");
+        configs.push(Config {
+            label: "walvault-fetch of a missing .history file (no-op, exit 1)",
+            kind: Kind::Miss,
+            dir: None,
+            template: None,
+            setup: None,
+            after: None,
+            teardown: None,
+            make: Box::new(move |_| {
+                let mut cmd = walvault_command(fetch_bin);
+                cmd.arg("--repo")
+                    .arg(&repo)
+                    .arg("00000009.history")
+                    .arg(to.join("00000009.history"));
+                cmd
+            }),
+        });
+    }
+
     // Restores, each checked byte for byte against the original.
     let restore = root.join("restore");
     let fetch_row = |label, dir: &str, env: Option<(&'static str, PathBuf)>| {
@@ -997,7 +1084,11 @@ impl Bench {
         for seg in &self.segments {
             let mut cmd = (config.make)(seg);
             let (elapsed, status, rss_kib) = run_measured(&mut cmd, &stderr_log);
-            if !status.success() {
+            let expected = match config.kind {
+                Kind::Miss => status.code() == Some(1),
+                _ => status.success(),
+            };
+            if !expected {
                 let stderr = fs::read_to_string(&stderr_log).unwrap_or_default();
                 panic!("{label}: {cmd:?} failed ({status})\nstderr:\n{stderr}");
             }
@@ -1193,7 +1284,7 @@ fn table(rows: &[(&Config, &Results)], raw_bytes: u64) -> String {
         let mut sorted = results.calls.clone();
         sorted.sort();
         let mean = results.calls.iter().sum::<Duration>() / results.calls.len() as u32;
-        let (throughput, range) = if config.kind == Kind::Startup {
+        let (throughput, range) = if matches!(config.kind, Kind::Startup | Kind::Miss) {
             ("—".to_string(), "—".to_string())
         } else {
             let mut speeds: Vec<f64> = results

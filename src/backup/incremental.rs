@@ -27,9 +27,6 @@ use crate::stream::Hasher;
 
 use super::scan::ScannedFile;
 
-/// How much of a file is read at once under a [`BlockReader`].
-const READ_BYTES: usize = 1 << 20;
-
 /// What a backup is compared with.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReferencePlan {
@@ -307,8 +304,7 @@ async fn put_blocks(
     src: tokio::fs::File,
     reference: Option<&BlockMap>,
 ) -> Result<(ObjectInfo, blocks::BlockScan), ObjectError> {
-    // Large reads underneath: the block reader asks for one block at a time.
-    let src = tokio::io::BufReader::with_capacity(READ_BYTES, src);
+    // The block reader reads a MiB at a time itself.
     let mut reader = BlockReader::new(src, ctx.block_size, reference);
     let info = write_object(
         ctx.repo.store(),

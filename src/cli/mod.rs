@@ -110,6 +110,7 @@ fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     // SAFETY: mallopt only changes allocator tuning; no allocation is in
     // flight on another thread yet (the runtime is not built).
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
     }

@@ -193,9 +193,11 @@ pub struct CryptStore {
     keys: Arc<dyn KeyProvider>,
     state: std::sync::OnceLock<Option<DataKey>>,
     unlocking: tokio::sync::Mutex<()>,
-    /// The header as read once by this process (it is written once, by
-    /// init, and replaced only by key rotation, through this store): the
-    /// repository and the key derivation share one GET, not two.
+    /// The header's bytes, handed from one reader to the next once: the
+    /// repository's read and the key derivation of a short process share
+    /// one GET (on S3, one request less for every push and fetch), while a
+    /// long-running worker's later header checks (is the repository still
+    /// mounted, still the same?) read storage again.
     header: std::sync::Mutex<Option<Bytes>>,
 }
 
@@ -218,9 +220,11 @@ impl CryptStore {
         }
     }
 
-    /// The header's bytes, read once (a missing header is not cached).
+    /// The header's bytes: those the previous reader left, taken, or read
+    /// from storage and left for the next reader (a missing header is not
+    /// left).
     async fn header_bytes(&self) -> Result<Bytes> {
-        if let Some(bytes) = self.header.lock().expect("header lock").clone() {
+        if let Some(bytes) = self.header.lock().expect("header lock").take() {
             return Ok(bytes);
         }
         let bytes = self.inner.get_bytes(&Key::new(HEADER_KEY)?).await?;
@@ -640,34 +644,42 @@ mod tests {
         (inner, store)
     }
 
-    /// The header is read once per process: the repository's read and the
-    /// key derivation share it (one GET on S3, not two). A put or delete
-    /// of the header through this store forgets it.
+    /// The header is handed once from one reader to the next: the
+    /// repository's read and the key derivation share one GET, and a third
+    /// read goes to storage again (a worker that runs for hours must see a
+    /// repository that went away). A put or delete of the header through
+    /// this store forgets what was left.
     #[tokio::test]
-    async fn the_header_is_read_once_and_forgotten_when_replaced() {
+    async fn the_header_is_shared_by_two_reads_then_read_again() {
         let (inner, store) = store_with([7; 32]).await;
         let header = Key::new(HEADER_KEY).unwrap();
         assert_eq!(&store.get_bytes(&header).await.unwrap()[..], b"{}");
-        // Gone underneath: still served, and the key still derives from it.
+        // Gone underneath: the key derivation still gets the bytes read
+        // above, without a second read.
         inner.delete(&header).await.unwrap();
-        assert_eq!(&store.get_bytes(&header).await.unwrap()[..], b"{}");
         let k = Key::new("a/b").unwrap();
         store
             .put_bytes(&k, Bytes::from_static(b"secret"), PutMode::Create)
             .await
             .unwrap();
-        assert_eq!(&store.get_bytes(&k).await.unwrap()[..], b"secret");
-        // Replaced through the store: read again.
+        // The next read of the header is a real one.
+        assert!(matches!(
+            store.get_bytes(&header).await,
+            Err(StorageError::NotFound { .. })
+        ));
+        // Left by a read, then replaced through the store: the new one.
+        inner
+            .put_bytes(&header, Bytes::from_static(b"{}"), PutMode::Create)
+            .await
+            .unwrap();
+        assert_eq!(&store.get_bytes(&header).await.unwrap()[..], b"{}");
+        store.delete(&header).await.unwrap();
         store
             .put_bytes(&header, Bytes::from_static(b"{\"v\":2}"), PutMode::Create)
             .await
             .unwrap();
         assert_eq!(&store.get_bytes(&header).await.unwrap()[..], b"{\"v\":2}");
-        store.delete(&header).await.unwrap();
-        assert!(matches!(
-            store.get_bytes(&header).await,
-            Err(StorageError::NotFound { .. })
-        ));
+        assert_eq!(&store.get_bytes(&k).await.unwrap()[..], b"secret");
     }
 
     #[test]
