@@ -862,7 +862,7 @@ fn configurations<'a>(
         configs.push(Config {
             label: "walvault-fetch of a missing .history file (no-op, exit 1)",
             kind: Kind::Miss,
-            dir: None,
+            dir: Some(to.clone()),
             template: None,
             setup: None,
             after: None,

@@ -701,8 +701,7 @@ fn open_repo(setup: &Setup) -> walvault::repo::Repository {
 /// Rewrites a backup as an older walvault wrote it: the file list inline
 /// in a version-`version` manifest, no file list object, no summary.
 fn rewrite_inline(setup: &Setup, label: &str, version: u32) {
-    use walvault::repo::{layout, object};
-    use walvault::storage::PutMode;
+    use walvault::repo::layout;
     let repo = open_repo(setup);
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
@@ -718,19 +717,168 @@ fn rewrite_inline(setup: &Setup, label: &str, version: u32) {
         manifest.manifest_version = version;
         let store = repo.store();
         store.delete(&layout::summary_key(label)).await.unwrap();
-        store.delete(&layout::manifest_key(label)).await.unwrap();
         store.delete(&list_key).await.unwrap();
-        let json = serde_json::to_vec_pretty(&manifest).unwrap();
-        object::write_object(
-            store,
-            &layout::manifest_key(label),
-            PutMode::Create,
-            &mut json.as_slice(),
-            repo.compress(),
-        )
-        .await
-        .unwrap();
+        replace_manifest(&repo, &manifest).await;
     });
+}
+
+/// Writes an object create-only, through the repository's envelope.
+async fn put_object(
+    repo: &walvault::repo::Repository,
+    key: &walvault::storage::Key,
+    bytes: &[u8],
+) -> walvault::repo::object::ObjectInfo {
+    let mut src = bytes;
+    walvault::repo::object::write_object(
+        repo.store(),
+        key,
+        walvault::storage::PutMode::Create,
+        &mut src,
+        repo.compress(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Replaces a backup's manifest with `manifest`.
+async fn replace_manifest(
+    repo: &walvault::repo::Repository,
+    manifest: &walvault::repo::manifest::BackupManifest,
+) {
+    let key = walvault::repo::layout::manifest_key(&manifest.label);
+    repo.store().delete(&key).await.unwrap();
+    put_object(repo, &key, &serde_json::to_vec_pretty(manifest).unwrap()).await;
+}
+
+/// Rewrites a backup's block maps as walvault wrote them before layout 2
+/// (BLAKE3 block hashes, layout 1), with its file list inline in a
+/// version-1 manifest (as that walvault wrote full backups).
+fn rewrite_maps_as_layout_one(setup: &Setup, label: &str) -> usize {
+    use walvault::repo::blocks::{BlockMap, HashKind};
+    use walvault::repo::{manifest::ObjectRef, object};
+    use walvault::storage::Key;
+    rewrite_inline(setup, label, 1);
+    let repo = open_repo(setup);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let store = repo.store();
+        let mut manifest = repo.read_manifest(label).await.unwrap();
+        let block_size = manifest.block_size.unwrap();
+        let mut rewritten = 0;
+        for f in manifest.files.iter_mut() {
+            let Some(map) = f.map.clone() else { continue };
+            let (content, _) = object::read_to_vec(store, &Key::new(f.object.clone()).unwrap())
+                .await
+                .unwrap();
+            let old = BlockMap {
+                kind: HashKind::Blake3,
+                block_size,
+                file_size: content.len() as u64,
+                hashes: content
+                    .chunks(block_size as usize)
+                    .map(|b| HashKind::Blake3.hash(b))
+                    .collect(),
+            }
+            .encode();
+            let key = Key::new(map.object.clone()).unwrap();
+            store.delete(&key).await.unwrap();
+            let info = put_object(&repo, &key, &old).await;
+            f.map = Some(ObjectRef {
+                object: map.object,
+                raw_size: info.raw_size,
+                checksum: info.checksum,
+            });
+            rewritten += 1;
+        }
+        replace_manifest(&repo, &manifest).await;
+        rewritten
+    })
+}
+
+/// The layout byte of a stored block map or delta.
+fn block_layout(setup: &Setup, object: &str) -> u8 {
+    let repo = open_repo(setup);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let key = walvault::storage::Key::new(object.to_string()).unwrap();
+        walvault::repo::object::read_to_vec(repo.store(), &key)
+            .await
+            .unwrap()
+            .0[4]
+    })
+}
+
+/// A repository written before block hashes moved to XXH3 (block maps and
+/// deltas of layout 1, BLAKE3) stays usable: an incremental against it
+/// continues the chain in layout 1, the chain restores exactly, and a
+/// delta restore patches a copy of the full backup into the incremental
+/// block by block. A new full backup is layout 2.
+#[test]
+fn layout_one_block_maps_stay_usable() {
+    let setup = Setup::new("layout-one", Backend::Local);
+    let p = &setup.primary;
+    pgbench_init(p, 2);
+    p.sql("CHECKPOINT");
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+    let (full, _) = backup_typed(&setup, p, "full");
+    assert!(
+        rewrite_maps_as_layout_one(&setup, &full) > 0,
+        "no block map"
+    );
+    let accounts = relpath(p, "postgres", "pgbench_accounts");
+    let base = manifest_entry(&setup, &full, &accounts);
+    assert_eq!(
+        block_layout(&setup, base["map"]["object"].as_str().unwrap()),
+        1
+    );
+
+    p.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 300");
+    p.sql("CHECKPOINT");
+    let (incr, out) = backup_typed(&setup, p, "incr");
+    assert!(out.contains(&format!("(incr on {full})")), "{out}");
+    let want = fingerprint(p, "postgres");
+    let entry = manifest_entry(&setup, &incr, &accounts);
+    let deltas = entry["deltas"].as_array().expect("a block delta");
+    assert_eq!(
+        block_layout(&setup, deltas[0]["object"].as_str().unwrap()),
+        1,
+        "the chain goes on in layout 1: {entry}"
+    );
+    let verify = setup.walvault(&["verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    restore_exactly(&setup, "r-incr", &incr, &want).stop();
+
+    // A copy of the full backup, patched into the incremental.
+    let full_args = [
+        "--backup",
+        full.as_str(),
+        "--target-immediate",
+        "--archive-mode",
+        "off",
+    ];
+    let (out, _) = setup.restore("copy", &full_args);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (out, pgdata) = setup.restore(
+        "copy",
+        &[
+            "--delta",
+            "--backup",
+            &incr,
+            "--target-immediate",
+            "--archive-mode",
+            "off",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stdout.contains(" patched ("), "{}", out.stdout);
+    start_and_check(&setup, "copy", &pgdata, &want);
+
+    let (full2, _) = backup_typed(&setup, p, "full");
+    let entry = manifest_entry(&setup, &full2, &accounts);
+    assert_eq!(
+        block_layout(&setup, entry["map"]["object"].as_str().unwrap()),
+        2
+    );
 }
 
 /// Backups written before the file list became its own object (version 1
