@@ -21,7 +21,6 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::repo::object::read_object;
 use crate::repo::{layout, ObjectError, ObjectInfo, RepoError, Repository};
 use crate::storage::StorageError;
 
@@ -260,6 +259,13 @@ async fn fetch_once(
     key: &crate::storage::Key,
     dest: &Path,
 ) -> Result<ObjectInfo, Attempt> {
+    // Opened first: a file the archive lacks (the common answer for
+    // `.history` files) costs no temporary file and no sweep.
+    let src = repo
+        .store()
+        .get(key)
+        .await
+        .map_err(|e| Attempt::Object(e.into()))?;
     let tmp = temp_path(dest);
     let mut file = create_temp(&tmp).map_err(|e| Attempt::Destination(tmp.clone(), e))?;
     let guard = RemoveOnDrop(Some(tmp.clone()));
@@ -271,7 +277,7 @@ async fn fetch_once(
         crate::storage::local::sweep_abandoned_temps(dir, crate::storage::local::ABANDONED_AFTER);
     }
     let mut sink = |piece: &[u8]| file.write_all(piece);
-    let info = match read_object(repo.store(), key, &mut sink).await {
+    let info = match crate::repo::object::read_opened(src, key, &mut sink).await {
         Ok(info) => info,
         Err(ObjectError::Sink(e)) => return Err(Attempt::Destination(tmp.clone(), e)),
         Err(e) => return Err(Attempt::Object(e)),

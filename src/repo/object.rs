@@ -335,7 +335,17 @@ pub async fn read_object(
     key: &Key,
     sink: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
 ) -> Result<ObjectInfo, ObjectError> {
-    let mut src = store.get(key).await?;
+    let src = store.get(key).await?;
+    read_opened(src, key, sink).await
+}
+
+/// [`read_object`] of an object already opened with `ObjectStore::get`
+/// (so a caller can learn that it is missing before preparing a sink).
+pub async fn read_opened(
+    mut src: crate::storage::ObjectReader,
+    key: &Key,
+    sink: &mut (dyn FnMut(&[u8]) -> io::Result<()> + Send),
+) -> Result<ObjectInfo, ObjectError> {
     let read_err = |e: io::Error| read_error(key, e);
     let mut check = EnvelopeCheck::new(key);
     let mut buf = vec![0u8; CHUNK_BYTES];

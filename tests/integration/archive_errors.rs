@@ -253,6 +253,11 @@ fn fetch_of_a_missing_file_exits_1_quietly() {
             (1, "", "")
         );
         assert!(!dest.exists());
+        // The object is looked up before any temporary file is made, so a
+        // miss is a miss even where the destination could not be written.
+        let unwritable = dir.path().join("no-such-dir").join("RECOVERYHISTORY");
+        let out = fetch(&repo, dir.path(), name, &unwritable);
+        assert_eq!((out.code, out.stderr.as_str()), (1, ""));
     }
 }
 
