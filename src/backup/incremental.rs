@@ -20,7 +20,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::repo::blocks::{self, BlockMap, BlockReader, MIN_MAP_BLOCKS};
 use crate::repo::manifest::{BackupManifest, BackupType, FileEntry, ObjectRef};
-use crate::repo::object::{read_object, write_object, ObjectInfo};
+use crate::repo::object::{read_object, write_object, write_object_unless, ObjectInfo};
 use crate::repo::{layout, CompressSettings, ObjectError, Repository};
 use crate::storage::{Key, PutMode};
 use crate::stream::Hasher;
@@ -284,6 +284,7 @@ pub async fn copy_file(
         )));
     }
     let (info, scan) = put_blocks(ctx, &key, src, None).await?;
+    let info = info.expect("a whole copy is always written");
     let map = write_map(ctx, &scan).await?;
     let mut e = entry(
         info.raw_size,
@@ -303,15 +304,20 @@ async fn put_blocks(
     key: &Key,
     src: tokio::fs::File,
     reference: Option<&BlockMap>,
-) -> Result<(ObjectInfo, blocks::BlockScan), ObjectError> {
+) -> Result<(Option<ObjectInfo>, blocks::BlockScan), ObjectError> {
     // The block reader reads a MiB at a time itself.
     let mut reader = BlockReader::new(src, ctx.block_size, reference);
-    let info = write_object(
+    let stored = reader.stored_count();
+    // A delta with no block is never written (a whole copy always is).
+    let is_delta = reference.is_some();
+    let empty = move || is_delta && stored.load(std::sync::atomic::Ordering::Relaxed) == 0;
+    let info = write_object_unless(
         ctx.repo.store(),
         key,
         PutMode::CreateBatched,
         &mut reader,
         ctx.compress,
+        &empty,
     )
     .await?;
     Ok((info, reader.into_scan()))
@@ -372,29 +378,33 @@ async fn copy_against_map(
     });
     let mut deltas = reference.deltas.clone();
     let mut stored = 0;
-    if scan.stored_blocks == 0 {
-        // Nothing to add: the size alone says where the file now ends.
-        ctx.repo.store().delete(&key).await?;
-        if scan.file_size == reference.size && scan.checksum == reference.checksum {
-            return Ok(Some(FileEntry {
-                mode: file.mode,
-                mtime: file.mtime,
-                stored_size: 0,
-                ..reference.clone()
-            }));
+    match info {
+        None => {
+            // Nothing to add (and nothing was written): the size alone
+            // says where the file now ends.
+            if scan.file_size == reference.size && scan.checksum == reference.checksum {
+                return Ok(Some(FileEntry {
+                    mode: file.mode,
+                    mtime: file.mtime,
+                    stored_size: 0,
+                    ..reference.clone()
+                }));
+            }
         }
-    } else if scan.stored_blocks * 2 > blocks_now {
-        // Most of the file changed: a whole copy is smaller to restore.
-        ctx.repo.store().delete(&key).await?;
-        let whole = CopyContext {
-            reference: None,
-            trust_mtime_before: None,
-            ..*ctx
-        };
-        return Box::pin(copy_file(&whole, file)).await;
-    } else {
-        deltas.push(as_ref(&key, &info));
-        stored += info.stored_size;
+        Some(_) if scan.stored_blocks * 2 > blocks_now => {
+            // Most of the file changed: a whole copy is smaller to restore.
+            ctx.repo.store().delete(&key).await?;
+            let whole = CopyContext {
+                reference: None,
+                trust_mtime_before: None,
+                ..*ctx
+            };
+            return Box::pin(copy_file(&whole, file)).await;
+        }
+        Some(info) => {
+            deltas.push(as_ref(&key, &info));
+            stored += info.stored_size;
+        }
     }
     // The map stays the base's: the deltas carry their blocks' hashes.
     // The base alone is the file only if nothing changed it.

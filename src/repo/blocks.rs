@@ -271,9 +271,17 @@ pub struct BlockReader<'a, R> {
     finished: bool,
     scan: BlockScan,
     whole: crate::stream::Hasher,
+    /// Blocks put into the delta so far, readable while the reader is
+    /// lent out ([`BlockReader::stored_count`]).
+    stored: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
+    /// A handle on the number of blocks put into the delta so far.
+    pub fn stored_count(&self) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+        self.stored.clone()
+    }
+
     pub fn new(inner: R, block_size: u32, reference: Option<&'a BlockMap>) -> Self {
         let bs = block_size as usize;
         let kind = reference.map_or(HashKind::CURRENT, |m| m.kind);
@@ -295,6 +303,7 @@ impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
                 ..BlockScan::default()
             },
             whole: crate::stream::Hasher::new(),
+            stored: Default::default(),
         }
     }
 
@@ -321,6 +330,8 @@ impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
                     .extend_from_slice(&record_head(block, len as u32, &hash));
                 self.out.extend_from_slice(data);
                 self.scan.stored_blocks += 1;
+                self.stored
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
         }
         self.pos += len;

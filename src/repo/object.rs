@@ -234,6 +234,23 @@ pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
     src: &mut R,
     compress: CompressSettings,
 ) -> Result<ObjectInfo, ObjectError> {
+    write_object_unless(store, key, mode, src, compress, &|| false)
+        .await
+        .map(|kept| kept.expect("never discarded"))
+}
+
+/// [`write_object`], except that when `discard()` answers yes once the
+/// source is read to its end, the put is aborted (the object never
+/// appears) and `None` is returned: a block delta that turned out empty
+/// costs no object to create and delete.
+pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
+    store: &dyn ObjectStore,
+    key: &Key,
+    mode: PutMode,
+    src: &mut R,
+    compress: CompressSettings,
+    discard: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<ObjectInfo>, ObjectError> {
     let mut compressor = Compressor::new(compress.level, compress.workers).map_err(|source| {
         ObjectError::Stream {
             key: key.clone(),
@@ -282,9 +299,13 @@ pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
     }
     .await;
     match result {
+        Ok(_) if discard() => {
+            writer.abort().await;
+            Ok(None)
+        }
         Ok(info) => {
             writer.commit().await?;
-            Ok(info)
+            Ok(Some(info))
         }
         Err(e) => {
             writer.abort().await;
@@ -600,6 +621,34 @@ mod tests {
 
     fn sample(len: usize) -> Vec<u8> {
         (0..len).map(|i| ((i * 31) ^ (i >> 9)) as u8).collect()
+    }
+
+    /// A put discarded once its source is read never appears; one kept
+    /// reads back whole.
+    #[tokio::test]
+    async fn a_discarded_put_leaves_no_object() {
+        let store = MemoryStore::new();
+        let data = sample(300_000);
+        for (name, discard) in [("gone", true), ("kept", false)] {
+            let key = Key::new(format!("obj/{name}")).unwrap();
+            let mut src = &data[..];
+            let info = write_object_unless(
+                &store,
+                &key,
+                PutMode::CreateBatched,
+                &mut src,
+                CompressSettings::default(),
+                &|| discard,
+            )
+            .await
+            .unwrap();
+            assert_eq!(info.is_none(), discard);
+            match store.head(&key).await {
+                Err(StorageError::NotFound { .. }) => assert!(discard),
+                Ok(_) => assert_eq!(load(&store, &key).await.unwrap().0, data),
+                Err(e) => panic!("{e}"),
+            }
+        }
     }
 
     #[tokio::test]
