@@ -696,8 +696,6 @@ fn configurations<'a>(
     // archive_status beforehand (as on a primary whose archiver fell
     // behind) and marked done after each call, as PostgreSQL does.
     if let Some(pgdata) = &bench.async_pgdata {
-        let mark_all_ready = move || bench.mark_all_ready();
-        let mark_done = move |seg: &Segment| bench.mark_done(seg);
         let passphrase = (
             "WALVAULT_ENCRYPTION_PASSPHRASE",
             std::ffi::OsString::from(&bench.encryption.passphrase),
@@ -727,74 +725,33 @@ fn configurations<'a>(
             ),
         ] {
             let repo = root.join(dir);
-            let spool = root.join(format!("{dir}-spool"));
-            let (ready, done) = (mark_all_ready.clone(), mark_done.clone());
-            let spool_for_setup = spool.clone();
-            let spool_for_teardown = spool.clone();
-            configs.push(Config {
+            configs.push(walvault_async_row(
+                bench,
                 label,
-                kind: Kind::Push,
-                dir: Some(repo.clone()),
-                template: Some(template.clone()),
-                setup: Some(Box::new(move || {
-                    let _ = fs::remove_dir_all(&spool_for_setup);
-                    fs::create_dir_all(&spool_for_setup).expect("create spool");
-                    ready();
-                })),
-                after: Some(Box::new(done)),
-                teardown: Some(Box::new(move || {
-                    let needle = spool_for_teardown.display().to_string();
-                    let kib = stop_workers(&["--internal-async-worker", &needle]);
-                    Some(format!("worker peak RSS {:.1} MiB", kib as f64 / 1024.0))
-                })),
-                make: Box::new(move |seg: &Segment| {
+                (repo.clone(), template.clone()),
+                root.join(format!("{dir}-spool")),
+                jobs,
+                pgdata,
+                move || {
                     let mut cmd = walvault_command(push_bin);
                     if let Some((name, value)) = &env {
                         cmd.env(name, value);
                     }
-                    cmd.arg("--repo")
-                        .arg(&repo)
-                        .arg("--archive-async")
-                        .arg("--spool-path")
-                        .arg(&spool)
-                        .args(["--archive-jobs", jobs])
-                        .arg(format!("pg_wal/{}", seg.name))
-                        .current_dir(pgdata);
+                    cmd.arg("--repo").arg(&repo);
                     cmd
-                }),
-            });
+                },
+            ));
         }
         if let Some(pgbr) = pgbackrest {
             let repo = root.join("pgbr-async");
-            let spool = root.join("pgbr-async-spool");
-            let (ready, done) = (mark_all_ready.clone(), mark_done.clone());
-            let spool_for_setup = spool.clone();
-            configs.push(Config {
-                label: "pgbackrest archive-push async (zst 3, process-max 2)",
-                kind: Kind::Push,
-                dir: Some(repo.clone()),
-                template: Some(pgbr.template(PgBackRest::ZST_REPO)),
-                setup: Some(Box::new(move || {
-                    let _ = fs::remove_dir_all(&spool_for_setup);
-                    fs::create_dir_all(&spool_for_setup).expect("create spool");
-                    ready();
-                })),
-                after: Some(Box::new(done)),
-                teardown: Some(Box::new(move || {
-                    let kib = stop_workers(&["archive-push:async"]);
-                    (kib > 0)
-                        .then(|| format!("async process peak RSS {:.1} MiB", kib as f64 / 1024.0))
-                })),
-                make: Box::new(move |seg: &Segment| {
-                    let mut cmd = pgbr.command(&repo);
-                    cmd.args(PgBackRest::ZST3)
-                        .args(["--archive-async", "--process-max=2"])
-                        .arg(format!("--spool-path={}", spool.display()))
-                        .arg("archive-push")
-                        .arg(pgdata.join("pg_wal").join(&seg.name));
-                    cmd
-                }),
-            });
+            configs.push(pgbackrest_async_row(
+                bench,
+                "pgbackrest archive-push async (zst 3, process-max 2)",
+                (repo.clone(), pgbr.template(PgBackRest::ZST_REPO)),
+                root.join("pgbr-async-spool"),
+                pgdata,
+                move || pgbr.command(&repo),
+            ));
         }
     }
 
@@ -1024,7 +981,88 @@ fn configurations<'a>(
     configs
 }
 
+/// An asynchronous walvault-push row: the spool emptied and every segment
+/// marked ready before the calls (a primary whose archiver fell behind),
+/// each marked done after its call (as PostgreSQL does), the worker
+/// stopped and its peak RSS read after the row. `base` is walvault-push
+/// with its repository; `dir` and `template` as in [`Config`].
+fn walvault_async_row<'a>(
+    bench: &'a Bench,
+    label: &'static str,
+    (dir, template): (PathBuf, PathBuf),
+    spool: PathBuf,
+    jobs: &'static str,
+    pgdata: &'a Path,
+    base: impl Fn() -> Command + 'a,
+) -> Config<'a> {
+    let (spool_setup, spool_teardown) = (spool.clone(), spool.clone());
+    Config {
+        label,
+        kind: Kind::Push,
+        dir: Some(dir),
+        template: Some(template),
+        setup: Some(Box::new(move || bench.start_async_row(&spool_setup))),
+        after: Some(Box::new(move |seg| bench.mark_done(seg))),
+        teardown: Some(Box::new(move || {
+            let needle = spool_teardown.display().to_string();
+            let kib = stop_workers(&["--internal-async-worker", &needle]);
+            Some(format!("worker peak RSS {:.1} MiB", kib as f64 / 1024.0))
+        })),
+        make: Box::new(move |seg: &Segment| {
+            let mut cmd = base();
+            cmd.arg("--archive-async")
+                .arg("--spool-path")
+                .arg(&spool)
+                .args(["--archive-jobs", jobs])
+                .arg(format!("pg_wal/{}", seg.name))
+                .current_dir(pgdata);
+            cmd
+        }),
+    }
+}
+
+/// pgBackRest's asynchronous archive-push row (zst 3, process-max 2), as
+/// [`walvault_async_row`]; `base` is pgbackrest with its repository.
+fn pgbackrest_async_row<'a>(
+    bench: &'a Bench,
+    label: &'static str,
+    (dir, template): (PathBuf, PathBuf),
+    spool: PathBuf,
+    pgdata: &'a Path,
+    base: impl Fn() -> Command + 'a,
+) -> Config<'a> {
+    let spool_setup = spool.clone();
+    Config {
+        label,
+        kind: Kind::Push,
+        dir: Some(dir),
+        template: Some(template),
+        setup: Some(Box::new(move || bench.start_async_row(&spool_setup))),
+        after: Some(Box::new(move |seg| bench.mark_done(seg))),
+        teardown: Some(Box::new(move || {
+            let kib = stop_workers(&["archive-push:async"]);
+            (kib > 0).then(|| format!("async process peak RSS {:.1} MiB", kib as f64 / 1024.0))
+        })),
+        make: Box::new(move |seg: &Segment| {
+            let mut cmd = base();
+            cmd.args(PgBackRest::ZST3)
+                .args(["--archive-async", "--process-max=2"])
+                .arg(format!("--spool-path={}", spool.display()))
+                .arg("archive-push")
+                .arg(pgdata.join("pg_wal").join(&seg.name));
+            cmd
+        }),
+    }
+}
+
 impl Bench {
+    /// Before an asynchronous row: its spool empty, every segment ready.
+    fn start_async_row(&self, spool: &Path) {
+        let _ = fs::remove_dir_all(spool);
+        fs::create_dir_all(spool).expect("create spool");
+        self.mark_all_ready();
+    }
+
     /// Before an asynchronous row: every segment marked ready in
     /// archive_status (as on a primary whose archiver fell behind).
     fn mark_all_ready(&self) {

@@ -47,12 +47,26 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, what: &str) {
+/// Starts a server (its stderr into `log`) and waits until it answers on
+/// `port`.
+fn serve(cmd: &mut Command, log: &Path, port: u16) -> Child {
+    let what = format!("{:?}", cmd.get_program());
+    let child = cmd
+        .stdout(Stdio::null())
+        .stderr(File::create(log).expect("create server log"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("start {what}: {e}"));
+    let child = Child(child);
     let deadline = Instant::now() + Duration::from_secs(15);
     while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "{what} did not start");
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not start (see {})",
+            log.display()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
+    child
 }
 
 fn s3s_fs() -> Option<PathBuf> {
@@ -71,17 +85,14 @@ pub fn start_s3(root: &Path) -> S3 {
     let dir = root.join("s3");
     fs::create_dir_all(dir.join(BUCKET)).expect("create bucket directory");
     let port = free_port();
-    let log = File::create(root.join("s3s-fs.log")).expect("s3s-fs log");
-    let child = Command::new(binary)
-        .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-        .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("start s3s-fs");
-    let child = Child(child);
-    wait_for_port(port, "s3s-fs");
+    let child = serve(
+        Command::new(binary)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--access-key", ACCESS_KEY, "--secret-key", SECRET_KEY])
+            .arg(&dir),
+        &root.join("s3s-fs.log"),
+        port,
+    );
     S3 {
         _child: child,
         port,
@@ -187,15 +198,11 @@ impl S3Tls {
             ),
         )
         .expect("write stunnel.conf");
-        let log = File::create(tls.join("stunnel.log")).expect("stunnel log");
-        let child = Command::new(stunnel)
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start stunnel");
-        let child = Child(child);
-        wait_for_port(port, "stunnel");
+        let child = serve(
+            Command::new(stunnel).arg(&conf),
+            &tls.join("stunnel.log"),
+            port,
+        );
         Ok(S3Tls {
             s3,
             _stunnel: child,
@@ -362,65 +369,28 @@ pub fn configurations<'a>(
             ("walvault-push async, 2 jobs, S3", "wv-async2", "2"),
             ("walvault-push async, 4 jobs, S3", "wv-async4", "4"),
         ] {
-            let spool = bench.root.join(format!("{prefix}-spool"));
-            let (spool_setup, spool_teardown) = (spool.clone(), spool.clone());
-            configs.push(Config {
+            configs.push(walvault_async_row(
+                bench,
                 label,
-                kind: Kind::Push,
-                dir: Some(s3.s3.prefix_dir(prefix)),
-                template: Some(s3.s3.prefix_dir("wv.template")),
-                setup: Some(Box::new(move || {
-                    let _ = fs::remove_dir_all(&spool_setup);
-                    fs::create_dir_all(&spool_setup).expect("create spool");
-                    bench.mark_all_ready();
-                })),
-                after: Some(Box::new(move |seg| bench.mark_done(seg))),
-                teardown: Some(Box::new(move || {
-                    let needle = spool_teardown.display().to_string();
-                    let kib = stop_workers(&["--internal-async-worker", &needle]);
-                    Some(format!("worker peak RSS {:.1} MiB", kib as f64 / 1024.0))
-                })),
-                make: Box::new(move |seg| {
-                    let mut cmd = walvault(prefix);
-                    cmd.arg("--archive-async")
-                        .arg("--spool-path")
-                        .arg(&spool)
-                        .args(["--archive-jobs", jobs])
-                        .arg(format!("pg_wal/{}", seg.name))
-                        .current_dir(async_pgdata);
-                    cmd
-                }),
-            });
+                (s3.s3.prefix_dir(prefix), s3.s3.prefix_dir("wv.template")),
+                bench.root.join(format!("{prefix}-spool")),
+                jobs,
+                async_pgdata,
+                move || walvault(prefix),
+            ));
         }
         if let Some(pgbr) = pgbackrest {
-            let spool = bench.root.join("pgbr-s3-async-spool");
-            let spool_setup = spool.clone();
-            configs.push(Config {
-                label: "pgbackrest archive-push async (zst 3, process-max 2), S3",
-                kind: Kind::Push,
-                dir: Some(s3.s3.prefix_dir("pgbr-async")),
-                template: Some(s3.s3.prefix_dir(PgBackRest::S3_TEMPLATE)),
-                setup: Some(Box::new(move || {
-                    let _ = fs::remove_dir_all(&spool_setup);
-                    fs::create_dir_all(&spool_setup).expect("create spool");
-                    bench.mark_all_ready();
-                })),
-                after: Some(Box::new(move |seg| bench.mark_done(seg))),
-                teardown: Some(Box::new(move || {
-                    let kib = stop_workers(&["archive-push:async"]);
-                    (kib > 0)
-                        .then(|| format!("async process peak RSS {:.1} MiB", kib as f64 / 1024.0))
-                })),
-                make: Box::new(move |seg| {
-                    let mut cmd = pgbr_s3(pgbr, "pgbr-async");
-                    cmd.args(PgBackRest::ZST3)
-                        .args(["--archive-async", "--process-max=2"])
-                        .arg(format!("--spool-path={}", spool.display()))
-                        .arg("archive-push")
-                        .arg(async_pgdata.join("pg_wal").join(&seg.name));
-                    cmd
-                }),
-            });
+            configs.push(pgbackrest_async_row(
+                bench,
+                "pgbackrest archive-push async (zst 3, process-max 2), S3",
+                (
+                    s3.s3.prefix_dir("pgbr-async"),
+                    s3.s3.prefix_dir(PgBackRest::S3_TEMPLATE),
+                ),
+                bench.root.join("pgbr-s3-async-spool"),
+                async_pgdata,
+                move || pgbr_s3(pgbr, "pgbr-async"),
+            ));
         }
     }
 
