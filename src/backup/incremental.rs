@@ -167,7 +167,7 @@ pub async fn effective_map(
         let mut gap = false;
         let info = read_object(repo.store(), &key, &mut |piece: &[u8]| {
             parser.feed(piece, &mut |b| {
-                gap |= !map.overlay(b.number, b.hash);
+                gap |= !map.overlay(b.number, b.hash, b.cv);
                 Ok(())
             })
         })
@@ -333,6 +333,7 @@ async fn write_map(
         block_size: ctx.block_size,
         file_size: scan.file_size,
         hashes: scan.hashes.clone(),
+        cvs: scan.cvs.clone(),
     }
     .encode();
     let mut src: &[u8] = &bytes;

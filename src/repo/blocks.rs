@@ -4,10 +4,15 @@
 //!
 //! - A **block map** (`…/files/<n>.map`) lists a hash of every block of a
 //!   file as it was copied, 16 bytes, one per block of the cluster's block
-//!   size (the last block may be short): XXH3-128 in layout 2, BLAKE3
-//!   truncated to 16 bytes in layout 1 (read, and continued by the
-//!   deltas of a chain that started with it). The whole file's checksum
-//!   stays BLAKE3 in both. The next
+//!   size (the last block may be short): XXH3-128 in layouts 2 and 3,
+//!   BLAKE3 truncated to 16 bytes in layout 1 (read, and continued by the
+//!   deltas of a chain that started with it). Layout 3 adds each block's
+//!   BLAKE3 chaining value (the block hashed as the subtree of the file's
+//!   BLAKE3 tree it is, [`block_cv`]), so the whole file's BLAKE3 checksum
+//!   is merged from the blocks' values ([`merged_checksum`]): an
+//!   incremental that knows from WAL which blocks changed reads only those
+//!   and still records the reassembled file's checksum. The whole file's
+//!   checksum stays BLAKE3 in every layout. The next
 //!   backup reads the reference's map and compares each block it reads
 //!   with it, so unchanged blocks are read but never stored.
 //! - A **block delta** (`…/files/<n>`, for a file whose manifest entry has
@@ -35,6 +40,8 @@ use tokio::io::{AsyncRead, ReadBuf};
 
 /// Bytes of one block hash in a map or delta.
 pub const HASH_LEN: usize = 16;
+/// Bytes of one block's BLAKE3 chaining value (layout 3).
+pub const CV_LEN: usize = 32;
 const MAP_MAGIC: &[u8; 4] = b"WVBM";
 const DELTA_MAGIC: &[u8; 4] = b"WVBD";
 /// Map header: magic, layout version, 3 reserved, block size u32, 4
@@ -43,7 +50,8 @@ pub const MAP_HEADER_LEN: usize = 24;
 /// Delta header: magic, layout version, 3 reserved, block size u32, 4
 /// reserved.
 pub const DELTA_HEADER_LEN: usize = 16;
-/// A delta record's head: block number u32, length u32, hash.
+/// A delta record's head in layouts 1 and 2: block number u32, length
+/// u32, hash; layout 3 adds the block's chaining value.
 pub const RECORD_HEAD_LEN: usize = 8 + HASH_LEN;
 /// The block number of the end record, whose "hash" holds the file size
 /// and the record count.
@@ -56,6 +64,48 @@ const READ_BYTES: usize = 1 << 20;
 pub const MIN_MAP_BLOCKS: u64 = 16;
 
 pub type BlockHash = [u8; HASH_LEN];
+/// A block's BLAKE3 chaining value.
+pub type Cv = [u8; CV_LEN];
+
+/// The BLAKE3 chaining value of the block at byte `offset` of a file (a
+/// multiple of its block size): `data` hashed as the non-root subtree of
+/// the file's BLAKE3 tree that starts there. Blocks of a power-of-two
+/// size of at least 1 KiB are always whole subtrees of that tree, so a
+/// file of two blocks or more has its checksum merged from these values.
+pub fn block_cv(data: &[u8], offset: u64) -> Cv {
+    use blake3::hazmat::HasherExt;
+    let mut h = blake3::Hasher::new();
+    h.set_input_offset(offset);
+    h.update(data);
+    h.finalize_non_root()
+}
+
+/// BLAKE3 of a file of `file_size` bytes whose blocks of `block_size`
+/// have the chaining values `cvs`, merged along BLAKE3's tree without
+/// reading the file. `None` when the values do not cover the file or the
+/// file is a single block (whose root is not a merge).
+pub fn merged_checksum(cvs: &[Cv], block_size: u32, file_size: u64) -> Option<crate::stream::Checksum> {
+    use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
+    let bs = u64::from(block_size);
+    if !valid_block_size(block_size) || block_count(file_size, block_size) != cvs.len() as u64 || cvs.len() < 2 {
+        return None;
+    }
+    // The chaining value of the subtree of `len` bytes starting at block
+    // `first`; `len` spans more than one block here.
+    fn subtree(cvs: &[Cv], first: usize, len: u64, bs: u64) -> Cv {
+        if len <= bs {
+            return cvs[first];
+        }
+        let left = left_subtree_len(len);
+        let l = subtree(cvs, first, left, bs);
+        let r = subtree(cvs, first + (left / bs) as usize, len - left, bs);
+        merge_subtrees_non_root(&l, &r, Mode::Hash)
+    }
+    let left = left_subtree_len(file_size);
+    let l = subtree(cvs, 0, left, bs);
+    let r = subtree(cvs, (left / bs) as usize, file_size - left, bs);
+    Some(crate::stream::Checksum(*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()))
+}
 
 /// How a map or delta hashes its blocks, named by its layout version.
 /// A delta always hashes as the map it was compared with, so a chain
@@ -67,18 +117,22 @@ pub enum HashKind {
     /// Layout 2: XXH3-128, little-endian; about seven times faster, so a
     /// changed file costs one cryptographic pass (its BLAKE3 checksum),
     /// not two.
-    #[default]
     Xxh3,
+    /// Layout 3: XXH3-128 as layout 2, and each block's BLAKE3 chaining
+    /// value beside it, from which the file's checksum is merged.
+    #[default]
+    Xxh3Cv,
 }
 
 impl HashKind {
     /// What new maps (and the deltas compared with them) use.
-    pub const CURRENT: HashKind = HashKind::Xxh3;
+    pub const CURRENT: HashKind = HashKind::Xxh3Cv;
 
     fn from_layout(version: u8) -> Option<HashKind> {
         match version {
             1 => Some(HashKind::Blake3),
             2 => Some(HashKind::Xxh3),
+            3 => Some(HashKind::Xxh3Cv),
             _ => None,
         }
     }
@@ -87,7 +141,23 @@ impl HashKind {
         match self {
             HashKind::Blake3 => 1,
             HashKind::Xxh3 => 2,
+            HashKind::Xxh3Cv => 3,
         }
+    }
+
+    /// Whether maps and deltas of this kind carry chaining values.
+    pub fn has_cv(self) -> bool {
+        self == HashKind::Xxh3Cv
+    }
+
+    /// Bytes per block in a map of this kind.
+    fn map_entry_len(self) -> usize {
+        HASH_LEN + if self.has_cv() { CV_LEN } else { 0 }
+    }
+
+    /// Bytes of a delta record's head in this kind.
+    pub fn record_head_len(self) -> usize {
+        RECORD_HEAD_LEN + if self.has_cv() { CV_LEN } else { 0 }
     }
 
     pub fn hash(self, data: &[u8]) -> BlockHash {
@@ -98,7 +168,7 @@ impl HashKind {
                 h.copy_from_slice(&full.as_bytes()[..HASH_LEN]);
                 h
             }
-            HashKind::Xxh3 => xxhash_rust::xxh3::xxh3_128(data).to_le_bytes(),
+            HashKind::Xxh3 | HashKind::Xxh3Cv => xxhash_rust::xxh3::xxh3_128(data).to_le_bytes(),
         }
     }
 }
@@ -135,18 +205,51 @@ pub struct BlockMap {
     pub block_size: u32,
     pub file_size: u64,
     pub hashes: Vec<BlockHash>,
+    /// Each block's chaining value (layout 3); empty in layouts 1 and 2.
+    pub cvs: Vec<Cv>,
 }
 
 impl BlockMap {
-    /// Overlays one block's hash from a delta (blocks come in increasing
-    /// order; a block just past the end extends the map). `false` when
-    /// the block leaves a gap, which a delta walvault wrote never does.
-    pub fn overlay(&mut self, number: u32, hash: BlockHash) -> bool {
+    /// The map of `data` as a full copy of `kind` records it.
+    pub fn of(kind: HashKind, block_size: u32, data: &[u8]) -> BlockMap {
+        let bs = block_size as usize;
+        BlockMap {
+            kind,
+            block_size,
+            file_size: data.len() as u64,
+            hashes: data.chunks(bs).map(|b| kind.hash(b)).collect(),
+            cvs: if kind.has_cv() {
+                data.chunks(bs)
+                    .enumerate()
+                    .map(|(i, b)| block_cv(b, (i * bs) as u64))
+                    .collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// Overlays one block's hash (and, in layout 3, chaining value) from a
+    /// delta (blocks come in increasing order; a block just past the end
+    /// extends the map). `false` when the block leaves a gap, or lacks a
+    /// chaining value the map needs, which a delta walvault wrote never
+    /// does.
+    pub fn overlay(&mut self, number: u32, hash: BlockHash, cv: Option<Cv>) -> bool {
         let n = number as usize;
+        if self.kind.has_cv() != cv.is_some() {
+            return false;
+        }
         match n.cmp(&self.hashes.len()) {
             std::cmp::Ordering::Less => self.hashes[n] = hash,
             std::cmp::Ordering::Equal => self.hashes.push(hash),
             std::cmp::Ordering::Greater => return false,
+        }
+        if let Some(cv) = cv {
+            if n < self.cvs.len() {
+                self.cvs[n] = cv;
+            } else {
+                self.cvs.push(cv);
+            }
         }
         true
     }
@@ -157,19 +260,33 @@ impl BlockMap {
     pub fn cut(&mut self, file_size: u64) {
         let whole = (file_size / u64::from(self.block_size)) as usize;
         self.hashes.truncate(whole);
+        self.cvs.truncate(whole);
         self.file_size = file_size;
     }
 
+    /// The file's BLAKE3 checksum merged from the chaining values, when
+    /// the map has them for every block of a file of two blocks or more.
+    pub fn merged_checksum(&self) -> Option<crate::stream::Checksum> {
+        if !self.kind.has_cv() || self.cvs.len() != self.hashes.len() {
+            return None;
+        }
+        merged_checksum(&self.cvs, self.block_size, self.file_size)
+    }
+
     pub fn encode(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(MAP_HEADER_LEN + self.hashes.len() * HASH_LEN);
+        let mut out =
+            Vec::with_capacity(MAP_HEADER_LEN + self.hashes.len() * self.kind.map_entry_len());
         out.extend_from_slice(MAP_MAGIC);
         out.push(self.kind.layout());
         out.extend_from_slice(&[0; 3]);
         out.extend_from_slice(&self.block_size.to_le_bytes());
         out.extend_from_slice(&[0; 4]);
         out.extend_from_slice(&self.file_size.to_le_bytes());
-        for h in &self.hashes {
+        for (i, h) in self.hashes.iter().enumerate() {
             out.extend_from_slice(h);
+            if self.kind.has_cv() {
+                out.extend_from_slice(&self.cvs[i]);
+            }
         }
         out
     }
@@ -192,22 +309,31 @@ impl BlockMap {
         let file_size = u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes"));
         let body = &bytes[MAP_HEADER_LEN..];
         let count = block_count(file_size, block_size);
-        if body.len() as u64 != count * HASH_LEN as u64 {
+        let entry = kind.map_entry_len();
+        if body.len() as u64 != count * entry as u64 {
             return Err(bad(format!(
                 "block map of a {file_size}-byte file holds {} bytes of hashes, not {}",
                 body.len(),
-                count * HASH_LEN as u64
+                count * entry as u64
             )));
         }
         let hashes = body
-            .chunks_exact(HASH_LEN)
-            .map(|c| c.try_into().expect("HASH_LEN bytes"))
+            .chunks_exact(entry)
+            .map(|c| c[..HASH_LEN].try_into().expect("HASH_LEN bytes"))
             .collect();
+        let cvs = if kind.has_cv() {
+            body.chunks_exact(entry)
+                .map(|c| c[HASH_LEN..].try_into().expect("CV_LEN bytes"))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(BlockMap {
             kind,
             block_size,
             file_size,
             hashes,
+            cvs,
         })
     }
 }
@@ -220,12 +346,43 @@ fn delta_header(block_size: u32, kind: HashKind) -> [u8; DELTA_HEADER_LEN] {
     h
 }
 
-fn record_head(block: u32, len: u32, hash: &BlockHash) -> [u8; RECORD_HEAD_LEN] {
-    let mut r = [0u8; RECORD_HEAD_LEN];
-    r[..4].copy_from_slice(&block.to_le_bytes());
-    r[4..8].copy_from_slice(&len.to_le_bytes());
-    r[8..].copy_from_slice(hash);
-    r
+/// Appends a delta record's head to `out`: the chaining value only when
+/// the delta's kind has them (zeros in the end record).
+pub fn push_record_head(
+    out: &mut Vec<u8>,
+    kind: HashKind,
+    block: u32,
+    len: u32,
+    hash: &BlockHash,
+    cv: Option<&Cv>,
+) {
+    out.extend_from_slice(&block.to_le_bytes());
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(hash);
+    if kind.has_cv() {
+        out.extend_from_slice(cv.unwrap_or(&[0; CV_LEN]));
+    }
+}
+
+/// The header of a delta of `kind`.
+pub fn delta_header_bytes(block_size: u32, kind: HashKind) -> [u8; DELTA_HEADER_LEN] {
+    delta_header(block_size, kind)
+}
+
+/// Appends a delta's end record: the file size and the record count.
+pub fn push_end_record(out: &mut Vec<u8>, kind: HashKind, file_size: u64, records: u64) {
+    let mut tail = [0u8; HASH_LEN];
+    tail[..8].copy_from_slice(&file_size.to_le_bytes());
+    tail[8..].copy_from_slice(&records.to_le_bytes());
+    push_record_head(out, kind, END_BLOCK, 0, &tail, None);
+}
+
+/// The largest block number a delta record can carry.
+pub fn max_delta_block(number: u64) -> io::Result<u32> {
+    u32::try_from(number)
+        .ok()
+        .filter(|&b| b != END_BLOCK)
+        .ok_or_else(|| io::Error::other("file has too many blocks for a delta"))
 }
 
 /// What reading a file block by block found.
@@ -236,11 +393,14 @@ pub struct BlockScan {
     pub file_size: u64,
     /// The hash of every block read: the file's new block map.
     pub hashes: Vec<BlockHash>,
+    /// Every block's chaining value, when `kind` has them.
+    pub cvs: Vec<Cv>,
     /// Blocks put into the delta (those that differ from the reference).
     pub stored_blocks: u64,
     /// BLAKE3 of the whole file as read. Unchanged blocks are identical to
     /// the reference's, so this is also the checksum of the file restore
-    /// reassembles.
+    /// reassembles. With chaining values it is merged from them (one
+    /// BLAKE3 pass, not two).
     pub checksum: crate::stream::Checksum,
 }
 
@@ -271,6 +431,9 @@ pub struct BlockReader<'a, R> {
     finished: bool,
     scan: BlockScan,
     whole: crate::stream::Hasher,
+    /// BLAKE3 of the first block alone: the checksum of a file of one
+    /// block, which chaining values cannot give.
+    first_block: Option<crate::stream::Checksum>,
     /// Blocks put into the delta so far, readable while the reader is
     /// lent out ([`BlockReader::stored_count`]).
     stored: std::sync::Arc<std::sync::atomic::AtomicU64>,
@@ -303,12 +466,22 @@ impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
                 ..BlockScan::default()
             },
             whole: crate::stream::Hasher::new(),
+            first_block: None,
             stored: Default::default(),
         }
     }
 
     pub fn into_scan(mut self) -> BlockScan {
-        self.scan.checksum = self.whole.finish();
+        self.scan.checksum = if self.kind.has_cv() {
+            match self.scan.hashes.len() {
+                0 => crate::stream::Checksum::of(&[]),
+                1 => self.first_block.expect("set with the first block"),
+                _ => merged_checksum(&self.scan.cvs, self.block_size as u32, self.scan.file_size)
+                    .expect("a value for every block"),
+            }
+        } else {
+            self.whole.finish()
+        };
         self.scan
     }
 
@@ -318,16 +491,23 @@ impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
         let data = &self.buf[self.pos..self.pos + len];
         let hash = self.kind.hash(data);
         let number = self.scan.hashes.len();
+        let cv = if self.kind.has_cv() {
+            if number == 0 {
+                self.first_block = Some(crate::stream::Checksum::of(data));
+            }
+            Some(block_cv(data, self.scan.file_size))
+        } else {
+            None
+        };
+        if let Some(cv) = cv {
+            self.scan.cvs.push(cv);
+        }
         self.scan.hashes.push(hash);
         self.scan.file_size += len as u64;
         if let Some(reference) = self.reference {
             if reference.hashes.get(number) != Some(&hash) {
-                let block = u32::try_from(number)
-                    .ok()
-                    .filter(|&b| b != END_BLOCK)
-                    .ok_or_else(|| io::Error::other("file has too many blocks for a delta"))?;
-                self.out
-                    .extend_from_slice(&record_head(block, len as u32, &hash));
+                let block = max_delta_block(number as u64)?;
+                push_record_head(&mut self.out, self.kind, block, len as u32, &hash, cv.as_ref());
                 self.out.extend_from_slice(data);
                 self.scan.stored_blocks += 1;
                 self.stored
@@ -400,16 +580,19 @@ impl<R: AsyncRead + Unpin> AsyncRead for BlockReader<'_, R> {
                             this.take_block(this.end - this.pos)?;
                         }
                         if this.reference.is_some() {
-                            let mut tail = [0u8; HASH_LEN];
-                            tail[..8].copy_from_slice(&this.scan.file_size.to_le_bytes());
-                            tail[8..].copy_from_slice(&this.scan.stored_blocks.to_le_bytes());
-                            this.out
-                                .extend_from_slice(&record_head(END_BLOCK, 0, &tail));
+                            push_end_record(
+                                &mut this.out,
+                                this.kind,
+                                this.scan.file_size,
+                                this.scan.stored_blocks,
+                            );
                         }
                         this.finished = true;
                         continue;
                     }
-                    this.whole.update(&this.buf[this.end..this.end + n]);
+                    if !this.kind.has_cv() {
+                        this.whole.update(&this.buf[this.end..this.end + n]);
+                    }
                     this.end += n;
                 }
             }
@@ -423,6 +606,11 @@ pub struct DeltaBlock<'a> {
     pub data: &'a [u8],
     /// The block's hash, checked against `data`.
     pub hash: BlockHash,
+    /// The block's chaining value (layout 3), as recorded. It is not
+    /// recomputed here: the object's checksum covers it, and a wrong one
+    /// would give a file checksum that restore's check of the reassembled
+    /// file refuses.
+    pub cv: Option<Cv>,
 }
 
 /// Parses a block delta fed in arbitrary pieces, checking each block's
@@ -446,6 +634,7 @@ enum ParseState {
         number: u32,
         len: usize,
         hash: BlockHash,
+        cv: Option<Cv>,
     },
     Done,
 }
@@ -473,7 +662,7 @@ impl DeltaParser {
         while !piece.is_empty() {
             let want = match &self.state {
                 ParseState::Header => DELTA_HEADER_LEN,
-                ParseState::Head => RECORD_HEAD_LEN,
+                ParseState::Head => self.kind.unwrap_or_default().record_head_len(),
                 ParseState::Data { len, .. } => *len,
                 ParseState::Done => {
                     return Err(corrupt("bytes after the end of a block delta".into()))
@@ -509,7 +698,11 @@ impl DeltaParser {
                 ParseState::Head => {
                     let number = u32::from_le_bytes(self.buf[..4].try_into().expect("4"));
                     let len = u32::from_le_bytes(self.buf[4..8].try_into().expect("4")) as usize;
-                    let hash: BlockHash = self.buf[8..].try_into().expect("HASH_LEN");
+                    let hash: BlockHash = self.buf[8..8 + HASH_LEN].try_into().expect("HASH_LEN");
+                    let cv: Option<Cv> = self
+                        .kind
+                        .filter(|k| k.has_cv())
+                        .map(|_| self.buf[RECORD_HEAD_LEN..].try_into().expect("CV_LEN"));
                     if number == END_BLOCK {
                         let size = u64::from_le_bytes(hash[..8].try_into().expect("8"));
                         let count = u64::from_le_bytes(hash[8..].try_into().expect("8"));
@@ -534,10 +727,20 @@ impl DeltaParser {
                             )));
                         }
                         self.last = Some(number);
-                        self.state = ParseState::Data { number, len, hash };
+                        self.state = ParseState::Data {
+                            number,
+                            len,
+                            hash,
+                            cv,
+                        };
                     }
                 }
-                ParseState::Data { number, len, hash } => {
+                ParseState::Data {
+                    number,
+                    len,
+                    hash,
+                    cv,
+                } => {
                     let kind = self.kind.unwrap_or_default();
                     if kind.hash(&self.buf[..len]) != hash {
                         return Err(corrupt(format!(
@@ -549,6 +752,7 @@ impl DeltaParser {
                         number,
                         data: &self.buf[..len],
                         hash,
+                        cv,
                     })?;
                     self.state = ParseState::Head;
                 }
@@ -632,12 +836,7 @@ mod tests {
     async fn deltas_hold_changed_grown_and_short_blocks_only() {
         let bs = 1024u32;
         let old = file(20, 1024, 0, 1);
-        let map = BlockMap {
-            kind: HashKind::CURRENT,
-            block_size: bs,
-            file_size: old.len() as u64,
-            hashes: old.chunks(1024).map(block_hash).collect(),
-        };
+        let map = BlockMap::of(HashKind::CURRENT, bs, &old);
         // Block 3 changed, the file grew by two blocks and a short tail.
         let mut new = old.clone();
         new[3 * 1024 + 5] ^= 0xff;
@@ -664,12 +863,7 @@ mod tests {
     async fn damaged_deltas_are_refused() {
         let bs = 1024u32;
         let old = file(16, 1024, 0, 1);
-        let map = BlockMap {
-            kind: HashKind::CURRENT,
-            block_size: bs,
-            file_size: old.len() as u64,
-            hashes: old.chunks(1024).map(block_hash).collect(),
-        };
+        let map = BlockMap::of(HashKind::CURRENT, bs, &old);
         let mut new = old.clone();
         new[0] ^= 1;
         let mut r = BlockReader::new(&new[..], bs, Some(&map));
@@ -681,7 +875,7 @@ mod tests {
         };
         run(&delta, bs).unwrap();
         let mut flipped = delta.clone();
-        flipped[DELTA_HEADER_LEN + RECORD_HEAD_LEN + 10] ^= 1;
+        flipped[DELTA_HEADER_LEN + HashKind::CURRENT.record_head_len() + 10] ^= 1;
         assert!(run(&flipped, bs).unwrap_err().to_string().contains("hash"));
         assert!(run(&delta[..delta.len() - 3], bs).is_err());
         assert!(run(&delta, 2048)
@@ -689,7 +883,7 @@ mod tests {
             .to_string()
             .contains("block size"));
         let mut newer = delta.clone();
-        newer[4] = 3;
+        newer[4] = 4;
         assert!(run(&newer, bs).unwrap_err().to_string().contains("upgrade"));
     }
 
@@ -697,12 +891,7 @@ mod tests {
     async fn a_base_map_and_its_deltas_give_the_files_block_hashes() {
         let bs = 1024u32;
         let v1 = file(20, 1024, 0, 1);
-        let map_of = |d: &[u8]| BlockMap {
-            kind: HashKind::CURRENT,
-            block_size: bs,
-            file_size: d.len() as u64,
-            hashes: d.chunks(1024).map(block_hash).collect(),
-        };
+        let map_of = |d: &[u8]| BlockMap::of(HashKind::CURRENT, bs, d);
         let base = map_of(&v1);
         // v2: block 2 changed, two blocks more; v3: block 21 changed.
         let mut v2 = v1.clone();
@@ -718,13 +907,18 @@ mod tests {
             let mut p = DeltaParser::new(bs);
             let mut ok = true;
             p.feed(&delta, &mut |b| {
-                ok &= effective.overlay(b.number, b.hash);
+                ok &= effective.overlay(b.number, b.hash, b.cv);
                 Ok(())
             })
             .unwrap();
             assert!(ok);
             effective.cut(next.len() as u64);
             assert_eq!(effective.hashes, map_of(next).hashes);
+            assert_eq!(effective.cvs, map_of(next).cvs);
+            assert_eq!(
+                effective.merged_checksum(),
+                Some(crate::stream::Checksum::of(next))
+            );
             reference = effective.clone();
         }
         // Cut short mid-block: the short block is not vouched for.
@@ -733,7 +927,9 @@ mod tests {
         assert_eq!(cut.hashes.len(), 10);
         // A gap is refused.
         let mut gap = base.clone();
-        assert!(!gap.overlay(25, [0; 16]));
+        assert!(!gap.overlay(25, [0; 16], Some([0; 32])));
+        // A layout-3 map takes no block without its chaining value.
+        assert!(!gap.overlay(1, [0; 16], None));
     }
 
     #[test]
@@ -743,11 +939,13 @@ mod tests {
             block_size: 8192,
             file_size: 8192 * 2 + 1,
             hashes: vec![[1; 16], [2; 16], [3; 16]],
+            cvs: vec![[4; 32], [5; 32], [6; 32]],
         };
         let bytes = m.encode();
+        assert_eq!(bytes.len(), MAP_HEADER_LEN + 3 * 48);
         assert_eq!(BlockMap::decode(&bytes).unwrap(), m);
         let mut newer = bytes.clone();
-        newer[4] = 3;
+        newer[4] = 4;
         assert!(BlockMap::decode(&newer).is_err());
         assert!(BlockMap::decode(&bytes[..bytes.len() - 1]).is_err());
         let mut flags = bytes.clone();
@@ -763,12 +961,7 @@ mod tests {
     async fn layout_one_maps_are_read_and_continued_in_their_own_kind() {
         let bs = 1024u32;
         let old = file(3000, 1024, 0, 3);
-        let v1 = BlockMap {
-            kind: HashKind::Blake3,
-            block_size: bs,
-            file_size: old.len() as u64,
-            hashes: old.chunks(1024).map(|b| HashKind::Blake3.hash(b)).collect(),
-        };
+        let v1 = BlockMap::of(HashKind::Blake3, bs, &old);
         let mut bytes = v1.encode();
         assert_eq!(bytes[4], 1);
         assert_eq!(BlockMap::decode(&bytes).unwrap(), v1);
@@ -786,11 +979,13 @@ mod tests {
         p.feed(&delta, &mut |_| Ok(())).unwrap();
         assert_eq!(p.kind(), Some(HashKind::Blake3));
         assert_eq!(apply(&old, &delta, bs, new.len() as u64), new);
-        // A new map is layout 2, with XXH3 block hashes.
+        // A new map is layout 3, with XXH3 block hashes and chaining
+        // values.
         let mut r = BlockReader::new(&new[..], bs, None);
         assert_eq!(read_all(&mut r).await, new);
         let scan = r.into_scan();
-        assert_eq!(scan.kind, HashKind::Xxh3);
+        assert_eq!(scan.kind, HashKind::Xxh3Cv);
+        assert_eq!(scan.checksum, crate::stream::Checksum::of(&new));
         assert_eq!(
             scan.hashes[7],
             xxhash_rust::xxh3::xxh3_128(&new[7 * 1024..8 * 1024]).to_le_bytes()
@@ -799,5 +994,58 @@ mod tests {
         // nothing: the kind is in the header, not guessed.
         bytes[4] = 2;
         assert_eq!(BlockMap::decode(&bytes).unwrap().kind, HashKind::Xxh3);
+    }
+
+    /// The checksum merged from chaining values is BLAKE3 of the file,
+    /// for files of any length (short last blocks too) and every block
+    /// size; a single block or values that do not cover the file give
+    /// none.
+    #[tokio::test]
+    async fn chaining_values_merge_into_the_files_blake3() {
+        for bs in [1024u32, 8192, 32768] {
+            let b = bs as usize;
+            for len in [2 * b, 2 * b + 1, 3 * b, 7 * b - 5, 16 * b, 17 * b + 100, 1000 * b / 8] {
+                let data: Vec<u8> = (0..len).map(|i| (i * 31 % 253) as u8).collect();
+                let map = BlockMap::of(HashKind::Xxh3Cv, bs, &data);
+                let want = crate::stream::Checksum::of(&data);
+                assert_eq!(map.merged_checksum(), Some(want), "bs {bs} len {len}");
+                let mut r = BlockReader::new(&data[..], bs, None);
+                read_all(&mut r).await;
+                assert_eq!(r.into_scan().checksum, want, "bs {bs} len {len}");
+            }
+            let one: Vec<u8> = vec![9; b];
+            assert_eq!(BlockMap::of(HashKind::Xxh3Cv, bs, &one).merged_checksum(), None);
+            let mut r = BlockReader::new(&one[..], bs, None);
+            read_all(&mut r).await;
+            assert_eq!(r.into_scan().checksum, crate::stream::Checksum::of(&one));
+        }
+        let data = vec![1u8; 40 * 8192];
+        let map = BlockMap::of(HashKind::Xxh3Cv, 8192, &data);
+        assert_eq!(merged_checksum(&map.cvs[..39], 8192, data.len() as u64), None);
+        // Layout 2 maps have no values to merge.
+        assert_eq!(BlockMap::of(HashKind::Xxh3, 8192, &data).merged_checksum(), None);
+    }
+
+    /// A layout-2 map is read, and a delta taken against it is layout 2
+    /// with no chaining values.
+    #[tokio::test]
+    async fn layout_two_maps_are_continued_in_their_own_kind() {
+        let bs = 1024u32;
+        let old = file(40, 1024, 0, 5);
+        let v2 = BlockMap::of(HashKind::Xxh3, bs, &old);
+        let bytes = v2.encode();
+        assert_eq!((bytes[4], bytes.len()), (2, MAP_HEADER_LEN + 40 * HASH_LEN));
+        assert_eq!(BlockMap::decode(&bytes).unwrap(), v2);
+        let mut new = old.clone();
+        new[30 * 1024] ^= 1;
+        let mut r = BlockReader::new(&new[..], bs, Some(&v2));
+        let delta = read_all(&mut r).await;
+        let scan = r.into_scan();
+        assert_eq!((scan.kind, scan.stored_blocks), (HashKind::Xxh3, 1));
+        assert!(scan.cvs.is_empty());
+        assert_eq!(scan.checksum, crate::stream::Checksum::of(&new));
+        assert_eq!(delta[4], 2);
+        assert_eq!(delta.len(), DELTA_HEADER_LEN + 2 * RECORD_HEAD_LEN + 1024);
+        assert_eq!(apply(&old, &delta, bs, new.len() as u64), new);
     }
 }

@@ -770,16 +770,7 @@ fn rewrite_maps_as_layout_one(setup: &Setup, label: &str) -> usize {
             let (content, _) = object::read_to_vec(store, &Key::new(f.object.clone()).unwrap())
                 .await
                 .unwrap();
-            let old = BlockMap {
-                kind: HashKind::Blake3,
-                block_size,
-                file_size: content.len() as u64,
-                hashes: content
-                    .chunks(block_size as usize)
-                    .map(|b| HashKind::Blake3.hash(b))
-                    .collect(),
-            }
-            .encode();
+            let old = BlockMap::of(HashKind::Blake3, block_size, &content).encode();
             let key = Key::new(map.object.clone()).unwrap();
             store.delete(&key).await.unwrap();
             let info = put_object(&repo, &key, &old).await;
@@ -812,7 +803,7 @@ fn block_layout(setup: &Setup, object: &str) -> u8 {
 /// deltas of layout 1, BLAKE3) stays usable: an incremental against it
 /// continues the chain in layout 1, the chain restores exactly, and a
 /// delta restore patches a copy of the full backup into the incremental
-/// block by block. A new full backup is layout 2.
+/// block by block. A new full backup is layout 3.
 #[test]
 fn layout_one_block_maps_stay_usable() {
     let setup = Setup::new("layout-one", Backend::Local);
@@ -877,7 +868,7 @@ fn layout_one_block_maps_stay_usable() {
     let entry = manifest_entry(&setup, &full2, &accounts);
     assert_eq!(
         block_layout(&setup, entry["map"]["object"].as_str().unwrap()),
-        2
+        3
     );
 }
 
