@@ -1447,7 +1447,7 @@ mod chain_tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::repo::blocks::{block_hash, BlockMap, BlockReader};
+    use crate::repo::blocks::{BlockMap, BlockReader};
     use crate::repo::manifest::ObjectRef;
     use crate::repo::object::write_object;
     use crate::repo::CompressSettings;

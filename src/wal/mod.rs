@@ -20,6 +20,7 @@ pub mod history;
 pub mod lsn;
 pub mod name;
 pub mod page;
+pub mod records;
 
 pub use history::{
     parse_backup_history, BackupHistory, HistoryEntry, HistoryError, TimelineHistory,
