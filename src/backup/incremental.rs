@@ -13,6 +13,14 @@
 //!
 //! So an unchanged file is read but never stored, and a changed one costs
 //! only its changed blocks. Sizes and times are never trusted alone.
+//!
+//! When the WAL since the reference's start names the changed blocks
+//! ([`super::wal_changes`]), a relation's main-fork file is not read
+//! whole: an unchanged one (no block named, same size) is not read at
+//! all, and a changed one only at the blocks WAL names and those past the
+//! reference's end ([`copy_from_wal`]). Its checksum is merged from the
+//! block maps' chaining values (layout 3). Every other file, and any file
+//! WAL marks whole (created or truncated), is compared as above.
 
 use std::collections::BTreeSet;
 
@@ -24,6 +32,7 @@ use crate::repo::object::{read_object, write_object, write_object_unless, Object
 use crate::repo::{layout, CompressSettings, ObjectError, Repository};
 use crate::storage::{Key, PutMode};
 use crate::stream::Hasher;
+use crate::wal::records::{ChangedBlocks, FileChange};
 
 use super::scan::ScannedFile;
 
@@ -119,6 +128,27 @@ pub struct CopyContext<'a> {
     /// reference's, and whose time is before this one (the reference's
     /// start, less a second), is taken as unchanged without being read.
     pub trust_mtime_before: Option<i64>,
+    /// The blocks WAL says changed since the reference started, when it
+    /// can say.
+    pub wal: Option<&'a WalView>,
+}
+
+/// The changed blocks from WAL, and how to find a file's among them.
+#[derive(Debug)]
+pub struct WalView {
+    pub changes: ChangedBlocks,
+    /// Blocks per relation segment file (pg_control's `relseg_size`).
+    pub relseg_blocks: u32,
+}
+
+impl WalView {
+    /// What WAL says of the file at `path`; `None` when it says nothing
+    /// (not a main-fork relation file).
+    pub fn for_path(&self, path: &str) -> Option<FileChange> {
+        let (rel, segment) = crate::wal::records::main_fork_file(path)?;
+        let first = segment.checked_mul(self.relseg_blocks)?;
+        Some(self.changes.for_file(rel, first, self.relseg_blocks))
+    }
 }
 
 fn as_ref(key: &Key, info: &ObjectInfo) -> ObjectRef {
@@ -232,6 +262,37 @@ pub async fn copy_file(
             }
         }
         let mappable = wants_map(file.size, ctx.block_size);
+        let same_blocks = ref_block_size == Some(ctx.block_size);
+        match ctx.wal.and_then(|w| w.for_path(&file.rel)) {
+            Some(FileChange::Unchanged)
+                if same_blocks
+                    && reference.map.is_none()
+                    && reference.deltas.is_empty()
+                    && file.size == reference.size =>
+            {
+                // A small relation file WAL never touched: not read.
+                return Ok(Some(FileEntry {
+                    mode: file.mode,
+                    mtime: file.mtime,
+                    stored_size: 0,
+                    ..reference.clone()
+                }));
+            }
+            Some(change @ (FileChange::Unchanged | FileChange::Blocks(_))) if same_blocks => {
+                if let Some(map_ref) = &reference.map {
+                    let blocks = match change {
+                        FileChange::Blocks(b) => b,
+                        _ => Vec::new(),
+                    };
+                    if let Some(entry) =
+                        copy_from_wal(ctx, file, reference, map_ref, &blocks).await?
+                    {
+                        return Ok(entry);
+                    }
+                }
+            }
+            _ => {}
+        }
         if let (true, Some(map_ref), Some(bs)) = (mappable, &reference.map, ref_block_size) {
             if bs == ctx.block_size {
                 return copy_against_map(ctx, file, reference, map_ref).await;
@@ -423,6 +484,212 @@ async fn copy_against_map(
         deltas,
         map: Some(map_ref.clone()),
     }))
+}
+
+/// A relation file whose changed blocks WAL names: reads only those and
+/// the blocks past the reference's end, stores the ones that differ from
+/// the reference as a delta, and merges the file's checksum from the
+/// block map's chaining values. `Ok(None)` when this cannot be done (no
+/// layout-3 map, a size that is not whole blocks, a file shorter than
+/// the reference, most of it changed): the caller compares contents.
+/// `Ok(Some(None))` when the file vanished.
+pub async fn copy_from_wal(
+    ctx: &CopyContext<'_>,
+    file: &ScannedFile,
+    reference: &FileEntry,
+    map_ref: &ObjectRef,
+    changed: &[u32],
+) -> Result<Option<Option<FileEntry>>, ObjectError> {
+    use std::os::unix::fs::FileExt;
+    let bs = u64::from(ctx.block_size);
+    if reference.size % bs != 0 {
+        return Ok(None);
+    }
+    let Some(mut map) = effective_map(ctx.repo, reference, ctx.block_size).await? else {
+        return Ok(None);
+    };
+    if !map.kind.has_cv() || map.hashes.len() as u64 * bs != reference.size {
+        return Ok(None);
+    }
+    let src = match std::fs::File::open(&file.abs) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Some(None)),
+        Err(e) => return Err(ObjectError::Source(e)),
+    };
+    let size = src.metadata().map_err(ObjectError::Source)?.len();
+    if size % bs != 0 || size < reference.size || size < 2 * bs {
+        return Ok(None);
+    }
+    let ref_blocks = map.hashes.len() as u32;
+    let now_blocks = u32::try_from(size / bs).map_err(|_| {
+        ObjectError::Source(std::io::Error::other(
+            "file has too many blocks for a delta",
+        ))
+    })?;
+    // The blocks to read: those WAL names within the reference's length,
+    // then every block past it.
+    let wanted: Vec<u32> = changed
+        .iter()
+        .copied()
+        .filter(|&b| b < ref_blocks)
+        .chain(ref_blocks..now_blocks)
+        .collect();
+    if wanted.is_empty() {
+        return Ok(Some(Some(FileEntry {
+            mode: file.mode,
+            mtime: file.mtime,
+            stored_size: 0,
+            ..reference.clone()
+        })));
+    }
+    if wanted.len() as u64 * 2 > u64::from(now_blocks) {
+        // Most of the file: a whole copy is smaller to restore.
+        return Ok(None);
+    }
+    let kind = map.kind;
+    let key = layout::backup_file_key(ctx.label, ctx.index);
+    let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
+    let stored = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let stored_seen = stored.clone();
+    let src = std::sync::Arc::new(src);
+    // Produces the delta: runs of consecutive wanted blocks, a MiB at most
+    // per read.
+    let produce = async {
+        use tokio::io::AsyncWriteExt;
+        let mut out = blocks::delta_header_bytes(ctx.block_size, kind).to_vec();
+        let max_run = ((1usize << 20) / bs as usize).max(1);
+        let mut i = 0;
+        let mut end_size = size;
+        let mut records = 0u64;
+        'runs: while i < wanted.len() {
+            let first = wanted[i];
+            let mut n = 1;
+            while i + n < wanted.len() && n < max_run && wanted[i + n] == first + n as u32 {
+                n += 1;
+            }
+            i += n;
+            let offset = u64::from(first) * bs;
+            let len = n * bs as usize;
+            let file = src.clone();
+            let data = tokio::task::spawn_blocking(move || {
+                let mut buf = vec![0u8; len];
+                let mut got = 0;
+                while got < len {
+                    match file.read_at(&mut buf[got..], offset + got as u64) {
+                        Ok(0) => break,
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                buf.truncate(got - got % bs as usize);
+                Ok(buf)
+            })
+            .await
+            .map_err(std::io::Error::other)??;
+            for (k, block) in data.chunks(bs as usize).enumerate() {
+                let number = first + k as u32;
+                let hash = kind.hash(block);
+                let cv = blocks::block_cv(block, u64::from(number) * bs);
+                if map.hashes.get(number as usize) == Some(&hash) {
+                    // Named by WAL, yet as the reference has it.
+                    map.overlay(number, hash, Some(cv));
+                    continue;
+                }
+                if !map.overlay(number, hash, Some(cv)) {
+                    return Err(std::io::Error::other(
+                        "blocks past the reference's end out of order",
+                    ));
+                }
+                blocks::push_record_head(
+                    &mut out,
+                    kind,
+                    blocks::max_delta_block(u64::from(number))?,
+                    bs as u32,
+                    &hash,
+                    Some(&cv),
+                );
+                out.extend_from_slice(block);
+                records += 1;
+                stored.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            if data.len() < len {
+                // Truncated while read: the file ends here (WAL replay
+                // from this backup's start truncates it the same way).
+                end_size = offset + data.len() as u64;
+                tx.write_all(&out).await?;
+                out.clear();
+                break 'runs;
+            }
+            if out.len() >= 1 << 20 {
+                tx.write_all(&out).await?;
+                out.clear();
+            }
+        }
+        blocks::push_end_record(&mut out, kind, end_size, records);
+        tx.write_all(&out).await?;
+        tx.shutdown().await?;
+        drop(tx);
+        Ok::<_, std::io::Error>((end_size, records))
+    };
+    let empty = move || stored_seen.load(std::sync::atomic::Ordering::Relaxed) == 0;
+    let consume = write_object_unless(
+        ctx.repo.store(),
+        &key,
+        PutMode::CreateBatched,
+        &mut rx,
+        ctx.compress,
+        &empty,
+    );
+    let (produced, info) = tokio::join!(produce, consume);
+    let info = info?;
+    let (end_size, records) = match produced {
+        Ok(r) => r,
+        Err(e) => {
+            if info.is_some() {
+                let _ = ctx.repo.store().delete(&key).await;
+            }
+            return Err(ObjectError::Source(e));
+        }
+    };
+    map.cut(end_size);
+    if end_size < 2 * bs {
+        if info.is_some() {
+            ctx.repo.store().delete(&key).await?;
+        }
+        return Ok(None);
+    }
+    let checksum = map
+        .merged_checksum()
+        .expect("a chaining value for every block of two or more");
+    let base = reference.base.clone().unwrap_or_else(|| ObjectRef {
+        object: reference.object.clone(),
+        raw_size: reference.size,
+        checksum: reference.checksum,
+    });
+    let mut deltas = reference.deltas.clone();
+    let mut stored_size = 0;
+    match info {
+        Some(info) if records > 0 => {
+            stored_size = info.stored_size;
+            deltas.push(as_ref(&key, &info));
+        }
+        Some(_) => ctx.repo.store().delete(&key).await?,
+        None => {}
+    }
+    let layered = !deltas.is_empty() || base.raw_size != end_size || base.checksum != checksum;
+    Ok(Some(Some(FileEntry {
+        path: file.rel.clone(),
+        size: end_size,
+        checksum,
+        mode: file.mode,
+        mtime: file.mtime,
+        object: base.object.clone(),
+        stored_size,
+        base: layered.then_some(base),
+        deltas,
+        map: Some(map_ref.clone()),
+    })))
 }
 
 #[cfg(test)]

@@ -25,6 +25,7 @@
 
 pub mod incremental;
 pub mod scan;
+pub mod wal_changes;
 
 use std::collections::{BTreeSet, VecDeque};
 use std::io::IsTerminal;
@@ -73,6 +74,9 @@ pub struct BackupSummary {
     pub stop_lsn: Lsn,
     pub backup_type: BackupType,
     pub reference: Option<String>,
+    /// How changed files were found (diff and incr): from WAL, or by
+    /// comparing contents and why.
+    pub changes: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -231,9 +235,9 @@ pub async fn run_backup(
         &format!("the cluster at \"{}\"", given.display()),
     )
     .await?;
-    let block_size = crate::pg::control::read_control(&given)
-        .map_err(|e| BackupError::Precondition(e.to_string()))?
-        .block_size;
+    let control = crate::pg::control::read_control(&given)
+        .map_err(|e| BackupError::Precondition(e.to_string()))?;
+    let block_size = control.block_size;
     // What to compare with: read before the label is claimed, under the
     // repository lock, so no expire removes it meanwhile.
     let listings = repo.list_backups().await?;
@@ -290,6 +294,61 @@ pub async fn run_backup(
     }
     tracing::info!(label = %label, start_lsn = %start_lsn, "backup started");
 
+    // Which blocks changed since the reference started, when WAL can say.
+    let wal_timeline = timeline;
+    let (wal_view, changes) = match &reference {
+        None => (None, None),
+        Some(r) => {
+            let this = wal_changes::ThisBackup {
+                pg_major,
+                timeline,
+                start_lsn,
+                data_checksum_version: control.data_checksum_version,
+            };
+            let result = match wal_changes::plan_wal_changes(r, &this) {
+                Err(why) => Err(why),
+                Ok(()) => {
+                    wal_changes::collect(
+                        repo,
+                        &given,
+                        pg_major,
+                        control.wal_segment_size,
+                        timeline,
+                        r.start_lsn,
+                        start_lsn,
+                    )
+                    .await
+                }
+            };
+            match result.and_then(|mut c| match c.unsure.take() {
+                Some(why) => Err(why),
+                None => Ok(c),
+            }) {
+                Ok(c) => {
+                    let said = format!(
+                        "changed blocks from WAL {} to {}: {} blocks in {} relations ({} records)",
+                        r.start_lsn,
+                        start_lsn,
+                        c.blocks(),
+                        c.relations(),
+                        c.records
+                    );
+                    tracing::info!("{said}");
+                    let view = incremental::WalView {
+                        changes: c,
+                        relseg_blocks: control.relseg_size,
+                    };
+                    (Some(Arc::new(view)), Some(said))
+                }
+                Err(why) => {
+                    let said = format!("changed files found by comparing contents: {why}");
+                    tracing::info!("{said}");
+                    (None, Some(said))
+                }
+            }
+        }
+    };
+
     let copied = copy_files(
         repo,
         &label,
@@ -298,6 +357,7 @@ pub async fn run_backup(
         opts,
         block_size,
         reference,
+        wal_view.clone(),
     )
     .await?;
     for skipped in &copied.skipped {
@@ -320,6 +380,11 @@ pub async fn run_backup(
     // The label PostgreSQL wrote is authoritative for the start timeline.
     if let Some(tli) = label_start_timeline(&backup_label) {
         timeline = tli;
+    }
+    if wal_view.is_some() && timeline != wal_timeline {
+        return Err(BackupError::Precondition(format!(
+            "the backup started on timeline {timeline}, not {wal_timeline} whose WAL told the changed blocks (promoted during the backup?)\nHINT: run the backup again"
+        )));
     }
     let size = facts.wal_segment_size;
     let start_wal = WalFileName::segment_file_name(timeline, start_lsn.segment_no(size), size);
@@ -384,6 +449,7 @@ pub async fn run_backup(
         reference: reference_plan.reference.clone(),
         depends_on,
         block_size: Some(block_size),
+        data_checksum_version: Some(control.data_checksum_version),
     };
     // Every file object is durable before the manifest names them.
     repo.store()
@@ -416,6 +482,7 @@ pub async fn run_backup(
         stop_lsn,
         backup_type: reference_plan.backup_type,
         reference: reference_plan.reference,
+        changes,
     })
 }
 
@@ -465,6 +532,7 @@ async fn copy_files(
     opts: &BackupOptions,
     block_size: u32,
     reference: Option<BackupManifest>,
+    wal: Option<Arc<incremental::WalView>>,
 ) -> Result<Copied, BackupError> {
     let scan_error = |path: &PathBuf| {
         let path = path.clone();
@@ -567,12 +635,13 @@ async fn copy_files(
                     walked_all = true;
                     break;
                 };
-                let (repo, label, done_bytes, jobs, stop) = (
+                let (repo, label, done_bytes, jobs, stop, wal) = (
                     repo.clone(),
                     label.to_string(),
                     done_bytes.clone(),
                     jobs.clone(),
                     stop.clone(),
+                    wal.clone(),
                 );
                 let file_index = index;
                 index += 1;
@@ -589,6 +658,7 @@ async fn copy_files(
                         block_size,
                         reference: reference.as_ref().map(|e| (e, ref_block_size)),
                         trust_mtime_before,
+                        wal: wal.as_deref(),
                     };
                     let entry = incremental::copy_file(&ctx, &file)
                         .await

@@ -132,6 +132,9 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
                 s.start_lsn,
                 s.stop_lsn
             );
+            if let Some(changes) = &s.changes {
+                println!("{changes}");
+            }
             Exit::Ok
         }
         Err(e) => {

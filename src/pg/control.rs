@@ -43,6 +43,10 @@ pub struct ControlFacts {
     pub wal_segment_size: WalSegmentSize,
     /// The relation block size (`BLCKSZ`).
     pub block_size: u32,
+    /// Blocks per relation segment file (`RELSEG_SIZE`).
+    pub relseg_size: u32,
+    /// `data_checksum_version`: 0 when data checksums are off.
+    pub data_checksum_version: u32,
 }
 
 impl ControlFacts {
@@ -139,12 +143,21 @@ pub fn parse_control(bytes: &[u8], pg_major: u32) -> Result<ControlFacts, String
     }
     let wal_segment_size = WalSegmentSize::new(seg_bytes as u64)
         .map_err(|e| format!("global/pg_control gives an invalid WAL segment size: {e}"))?;
+    // relseg_size follows blcksz; data_checksum_version follows the
+    // by-value booleans, at the same aligned offset on 12 to 18.
+    let relseg_size = u32_at(float_at + 12).unwrap_or(0);
+    if relseg_size == 0 {
+        return Err("global/pg_control gives relation segments of 0 blocks (damaged?)".into());
+    }
+    let data_checksum_version = u32_at(float_at + 44).unwrap_or(0);
     Ok(ControlFacts {
         system_identifier,
         pg_control_version,
         pg_major,
         wal_segment_size,
         block_size,
+        relseg_size,
+        data_checksum_version,
     })
 }
 
@@ -242,6 +255,7 @@ mod tests {
         assert_eq!(f.system_identifier, 7);
         assert_eq!(f.wal_segment_size.bytes(), 1 << 20);
         assert_eq!(f.block_size, 8192);
+        assert_eq!(f.relseg_size, 131072);
         // The block moves between versions; it is found wherever it is.
         let f = parse_control(&control_bytes(9, 1700, 16 << 20, 256), 17).unwrap();
         assert_eq!(f.wal_segment_size.bytes(), 16 << 20);

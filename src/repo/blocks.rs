@@ -84,10 +84,17 @@ pub fn block_cv(data: &[u8], offset: u64) -> Cv {
 /// have the chaining values `cvs`, merged along BLAKE3's tree without
 /// reading the file. `None` when the values do not cover the file or the
 /// file is a single block (whose root is not a merge).
-pub fn merged_checksum(cvs: &[Cv], block_size: u32, file_size: u64) -> Option<crate::stream::Checksum> {
+pub fn merged_checksum(
+    cvs: &[Cv],
+    block_size: u32,
+    file_size: u64,
+) -> Option<crate::stream::Checksum> {
     use blake3::hazmat::{left_subtree_len, merge_subtrees_non_root, merge_subtrees_root, Mode};
     let bs = u64::from(block_size);
-    if !valid_block_size(block_size) || block_count(file_size, block_size) != cvs.len() as u64 || cvs.len() < 2 {
+    if !valid_block_size(block_size)
+        || block_count(file_size, block_size) != cvs.len() as u64
+        || cvs.len() < 2
+    {
         return None;
     }
     // The chaining value of the subtree of `len` bytes starting at block
@@ -104,7 +111,9 @@ pub fn merged_checksum(cvs: &[Cv], block_size: u32, file_size: u64) -> Option<cr
     let left = left_subtree_len(file_size);
     let l = subtree(cvs, 0, left, bs);
     let r = subtree(cvs, (left / bs) as usize, file_size - left, bs);
-    Some(crate::stream::Checksum(*merge_subtrees_root(&l, &r, Mode::Hash).as_bytes()))
+    Some(crate::stream::Checksum(
+        *merge_subtrees_root(&l, &r, Mode::Hash).as_bytes(),
+    ))
 }
 
 /// How a map or delta hashes its blocks, named by its layout version.
@@ -507,7 +516,14 @@ impl<'a, R: AsyncRead + Unpin> BlockReader<'a, R> {
         if let Some(reference) = self.reference {
             if reference.hashes.get(number) != Some(&hash) {
                 let block = max_delta_block(number as u64)?;
-                push_record_head(&mut self.out, self.kind, block, len as u32, &hash, cv.as_ref());
+                push_record_head(
+                    &mut self.out,
+                    self.kind,
+                    block,
+                    len as u32,
+                    &hash,
+                    cv.as_ref(),
+                );
                 self.out.extend_from_slice(data);
                 self.scan.stored_blocks += 1;
                 self.stored
@@ -1004,7 +1020,15 @@ mod tests {
     async fn chaining_values_merge_into_the_files_blake3() {
         for bs in [1024u32, 8192, 32768] {
             let b = bs as usize;
-            for len in [2 * b, 2 * b + 1, 3 * b, 7 * b - 5, 16 * b, 17 * b + 100, 1000 * b / 8] {
+            for len in [
+                2 * b,
+                2 * b + 1,
+                3 * b,
+                7 * b - 5,
+                16 * b,
+                17 * b + 100,
+                1000 * b / 8,
+            ] {
                 let data: Vec<u8> = (0..len).map(|i| (i * 31 % 253) as u8).collect();
                 let map = BlockMap::of(HashKind::Xxh3Cv, bs, &data);
                 let want = crate::stream::Checksum::of(&data);
@@ -1014,16 +1038,25 @@ mod tests {
                 assert_eq!(r.into_scan().checksum, want, "bs {bs} len {len}");
             }
             let one: Vec<u8> = vec![9; b];
-            assert_eq!(BlockMap::of(HashKind::Xxh3Cv, bs, &one).merged_checksum(), None);
+            assert_eq!(
+                BlockMap::of(HashKind::Xxh3Cv, bs, &one).merged_checksum(),
+                None
+            );
             let mut r = BlockReader::new(&one[..], bs, None);
             read_all(&mut r).await;
             assert_eq!(r.into_scan().checksum, crate::stream::Checksum::of(&one));
         }
         let data = vec![1u8; 40 * 8192];
         let map = BlockMap::of(HashKind::Xxh3Cv, 8192, &data);
-        assert_eq!(merged_checksum(&map.cvs[..39], 8192, data.len() as u64), None);
+        assert_eq!(
+            merged_checksum(&map.cvs[..39], 8192, data.len() as u64),
+            None
+        );
         // Layout 2 maps have no values to merge.
-        assert_eq!(BlockMap::of(HashKind::Xxh3, 8192, &data).merged_checksum(), None);
+        assert_eq!(
+            BlockMap::of(HashKind::Xxh3, 8192, &data).merged_checksum(),
+            None
+        );
     }
 
     /// A layout-2 map is read, and a delta taken against it is layout 2

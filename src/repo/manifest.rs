@@ -138,6 +138,13 @@ pub struct BackupManifest {
     /// and deltas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub block_size: Option<u32>,
+    /// pg_control's `data_checksum_version` when the backup started (0:
+    /// checksums off). An incremental trusts WAL for changed blocks only
+    /// when this is the same as its own: `pg_checksums --enable` rewrites
+    /// every block without WAL. Absent in backups of earlier walvault
+    /// versions, whose successors then compare file contents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_checksum_version: Option<u32>,
 }
 
 /// A tablespace: `pg_tblspc/<oid>` is a link to `location`.
@@ -438,6 +445,7 @@ pub fn test_manifest(
         reference: None,
         depends_on: Vec::new(),
         block_size: None,
+        data_checksum_version: None,
     }
 }
 

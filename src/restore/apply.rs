@@ -1489,8 +1489,7 @@ mod chain_tests {
         let mut content: Vec<u8> = (0..40 * BS as usize).map(|i| (i % 251) as u8).collect();
         let first = content.clone();
         let base = put(&repo, "backup/20260101T000000Z/files/000000", &content).await;
-        let map_bytes =
-            BlockMap::of(crate::repo::blocks::HashKind::CURRENT, BS, &content).encode();
+        let map_bytes = BlockMap::of(crate::repo::blocks::HashKind::CURRENT, BS, &content).encode();
         let map = put(
             &repo,
             "backup/20260101T000000Z/files/000000.map",

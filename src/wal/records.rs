@@ -10,7 +10,9 @@
 //! and reads the block references of its header
 //! (`src/include/access/xlogrecord.h`). Main-fork block references are
 //! collected; a relation created or truncated (`XLOG_SMGR_CREATE`,
-//! `XLOG_SMGR_TRUNCATE`) is marked whole. Anything that changes relation
+//! `XLOG_SMGR_TRUNCATE`) is marked whole. Commits and aborts that drop
+//! relations need nothing: the files are gone, and a relfilenode used
+//! again is created anew. Anything that changes relation
 //! files in a way block references do not describe makes the whole set
 //! *unsure* ([`ChangedBlocks::unsure`]), and the caller then compares file
 //! contents instead:
@@ -53,6 +55,11 @@ const BKPBLOCK_HAS_IMAGE: u8 = 0x10;
 const BKPBLOCK_SAME_REL: u8 = 0x80;
 const BKPIMAGE_HAS_HOLE: u8 = 0x01;
 const RM_XLOG: u8 = 0;
+const RM_XACT: u8 = 1;
+/// `XLOG_XACT_OPMASK` and the operations whose records may drop
+/// relations: commit, abort and their prepared forms.
+const XLOG_XACT_OPMASK: u8 = 0x70;
+const XACT_DROPS: [u8; 4] = [0x00, 0x20, 0x30, 0x40];
 const RM_SMGR: u8 = 2;
 const XLOG_SWITCH: u8 = 0x40;
 const XLOG_PARAMETER_CHANGE: u8 = 0x60;
@@ -225,7 +232,8 @@ pub fn main_fork_file(path: &str) -> Option<(RelFile, u32)> {
 /// A decimal number as PostgreSQL names files: digits only, no leading
 /// zero.
 fn number(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0')) {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) || (s.len() > 1 && s.starts_with('0'))
+    {
         return None;
     }
     s.parse().ok()
@@ -397,9 +405,9 @@ impl WalDecoder {
         match self.magic {
             None => self.magic = Some(magic),
             Some(m) if m != magic => {
-                return Err(self.page_err(format!(
-                    "has magic 0x{magic:04X}, earlier pages 0x{m:04X}"
-                )))
+                return Err(
+                    self.page_err(format!("has magic 0x{magic:04X}, earlier pages 0x{m:04X}"))
+                )
             }
             Some(_) => {}
         }
@@ -509,7 +517,10 @@ impl WalDecoder {
 
     fn decode(&mut self, r: &[u8], page_addr: u64) -> Result<(), WalDecodeError> {
         let at = self.rec_start;
-        let err = |reason: String| WalDecodeError::Record { at: lsn(at), reason };
+        let err = |reason: String| WalDecodeError::Record {
+            at: lsn(at),
+            reason,
+        };
         if r.len() < RECORD_HEADER {
             return Err(err("is shorter than its header".into()));
         }
@@ -538,6 +549,9 @@ impl WalDecoder {
             (RM_SMGR, XLOG_SMGR_TRUNCATE) if main.len() >= 16 => {
                 self.changes.whole(rel_at(main, 4));
             }
+            // A commit or abort that drops relations: their files are
+            // gone, and a relfilenode used again is created anew.
+            (RM_XACT, _) if XACT_DROPS.contains(&(info & XLOG_XACT_OPMASK)) => {}
             _ if info & XLR_SPECIAL_REL_UPDATE != 0 => {
                 self.changes.set_unsure(format!(
                     "the WAL record at {} (resource manager {rmid}, info 0x{info:02X}) changes relation files without block references (a database or tablespace created, copied or dropped)",
@@ -831,7 +845,13 @@ mod tests {
         h
     }
 
-    fn decode(major: u32, wal: &[u8], start: u64, end: u64, piece: usize) -> Result<ChangedBlocks, WalDecodeError> {
+    fn decode(
+        major: u32,
+        wal: &[u8],
+        start: u64,
+        end: u64,
+        piece: usize,
+    ) -> Result<ChangedBlocks, WalDecodeError> {
         let mut d = WalDecoder::new(major, SEG, start, end);
         for (i, seg) in wal.chunks(SEG as usize).enumerate() {
             let seg_start = i as u64 * SEG;
@@ -853,10 +873,22 @@ mod tests {
     fn block_references_across_pages_and_segments_are_collected() {
         for major in [14, 15] {
             let mut b = Builder::new();
-            b.record(10, 0, &body(major, &[(rel(1), 0, 3, true), (rel(1), 0, 9, false)], b"x"));
+            b.record(
+                10,
+                0,
+                &body(major, &[(rel(1), 0, 3, true), (rel(1), 0, 9, false)], b"x"),
+            );
             let start = b.record(10, 0, &body(major, &[(rel(2), 0, 5, false)], &[0; 10]));
             // A big record spanning pages, with a long main data part.
-            b.record(11, 0, &body(major, &[(rel(2), 0, 6, true), (rel(3), 1, 1, false)], &vec![5; 20000]));
+            b.record(
+                11,
+                0,
+                &body(
+                    major,
+                    &[(rel(2), 0, 6, true), (rel(3), 1, 1, false)],
+                    &vec![5; 20000],
+                ),
+            );
             // Many small ones, to reach the next segment.
             for i in 0..20000u32 {
                 b.record(10, 0, &body(major, &[(rel(4), 0, i % 50, false)], b"abc"));
@@ -875,7 +907,10 @@ mod tests {
                 assert_eq!(c.for_file(rel(3), 0, 100), FileChange::Unchanged);
                 assert_eq!(c.for_file(rel(2), 0, 100), FileChange::Blocks(vec![5, 6]));
                 assert_eq!(c.for_file(rel(2), 6, 100), FileChange::Blocks(vec![0]));
-                assert_eq!(c.for_file(rel(4), 0, 100), FileChange::Blocks((0..50).collect()));
+                assert_eq!(
+                    c.for_file(rel(4), 0, 100),
+                    FileChange::Blocks((0..50).collect())
+                );
                 assert_eq!(c.blocks(), 52);
             }
         }
@@ -890,12 +925,22 @@ mod tests {
         for x in [DEFAULT_TABLESPACE, 5, 7, 0] {
             create.extend_from_slice(&x.to_le_bytes());
         }
-        b.record(RM_SMGR, XLOG_SMGR_CREATE | XLR_SPECIAL_REL_UPDATE, &body(major, &[], &create));
+        b.record(
+            RM_SMGR,
+            XLOG_SMGR_CREATE | XLR_SPECIAL_REL_UPDATE,
+            &body(major, &[], &create),
+        );
         let mut truncate = 40u32.to_le_bytes().to_vec();
         for x in [DEFAULT_TABLESPACE, 5, 1, 7] {
             truncate.extend_from_slice(&x.to_le_bytes());
         }
-        b.record(RM_SMGR, XLOG_SMGR_TRUNCATE | XLR_SPECIAL_REL_UPDATE, &body(major, &[], &truncate));
+        b.record(
+            RM_SMGR,
+            XLOG_SMGR_TRUNCATE | XLR_SPECIAL_REL_UPDATE,
+            &body(major, &[], &truncate),
+        );
+        // A commit that drops a relation (flagged as a special update).
+        b.record(RM_XACT, 0x80 | XLR_SPECIAL_REL_UPDATE, &body(major, &[], &[0; 20]));
         let mid = b.record(10, 0, &body(major, &[(rel(8), 0, 3, false)], b""));
         // CREATE DATABASE … FILE_COPY: the database resource manager.
         b.record(4, XLR_SPECIAL_REL_UPDATE, &body(major, &[], &[0; 16]));
@@ -915,7 +960,11 @@ mod tests {
         b.record(RM_XLOG, XLOG_PARAMETER_CHANGE, &body(major, &[], &param));
         let end = b.record(10, 0, &body(major, &[], b""));
         let wal = b.finish();
-        assert!(decode(major, &wal, start, end, 8192).unwrap().unsure.unwrap().contains("minimal"));
+        assert!(decode(major, &wal, start, end, 8192)
+            .unwrap()
+            .unsure
+            .unwrap()
+            .contains("minimal"));
     }
 
     #[test]
@@ -948,7 +997,10 @@ mod tests {
         // A page from elsewhere (a recycled segment).
         let mut bad = wal.clone();
         bad[8..16].copy_from_slice(&(7 * SEG).to_le_bytes());
-        assert!(decode(major, &bad, start, end, 8192).unwrap_err().to_string().contains("recycled"));
+        assert!(decode(major, &bad, start, end, 8192)
+            .unwrap_err()
+            .to_string()
+            .contains("recycled"));
         // WAL that stops before `end`.
         let e = decode(major, &wal, start, end + 4 * SEG, 8192).unwrap_err();
         assert!(matches!(e, WalDecodeError::Ended { .. }), "{e}");
@@ -956,16 +1008,34 @@ mod tests {
 
     #[test]
     fn relation_files_are_told_from_other_files() {
-        let base = |rel| RelFile { spc: DEFAULT_TABLESPACE, db: 5, rel };
+        let base = |rel| RelFile {
+            spc: DEFAULT_TABLESPACE,
+            db: 5,
+            rel,
+        };
         assert_eq!(main_fork_file("base/5/16384"), Some((base(16384), 0)));
         assert_eq!(main_fork_file("base/5/16384.3"), Some((base(16384), 3)));
         assert_eq!(
             main_fork_file("global/1262"),
-            Some((RelFile { spc: GLOBAL_TABLESPACE, db: 0, rel: 1262 }, 0))
+            Some((
+                RelFile {
+                    spc: GLOBAL_TABLESPACE,
+                    db: 0,
+                    rel: 1262
+                },
+                0
+            ))
         );
         assert_eq!(
             main_fork_file("pg_tblspc/16400/PG_15_202209061/5/16401.1"),
-            Some((RelFile { spc: 16400, db: 5, rel: 16401 }, 1))
+            Some((
+                RelFile {
+                    spc: 16400,
+                    db: 5,
+                    rel: 16401
+                },
+                1
+            ))
         );
         for other in [
             "base/5/16384_fsm",

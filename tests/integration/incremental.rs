@@ -181,6 +181,13 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     p.sql("CHECKPOINT");
     let (incr1, out) = backup_typed(&setup, p, "incr");
     assert!(out.contains(&format!("(incr on {full})")), "{out}");
+    // The database copied file by file has no WAL for its blocks: every
+    // file is compared by content.
+    assert!(
+        out.contains("changed files found by comparing contents: the WAL record at")
+            && out.contains("database or tablespace"),
+        "{out}"
+    );
     let incr1_fp = fingerprint(p, "postgres");
     let copied_fp = fingerprint(p, "copied");
 
@@ -223,6 +230,9 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     p.sql("DROP TABLE newer");
     let (incr2, out) = backup_typed(&setup, p, "incr");
     assert!(out.contains(&format!("(incr on {diff})")), "{out}");
+    // Nothing since the differential escapes WAL: only the blocks it
+    // names are read.
+    assert!(out.contains("changed blocks from WAL"), "{out}");
     let incr2_fp = fingerprint(p, "postgres");
 
     // The accounts change again: another delta on the differential's,
@@ -233,6 +243,7 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     );
     let (incr3, out) = backup_typed(&setup, p, "incr");
     assert!(out.contains(&format!("(incr on {incr2})")), "{out}");
+    assert!(out.contains("changed blocks from WAL"), "{out}");
     let incr3_fp = fingerprint(p, "postgres");
     let accounts = manifest_entry(&setup, &incr3, &accounts_path);
     // The differential's delta, incr2's if autovacuum touched the table,
