@@ -171,3 +171,65 @@ fn read_local(mut file: std::fs::File, decoder: &mut WalDecoder) -> Result<(), S
         decoder.feed(&buf[..n]).map_err(|e| e.to_string())?;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repo::manifest::test_manifest;
+
+    #[test]
+    fn wal_is_trusted_only_on_the_same_history_major_and_checksums() {
+        let mut r = test_manifest(
+            "20260101T000000Z",
+            TimelineId(1),
+            Lsn(0x1000000),
+            Lsn(0x2000000),
+            WalSegmentSize::DEFAULT,
+            "2026-01-01T00:00:00Z",
+        );
+        r.data_checksum_version = Some(0);
+        let this = ThisBackup {
+            pg_major: r.pg_major,
+            timeline: TimelineId(1),
+            start_lsn: Lsn(0x5000000),
+            data_checksum_version: 0,
+        };
+        assert_eq!(plan_wal_changes(&r, &this), Ok(()));
+        let why = |t: ThisBackup, m: &BackupManifest| plan_wal_changes(m, &t).unwrap_err();
+        assert!(why(
+            ThisBackup {
+                timeline: TimelineId(2),
+                ..this
+            },
+            &r
+        )
+        .contains("timeline 1, this backup on 2"));
+        assert!(why(
+            ThisBackup {
+                pg_major: r.pg_major + 1,
+                ..this
+            },
+            &r
+        )
+        .contains("PostgreSQL"));
+        assert!(why(
+            ThisBackup {
+                start_lsn: Lsn(0x1000000),
+                ..this
+            },
+            &r
+        )
+        .contains("not before"));
+        assert!(why(
+            ThisBackup {
+                data_checksum_version: 1,
+                ..this
+            },
+            &r
+        )
+        .contains("turned on"));
+        let mut old = r.clone();
+        old.data_checksum_version = None;
+        assert!(why(this, &old).contains("does not record"));
+    }
+}

@@ -940,7 +940,11 @@ mod tests {
             &body(major, &[], &truncate),
         );
         // A commit that drops a relation (flagged as a special update).
-        b.record(RM_XACT, 0x80 | XLR_SPECIAL_REL_UPDATE, &body(major, &[], &[0; 20]));
+        b.record(
+            RM_XACT,
+            0x80 | XLR_SPECIAL_REL_UPDATE,
+            &body(major, &[], &[0; 20]),
+        );
         let mid = b.record(10, 0, &body(major, &[(rel(8), 0, 3, false)], b""));
         // CREATE DATABASE … FILE_COPY: the database resource manager.
         b.record(4, XLR_SPECIAL_REL_UPDATE, &body(major, &[], &[0; 16]));

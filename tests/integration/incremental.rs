@@ -329,6 +329,101 @@ fn chains_of_differential_and_incremental_backups_restore_exactly() {
     assert_eq!(labels, [full2.as_str()]);
 }
 
+/// When WAL can name the changed blocks, an incremental reads only those
+/// (and blocks past the reference's end) and still restores exactly:
+/// - a hint-bit-only change (no WAL with checksums off) is not stored:
+///   the restore has the reference's page, which PostgreSQL accepts;
+/// - a relation truncated by VACUUM and filled again (WAL says
+///   "truncated") is compared whole and copied;
+/// - a relation that only grew stores its new blocks.
+///
+/// When WAL cannot vouch, contents are compared, and the backup says why:
+/// here `pg_checksums --enable` rewrote every block without WAL, and the
+/// restore of the incremental passes `pg_checksums --check`.
+#[test]
+fn incrementals_read_what_wal_names_and_compare_contents_when_it_cannot() {
+    let mut setup = Setup::new("incr-wal", Backend::Local);
+    let p = &setup.primary;
+    pgbench_init(p, 4);
+    p.sql("CREATE TABLE hints(id int, pad text) WITH (autovacuum_enabled = off)");
+    p.sql("INSERT INTO hints SELECT g, repeat('h', 200) FROM generate_series(1, 20000) g");
+    p.sql("CREATE TABLE shrink(id int, pad text) WITH (autovacuum_enabled = off)");
+    p.sql("INSERT INTO shrink SELECT g, repeat('x', 500) FROM generate_series(1, 20000) g");
+    p.sql("CREATE TABLE grow(id int, pad text) WITH (autovacuum_enabled = off)");
+    p.sql("INSERT INTO grow SELECT g, repeat('g', 500) FROM generate_series(1, 4000) g");
+    // Written out before any read sets the hints' hint bits.
+    p.sql("CHECKPOINT");
+    let path = |t| relpath(p, "postgres", t);
+    let (hints_path, shrink_path, grow_path, accounts_path) = (
+        path("hints"),
+        path("shrink"),
+        path("grow"),
+        path("pgbench_accounts"),
+    );
+    let (full, _) = backup_typed(&setup, p, "full");
+
+    // Hint bits only: reading every row sets them, without WAL.
+    assert_eq!(p.sql("SELECT count(*) FROM hints"), "20000");
+    p.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid <= 4000");
+    p.sql("DELETE FROM shrink WHERE id > 100");
+    p.sql("VACUUM shrink");
+    p.sql("INSERT INTO shrink SELECT g, repeat('y', 500) FROM generate_series(1, 19900) g");
+    p.sql("INSERT INTO grow SELECT g, repeat('G', 500) FROM generate_series(4001, 6000) g");
+    p.sql("CHECKPOINT");
+    let (incr, out) = backup_typed(&setup, p, "incr");
+    assert!(out.contains(&format!("(incr on {full})")), "{out}");
+    assert!(out.contains("changed blocks from WAL"), "{out}");
+    let want = fingerprint(p, "postgres");
+
+    let hints = manifest_entry(&setup, &incr, &hints_path);
+    assert_eq!(hints["stored_size"], 0, "{hints}");
+    assert!(hints.get("deltas").is_none(), "{hints}");
+    let shrink = manifest_entry(&setup, &incr, &shrink_path);
+    assert!(
+        shrink["object"].as_str().unwrap().contains(&incr),
+        "{shrink}"
+    );
+    for grown in [&grow_path, &accounts_path] {
+        let e = manifest_entry(&setup, &incr, grown);
+        assert_eq!(e["deltas"].as_array().map(|d| d.len()), Some(1), "{e}");
+        assert!(e["map"]["object"].as_str().unwrap().contains(&full), "{e}");
+    }
+    let verify = setup.walvault(&["verify"]);
+    assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    let mut r = restore_exactly(&setup, "r-incr", &incr, &want);
+    r.sql("CREATE EXTENSION IF NOT EXISTS amcheck");
+    r.sql("SELECT bt_index_check(c.oid, true) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
+           WHERE c.relam = (SELECT oid FROM pg_am WHERE amname = 'btree') AND c.relnamespace = 'public'::regnamespace");
+    r.stop();
+
+    // Data checksums turned on offline: every block rewritten, no WAL.
+    setup.primary.stop();
+    run_ok(
+        crate::harness::as_postgres(setup.primary.server_bin.join("pg_checksums"))
+            .arg("--enable")
+            .arg("-D")
+            .arg(&setup.primary.data),
+    );
+    setup.primary.start();
+    let p = &setup.primary;
+    p.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN 5000 AND 6000");
+    let (incr2, out) = backup_typed(&setup, p, "incr");
+    assert!(out.contains(&format!("(incr on {incr})")), "{out}");
+    assert!(
+        out.contains("changed files found by comparing contents: data checksums were turned on"),
+        "{out}"
+    );
+    let want = fingerprint(p, "postgres");
+    let mut r = restore_exactly(&setup, "r-incr2", &incr2, &want);
+    r.stop();
+    run_ok(
+        crate::harness::as_postgres(setup.primary.server_bin.join("pg_checksums"))
+            .arg("--check")
+            .arg("-D")
+            .arg(&r.data),
+    );
+}
+
 #[test]
 fn a_chain_without_its_base_is_refused_and_expire_keeps_bases() {
     let setup = Setup::new("incr-base", Backend::Local);
