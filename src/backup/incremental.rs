@@ -24,8 +24,6 @@
 
 use std::collections::BTreeSet;
 
-use tokio::io::AsyncReadExt;
-
 use crate::repo::blocks::{self, BlockMap, BlockReader, MIN_MAP_BLOCKS};
 use crate::repo::manifest::{BackupManifest, BackupType, FileEntry, ObjectRef};
 use crate::repo::object::{read_object, write_object, write_object_unless, ObjectInfo};
@@ -264,13 +262,8 @@ pub async fn copy_file(
         let mappable = wants_map(file.size, ctx.block_size);
         let same_blocks = ref_block_size == Some(ctx.block_size);
         match ctx.wal.and_then(|w| w.for_path(&file.rel)) {
-            Some(FileChange::Unchanged)
-                if same_blocks
-                    && reference.map.is_none()
-                    && reference.deltas.is_empty()
-                    && file.size == reference.size =>
-            {
-                // A small relation file WAL never touched: not read.
+            Some(FileChange::Unchanged) if same_blocks && file.size == reference.size => {
+                // A relation file WAL never touched: not read.
                 return Ok(Some(FileEntry {
                     mode: file.mode,
                     mtime: file.mtime,
@@ -300,19 +293,35 @@ pub async fn copy_file(
         }
         if reference.map.is_none() && reference.deltas.is_empty() && !mappable {
             // Small file: hash it, and refer to the reference's object when
-            // it is the same.
-            let Some(mut src) = open(file).await? else {
+            // it is the same. Read in one blocking task: most files of a
+            // data directory are small, and a hand-off per read would cost
+            // more than the read.
+            let path = file.abs.clone();
+            let hashed = tokio::task::spawn_blocking(move || -> std::io::Result<Option<Hasher>> {
+                use std::io::Read;
+                let mut src = match std::fs::File::open(&path) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                    Err(e) => return Err(e),
+                };
+                let mut hasher = Hasher::new();
+                let mut buf = vec![0u8; 64 << 10];
+                loop {
+                    let n = src.read(&mut buf)?;
+                    if n == 0 {
+                        return Ok(Some(hasher));
+                    }
+                    hasher.update(&buf[..n]);
+                }
+            })
+            .await
+            .map_err(|e| ObjectError::Source(std::io::Error::other(e)))?
+            .map_err(ObjectError::Source)?;
+            // Dropped by the server during the backup: WAL replay
+            // recreates what is needed.
+            let Some(hasher) = hashed else {
                 return Ok(None);
             };
-            let mut hasher = Hasher::new();
-            let mut buf = vec![0u8; 256 << 10];
-            loop {
-                let n = src.read(&mut buf).await.map_err(ObjectError::Source)?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
             if hasher.len() == reference.size && hasher.finish() == reference.checksum {
                 return Ok(Some(entry(
                     reference.size,

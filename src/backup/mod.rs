@@ -740,8 +740,11 @@ async fn wait_for_wal(
     };
     let (first, last) = (parse(start_wal)?, parse(stop_wal)?);
     let deadline = Instant::now() + wait;
-    // Usually archived within milliseconds: poll quickly at first.
-    let mut pause = Duration::from_millis(10);
+    // Usually archived within milliseconds: poll every 5 ms for the first
+    // fifth of a second (a local head is a stat, an S3 one a small
+    // request), then back off.
+    let mut pause = Duration::from_millis(5);
+    let mut quick_polls = 40;
     let mut segment = first;
     while segment <= last {
         let name = WalFileName::Segment {
@@ -759,7 +762,11 @@ async fn wait_for_wal(
             }
             Err(StorageError::NotFound { .. }) if Instant::now() < deadline => {
                 tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(Duration::from_millis(250));
+                if quick_polls > 0 {
+                    quick_polls -= 1;
+                } else {
+                    pause = (pause * 2).min(Duration::from_millis(250));
+                }
             }
             Err(StorageError::NotFound { .. }) => {
                 return Err(BackupError::WalMissing {

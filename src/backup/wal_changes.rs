@@ -61,6 +61,17 @@ pub fn plan_wal_changes(reference: &BackupManifest, this: &ThisBackup) -> Result
             reference.label, reference.start_lsn, this.start_lsn
         ));
     }
+    // Reading more WAL than the data it describes is slower than reading
+    // the data (a differential long after its full backup).
+    let wal_bytes = this.start_lsn.0 - reference.start_lsn.0;
+    if wal_bytes > reference.data_size_bytes.max(1 << 30) {
+        return Err(format!(
+            "the WAL since the reference backup {} ({} MiB) is larger than its data ({} MiB): reading the data is quicker",
+            reference.label,
+            wal_bytes >> 20,
+            reference.data_size_bytes >> 20
+        ));
+    }
     match reference.data_checksum_version {
         None => Err(format!(
             "the reference backup {} does not record whether data checksums were on",
@@ -220,6 +231,23 @@ mod tests {
             &r
         )
         .contains("not before"));
+        // More WAL than data (and than 1 GiB): the data is read instead.
+        let mut big = r.clone();
+        big.data_size_bytes = 2 << 30;
+        let far = Lsn(big.start_lsn.0 + (2 << 30) + 1);
+        assert!(why(
+            ThisBackup {
+                start_lsn: far,
+                ..this
+            },
+            &big
+        )
+        .contains("larger than its data"));
+        let near = ThisBackup {
+            start_lsn: Lsn(big.start_lsn.0 + (2 << 30)),
+            ..this
+        };
+        assert_eq!(plan_wal_changes(&big, &near), Ok(()));
         assert!(why(
             ThisBackup {
                 data_checksum_version: 1,

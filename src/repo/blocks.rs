@@ -22,12 +22,13 @@
 //!   base last, so every block is written once and memory stays at one
 //!   bitmap and one block whatever the chain length.
 //!
-//! Changed blocks are found by content, not only by page LSN: a page whose
-//! LSN is old can still differ from the reference (hint bits set without
-//! WAL when data checksums are off, a relation truncated and extended
-//! again with zero pages, files copied by `CREATE DATABASE … STRATEGY
-//! FILE_COPY` into a path a dropped database used), and content comparison
-//! catches every one of them.
+//! Changed blocks are found from WAL where it can vouch for them
+//! (`backup::wal_changes`), and otherwise by content, never by page LSN
+//! alone: a page whose LSN is old can still differ from the reference
+//! (hint bits set without WAL when data checksums are off, a relation
+//! truncated and extended again with zero pages, files copied by `CREATE
+//! DATABASE … STRATEGY FILE_COPY` into a path a dropped database used),
+//! and content comparison catches every one of them.
 //!
 //! Both layouts sit inside the ordinary object envelope, so they are
 //! compressed and checksummed like every object; these are the raw bytes.

@@ -106,6 +106,8 @@ pub enum FileChange {
 pub struct ChangedBlocks {
     rels: HashMap<RelFile, (RelChange, usize)>,
     held: usize,
+    /// The block added last: records often name the same block again.
+    last: Option<(RelFile, u32)>,
     /// Why the set cannot be trusted, when it cannot.
     pub unsure: Option<String>,
     /// Records decoded.
@@ -114,9 +116,10 @@ pub struct ChangedBlocks {
 
 impl ChangedBlocks {
     fn add(&mut self, rel: RelFile, block: u32) {
-        if self.unsure.is_some() {
+        if self.unsure.is_some() || self.last == Some((rel, block)) {
             return;
         }
+        self.last = Some((rel, block));
         let (change, compacted) = self
             .rels
             .entry(rel)
@@ -150,6 +153,7 @@ impl ChangedBlocks {
     }
 
     fn whole(&mut self, rel: RelFile) {
+        self.last = None;
         if let Some((RelChange::Blocks(b), _)) = self.rels.get(&rel) {
             self.held -= b.len();
         }

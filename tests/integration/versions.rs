@@ -2,10 +2,13 @@
 //! that major's own server binaries (scripts/install-pg-majors):
 //! - archiving through walvault-push while pgbench writes, every archived
 //!   file fetched back byte-identical;
-//! - `walvault backup` under write load;
+//! - `walvault backup` under write load, and an incremental one whose
+//!   changed blocks come from that major's WAL (compressed full-page
+//!   images included), which the PITR restores below start from;
 //! - PITR to a time and to an LSN, with exact rows;
-//! - a promotion to timeline 2, a restore that follows it, and
-//!   `verify --restore`.
+//! - a promotion to timeline 2, a restore that follows it, an
+//!   incremental on timeline 2 (whose reference is on timeline 1, so it
+//!   compares contents) restored exactly, and `verify --restore`.
 //!
 //! Small on purpose (1 MiB WAL segments, a small pgbench scale) so the
 //! seven run side by side within the suite's time.
@@ -48,7 +51,7 @@ fn scenario(major: u32) {
     let mut p = PgCluster::init_with(dir.path(), "primary", &server_bin, &["--wal-segsize=1"]);
     init_repo(&args, &p.data);
     p.append_conf(&format!(
-        "wal_level = replica\narchive_mode = on\narchive_command = '{}/walvault-push --repo {} %p && cp %p {}/%f'\n",
+        "wal_level = replica\nwal_compression = on\narchive_mode = on\narchive_command = '{}/walvault-push --repo {} %p && cp %p {}/%f'\n",
         bin.display(),
         repo.display(),
         originals.display()
@@ -79,6 +82,31 @@ fn scenario(major: u32) {
         "--no-progress",
     ]);
     assert_eq!(out.code, 0, "PostgreSQL {major} backup: {}", out.stderr);
+    let _ = load.wait();
+
+    // An incremental under load: its changed blocks come from WAL.
+    let mut load = p.client("pgbench");
+    load.args(["-n", "-c", "2", "-T", "3", "postgres"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let mut load = load.spawn().expect("pgbench");
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = walvault_in(&[
+        "backup",
+        "--type",
+        "incr",
+        "--pgdata",
+        p.data.to_str().unwrap(),
+        "--dbname",
+        &conninfo(&p),
+        "--no-progress",
+    ]);
+    assert_eq!(out.code, 0, "PostgreSQL {major} incr: {}", out.stderr);
+    assert!(
+        out.stdout.contains("(incr on") && out.stdout.contains("changed blocks from WAL"),
+        "PostgreSQL {major} incr: {}",
+        out.stdout
+    );
     let _ = load.wait();
 
     p.sql("INSERT INTO t SELECT g, 'a' FROM generate_series(1, 10) g");
@@ -165,6 +193,38 @@ fn scenario(major: u32) {
     assert!(
         conf.contains("recovery_target_timeline = '2'"),
         "PostgreSQL {major}: {conf}"
+    );
+    drop(r);
+
+    // An incremental on timeline 2 against one on timeline 1: WAL of
+    // another history cannot tell its changes, so contents are compared.
+    let out = walvault_in(&[
+        "backup",
+        "--type",
+        "incr",
+        "--pgdata",
+        failover.data.to_str().unwrap(),
+        "--dbname",
+        &conninfo(&failover),
+        "--no-progress",
+    ]);
+    assert_eq!(
+        out.code, 0,
+        "PostgreSQL {major} incr on tl2: {}",
+        out.stderr
+    );
+    assert!(
+        out.stdout
+            .contains("comparing contents: the reference backup")
+            && out.stdout.contains("is on timeline 1, this backup on 2"),
+        "PostgreSQL {major} incr on tl2: {}",
+        out.stdout
+    );
+    let r = restore("tl2-incr", &["--target-immediate", "--archive-mode", "off"]);
+    assert_eq!(
+        ids(&r),
+        "40:1-40",
+        "PostgreSQL {major}: the timeline-2 incremental"
     );
     drop(r);
     drop(failover);
