@@ -313,6 +313,7 @@ pub async fn run_backup(
                         &given,
                         pg_major,
                         control.wal_segment_size,
+                        control.system_identifier,
                         timeline,
                         r.start_lsn,
                         start_lsn,

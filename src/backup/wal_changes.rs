@@ -97,11 +97,19 @@ pub async fn collect(
     pgdata: &Path,
     pg_major: u32,
     seg_size: WalSegmentSize,
+    system_identifier: u64,
     timeline: TimelineId,
     from: Lsn,
     to: Lsn,
 ) -> Result<ChangedBlocks, String> {
-    let mut decoder = WalDecoder::new(pg_major, seg_size.bytes(), from.0, to.0);
+    let mut decoder = WalDecoder::new(
+        pg_major,
+        seg_size.bytes(),
+        system_identifier,
+        timeline.0,
+        from.0,
+        to.0,
+    );
     let mut segment = from.segment_no(seg_size);
     while !decoder.done() {
         let seg_start = segment.start_lsn(seg_size).0;

@@ -10,9 +10,11 @@
 //! and reads the block references of its header
 //! (`src/include/access/xlogrecord.h`). Main-fork block references are
 //! collected; a relation created or truncated (`XLOG_SMGR_CREATE`,
-//! `XLOG_SMGR_TRUNCATE`) is marked whole. Commits and aborts that drop
-//! relations need nothing: the files are gone, and a relfilenode used
-//! again is created anew. Anything that changes relation
+//! `XLOG_SMGR_TRUNCATE`) is marked whole, and so is every relation a
+//! commit or abort drops: its relfilenode may be used again after this
+//! backup's start, by a file whose blocks written without WAL (bulk
+//! extension) are not the reference's (PostgreSQL 17's WAL summarizer
+//! does the same). Anything that changes relation
 //! files in a way block references do not describe makes the whole set
 //! *unsure* ([`ChangedBlocks::unsure`]), and the caller then compares file
 //! contents instead:
@@ -60,6 +62,11 @@ const RM_XACT: u8 = 1;
 /// relations: commit, abort and their prepared forms.
 const XLOG_XACT_OPMASK: u8 = 0x70;
 const XACT_DROPS: [u8; 4] = [0x00, 0x20, 0x30, 0x40];
+/// `XLOG_XACT_HAS_INFO`: an `xl_xact_xinfo` follows the timestamp.
+const XLOG_XACT_HAS_INFO: u8 = 0x80;
+const XACT_XINFO_HAS_DBINFO: u32 = 1 << 0;
+const XACT_XINFO_HAS_SUBXACTS: u32 = 1 << 1;
+const XACT_XINFO_HAS_RELFILENODES: u32 = 1 << 2;
 const RM_SMGR: u8 = 2;
 const XLOG_SWITCH: u8 = 0x40;
 const XLOG_PARAMETER_CHANGE: u8 = 0x60;
@@ -280,6 +287,10 @@ fn align8(x: usize) -> usize {
 pub struct WalDecoder {
     major: u32,
     seg_size: u64,
+    /// The cluster's system identifier and timeline: long page headers
+    /// must name the one, page headers no later timeline than the other.
+    system_identifier: u64,
+    timeline: u32,
     end: u64,
     /// The next LSN wanted: pages wholly before it are skipped.
     next: u64,
@@ -299,11 +310,21 @@ pub struct WalDecoder {
 
 impl WalDecoder {
     /// A decoder for WAL of PostgreSQL `major` with segments of `seg_size`
-    /// bytes, for the records starting in `[start, end)`.
-    pub fn new(major: u32, seg_size: u64, start: u64, end: u64) -> WalDecoder {
+    /// bytes, of the cluster `system_identifier` on `timeline`, for the
+    /// records starting in `[start, end)`.
+    pub fn new(
+        major: u32,
+        seg_size: u64,
+        system_identifier: u64,
+        timeline: u32,
+        start: u64,
+        end: u64,
+    ) -> WalDecoder {
         WalDecoder {
             major,
             seg_size,
+            system_identifier,
+            timeline,
             end,
             next: start,
             page_size: 0,
@@ -406,6 +427,19 @@ impl WalDecoder {
         if info & !XLP_ALL_FLAGS != 0 {
             return Err(self.page_err(format!("has unknown flags 0x{info:04X}")));
         }
+        if super::page::pg_major_for_wal_magic(magic) != Some(self.major) {
+            return Err(self.page_err(format!(
+                "has magic 0x{magic:04X}, not PostgreSQL {}'s",
+                self.major
+            )));
+        }
+        let tli = u32_at(page, 4);
+        if tli == 0 || tli > self.timeline {
+            return Err(self.page_err(format!(
+                "is of timeline {tli}, past this backup's {}",
+                self.timeline
+            )));
+        }
         match self.magic {
             None => self.magic = Some(magic),
             Some(m) if m != magic => {
@@ -421,6 +455,16 @@ impl WalDecoder {
         }
         if long && u32_at(page, 36) as usize != self.page_size {
             return Err(self.page_err("changes the WAL page size".into()));
+        }
+        if long && u64_at(page, 24) != self.system_identifier {
+            return Err(self.page_err(format!(
+                "is of the cluster {}, not this one ({})",
+                u64_at(page, 24),
+                self.system_identifier
+            )));
+        }
+        if long && u64::from(u32_at(page, 32)) != self.seg_size {
+            return Err(self.page_err("gives another segment size".into()));
         }
         let header = if long { LONG_HEADER } else { SHORT_HEADER };
         let contrecord = info & XLP_FIRST_IS_CONTRECORD != 0;
@@ -553,9 +597,20 @@ impl WalDecoder {
             (RM_SMGR, XLOG_SMGR_TRUNCATE) if main.len() >= 16 => {
                 self.changes.whole(rel_at(main, 4));
             }
-            // A commit or abort that drops relations: their files are
-            // gone, and a relfilenode used again is created anew.
-            (RM_XACT, _) if XACT_DROPS.contains(&(info & XLOG_XACT_OPMASK)) => {}
+            // A commit or abort that drops relations.
+            (RM_XACT, _) if XACT_DROPS.contains(&(info & XLOG_XACT_OPMASK)) => {
+                match dropped_relations(info, main) {
+                    Some(rels) => {
+                        for rel in rels {
+                            self.changes.whole(rel);
+                        }
+                    }
+                    None => self.changes.set_unsure(format!(
+                        "the transaction record at {} cannot be read for the relations it drops",
+                        lsn(at)
+                    )),
+                }
+            }
             _ if info & XLR_SPECIAL_REL_UPDATE != 0 => {
                 self.changes.set_unsure(format!(
                     "the WAL record at {} (resource manager {rmid}, info 0x{info:02X}) changes relation files without block references (a database or tablespace created, copied or dropped)",
@@ -667,6 +722,40 @@ impl WalDecoder {
     }
 }
 
+/// The relations a commit or abort record (`xl_xact_commit`,
+/// `xl_xact_abort`, and their prepared forms) drops: after the timestamp,
+/// the optional `xinfo`, database info, subtransactions, then the
+/// relfilenodes (`ParseCommitRecord`, `ParseAbortRecord`; the same order
+/// in PostgreSQL 12 to 18). `None` when the lengths do not fit.
+fn dropped_relations(info: u8, main: &[u8]) -> Option<Vec<RelFile>> {
+    let mut p = 8usize;
+    let take = |p: &mut usize, n: usize| -> Option<usize> {
+        let at = *p;
+        *p = p.checked_add(n).filter(|&e| e <= main.len())?;
+        Some(at)
+    };
+    if main.len() < 8 {
+        return None;
+    }
+    if info & XLOG_XACT_HAS_INFO == 0 {
+        return Some(Vec::new());
+    }
+    let xinfo = u32_at(main, take(&mut p, 4)?);
+    if xinfo & XACT_XINFO_HAS_DBINFO != 0 {
+        take(&mut p, 8)?;
+    }
+    if xinfo & XACT_XINFO_HAS_SUBXACTS != 0 {
+        let n = u32_at(main, take(&mut p, 4)?) as usize;
+        take(&mut p, n.checked_mul(4)?)?;
+    }
+    if xinfo & XACT_XINFO_HAS_RELFILENODES == 0 {
+        return Some(Vec::new());
+    }
+    let n = u32_at(main, take(&mut p, 4)?) as usize;
+    let at = take(&mut p, n.checked_mul(12)?)?;
+    Some((0..n).map(|i| rel_at(main, at + 12 * i)).collect())
+}
+
 fn rel_at(b: &[u8], off: usize) -> RelFile {
     RelFile {
         spc: u32_at(b, off),
@@ -680,6 +769,7 @@ mod tests {
     use super::*;
 
     const SEG: u64 = 1 << 20;
+    const SYSID: u64 = 7_000_000_000_000_000_001;
     const PAGE: usize = 8192;
 
     /// Builds WAL segments page by page from records, as PostgreSQL lays
@@ -694,9 +784,14 @@ mod tests {
     }
 
     impl Builder {
-        fn new() -> Builder {
+        fn new(major: u32) -> Builder {
+            let magic = crate::wal::page::WAL_PAGE_MAGICS
+                .iter()
+                .find(|(_, m)| *m == major)
+                .expect("a known major")
+                .0;
             let mut b = Builder {
-                magic: 0xD110,
+                magic,
                 bytes: Vec::new(),
                 pos: 0,
                 prev: 0,
@@ -719,6 +814,7 @@ mod tests {
             h[8..16].copy_from_slice(&self.pos.to_le_bytes());
             h[16..20].copy_from_slice(&rem.to_le_bytes());
             if long {
+                h[24..32].copy_from_slice(&SYSID.to_le_bytes());
                 h[32..36].copy_from_slice(&(SEG as u32).to_le_bytes());
                 h[36..40].copy_from_slice(&(PAGE as u32).to_le_bytes());
             }
@@ -856,7 +952,7 @@ mod tests {
         end: u64,
         piece: usize,
     ) -> Result<ChangedBlocks, WalDecodeError> {
-        let mut d = WalDecoder::new(major, SEG, start, end);
+        let mut d = WalDecoder::new(major, SEG, SYSID, 1, start, end);
         for (i, seg) in wal.chunks(SEG as usize).enumerate() {
             let seg_start = i as u64 * SEG;
             if seg_start + SEG <= d.wants() {
@@ -876,7 +972,7 @@ mod tests {
     #[test]
     fn block_references_across_pages_and_segments_are_collected() {
         for major in [14, 15] {
-            let mut b = Builder::new();
+            let mut b = Builder::new(major);
             b.record(
                 10,
                 0,
@@ -923,7 +1019,7 @@ mod tests {
     #[test]
     fn creation_truncation_and_database_copies_are_told() {
         let major = 16;
-        let mut b = Builder::new();
+        let mut b = Builder::new(major);
         let start = b.record(10, 0, &body(major, &[(rel(1), 0, 3, false)], b""));
         let mut create = Vec::new();
         for x in [DEFAULT_TABLESPACE, 5, 7, 0] {
@@ -943,12 +1039,24 @@ mod tests {
             XLOG_SMGR_TRUNCATE | XLR_SPECIAL_REL_UPDATE,
             &body(major, &[], &truncate),
         );
-        // A commit that drops a relation (flagged as a special update).
+        // A commit that drops relation 9, with two subtransactions, and
+        // an abort that drops nothing.
+        let mut commit = vec![0u8; 8];
+        let xinfo = XACT_XINFO_HAS_SUBXACTS | XACT_XINFO_HAS_RELFILENODES;
+        commit.extend_from_slice(&xinfo.to_le_bytes());
+        commit.extend_from_slice(&2u32.to_le_bytes());
+        commit.extend_from_slice(&[7; 8]);
+        commit.extend_from_slice(&1u32.to_le_bytes());
+        for x in [DEFAULT_TABLESPACE, 5, 9] {
+            commit.extend_from_slice(&x.to_le_bytes());
+        }
+        b.record(10, 0, &body(major, &[(rel(9), 0, 3, false)], b""));
         b.record(
             RM_XACT,
-            0x80 | XLR_SPECIAL_REL_UPDATE,
-            &body(major, &[], &[0; 20]),
+            XLOG_XACT_HAS_INFO | XLR_SPECIAL_REL_UPDATE,
+            &body(major, &[], &commit),
         );
+        b.record(RM_XACT, 0x20, &body(major, &[], &[0; 8]));
         let mid = b.record(10, 0, &body(major, &[(rel(8), 0, 3, false)], b""));
         // CREATE DATABASE … FILE_COPY: the database resource manager.
         b.record(4, XLR_SPECIAL_REL_UPDATE, &body(major, &[], &[0; 16]));
@@ -958,10 +1066,13 @@ mod tests {
         assert_eq!(c.unsure, None);
         assert_eq!(c.for_file(rel(7), 0, 10), FileChange::Whole);
         assert_eq!(c.for_file(rel(1), 0, 10), FileChange::Whole);
+        assert_eq!(c.for_file(rel(9), 0, 10), FileChange::Whole);
+        // The record at `end` itself is not this backup's to read.
+        assert_eq!(c.for_file(rel(8), 0, 10), FileChange::Unchanged);
         let c = decode(major, &wal, start, end, 8192).unwrap();
         assert!(c.unsure.unwrap().contains("database or tablespace"));
         // wal_level minimal.
-        let mut b = Builder::new();
+        let mut b = Builder::new(major);
         let start = b.record(10, 0, &body(major, &[], b""));
         let mut param = vec![0u8; 28];
         param[20..24].copy_from_slice(&0u32.to_le_bytes());
@@ -978,7 +1089,7 @@ mod tests {
     #[test]
     fn a_switch_skips_to_the_next_segment() {
         let major = 15;
-        let mut b = Builder::new();
+        let mut b = Builder::new(major);
         let start = b.record(10, 0, &body(major, &[(rel(1), 0, 1, false)], b""));
         b.record(RM_XLOG, XLOG_SWITCH, &body(major, &[], b""));
         b.next_segment();
@@ -992,7 +1103,7 @@ mod tests {
     #[test]
     fn damage_and_short_wal_are_errors() {
         let major = 15;
-        let mut b = Builder::new();
+        let mut b = Builder::new(major);
         let start = b.record(10, 0, &body(major, &[(rel(1), 0, 1, false)], b""));
         let second = b.record(10, 0, &body(major, &[(rel(1), 0, 2, false)], b"hello"));
         let end = b.record(10, 0, &body(major, &[], b""));
@@ -1009,6 +1120,29 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("recycled"));
+        // Another cluster's, another major's, or a later timeline's WAL.
+        let mut bad = wal.clone();
+        bad[24] ^= 1;
+        let e = decode(major, &bad, start, end, 8192).unwrap_err();
+        assert!(e.to_string().contains("not this one"), "{e}");
+        let e = decode(16, &wal, start, end, 8192).unwrap_err();
+        assert!(e.to_string().contains("not PostgreSQL 16's"), "{e}");
+        let mut bad = wal.clone();
+        bad[4] = 2;
+        let e = decode(major, &bad, start, end, 8192).unwrap_err();
+        assert!(e.to_string().contains("timeline 2"), "{e}");
+        // A commit whose relation list runs past its end.
+        let mut b = Builder::new(major);
+        let start = b.record(10, 0, &body(major, &[], b""));
+        let mut commit = vec![0u8; 8];
+        commit.extend_from_slice(&XACT_XINFO_HAS_RELFILENODES.to_le_bytes());
+        commit.extend_from_slice(&3u32.to_le_bytes());
+        commit.extend_from_slice(&[1; 12]);
+        b.record(RM_XACT, XLOG_XACT_HAS_INFO, &body(major, &[], &commit));
+        let end = b.record(10, 0, &body(major, &[], b""));
+        let bad_commit = b.finish();
+        let c = decode(major, &bad_commit, start, end, 8192).unwrap();
+        assert!(c.unsure.unwrap().contains("transaction record"));
         // WAL that stops before `end`.
         let e = decode(major, &wal, start, end + 4 * SEG, 8192).unwrap_err();
         assert!(matches!(e, WalDecodeError::Ended { .. }), "{e}");
