@@ -43,6 +43,12 @@ use crate::repo::{layout, ClusterIdentity, CompressSettings, ObjectError, RepoEr
 use crate::storage::StorageError;
 use crate::wal::{Lsn, TimelineId, WalFileName, WalSegmentSize};
 
+/// The changed blocks from WAL, decoded in a task of its own and awaited
+/// by every copy that needs them; `Err` says why contents are compared.
+type SharedWal = futures_util::future::Shared<
+    futures_util::future::BoxFuture<'static, Result<Arc<incremental::WalView>, String>>,
+>;
+
 #[derive(Debug, Clone)]
 pub struct BackupOptions {
     pub pgdata: PathBuf,
@@ -294,61 +300,45 @@ pub async fn run_backup(
     }
     tracing::info!(label = %label, start_lsn = %start_lsn, "backup started");
 
-    // Which blocks changed since the reference started, when WAL can say.
+    // Which blocks changed since the reference started, when WAL can say:
+    // decoded in a task of its own while the copy starts on the files that
+    // do not need it (only main-fork relation files wait for it).
     let wal_timeline = timeline;
-    let (wal_view, changes) = match &reference {
-        None => (None, None),
-        Some(r) => {
-            let this = wal_changes::ThisBackup {
+    let wal: Option<SharedWal> = reference.as_ref().map(|r| {
+        let this = wal_changes::ThisBackup {
+            pg_major,
+            timeline,
+            start_lsn,
+            data_checksum_version: control.data_checksum_version,
+        };
+        let planned = wal_changes::plan_wal_changes(r, &this);
+        let (repo, dir, from) = (repo.clone(), given.clone(), r.start_lsn);
+        let task = tokio::spawn(async move {
+            planned?;
+            let mut c = wal_changes::collect(
+                &repo,
+                &dir,
                 pg_major,
+                control.wal_segment_size,
+                control.system_identifier,
                 timeline,
+                from,
                 start_lsn,
-                data_checksum_version: control.data_checksum_version,
-            };
-            let result = match wal_changes::plan_wal_changes(r, &this) {
-                Err(why) => Err(why),
-                Ok(()) => {
-                    wal_changes::collect(
-                        repo,
-                        &given,
-                        pg_major,
-                        control.wal_segment_size,
-                        control.system_identifier,
-                        timeline,
-                        r.start_lsn,
-                        start_lsn,
-                    )
-                    .await
-                }
-            };
-            match result.and_then(|mut c| match c.unsure.take() {
-                Some(why) => Err(why),
-                None => Ok(c),
-            }) {
-                Ok(c) => {
-                    let said = format!(
-                        "changed blocks from WAL {} to {}: {} blocks in {} relations ({} records)",
-                        r.start_lsn,
-                        start_lsn,
-                        c.blocks(),
-                        c.relations(),
-                        c.records
-                    );
-                    tracing::info!("{said}");
-                    let view = incremental::WalView {
-                        changes: c,
-                        relseg_blocks: control.relseg_size,
-                    };
-                    (Some(Arc::new(view)), Some(said))
-                }
-                Err(why) => {
-                    let said = format!("changed files found by comparing contents: {why}");
-                    tracing::info!("{said}");
-                    (None, Some(said))
-                }
+            )
+            .await?;
+            if let Some(why) = c.unsure.take() {
+                return Err(why);
             }
-        }
-    };
+            Ok(Arc::new(incremental::WalView {
+                changes: c,
+                relseg_blocks: control.relseg_size,
+            }))
+        });
+        futures_util::FutureExt::shared(futures_util::FutureExt::boxed(async move {
+            task.await
+                .unwrap_or_else(|e| Err(format!("the WAL reading task failed: {e}")))
+        }))
+    });
 
     let copied = copy_files(
         repo,
@@ -357,10 +347,33 @@ pub async fn run_backup(
         pg_major,
         opts,
         block_size,
-        reference,
-        wal_view.clone(),
+        reference.clone(),
+        wal.clone(),
     )
     .await?;
+    let (wal_view, changes) = match (&reference, wal) {
+        (Some(r), Some(wal)) => match wal.await {
+            Ok(view) => {
+                let c = &view.changes;
+                let said = format!(
+                    "changed blocks from WAL {} to {}: {} blocks in {} relations ({} records)",
+                    r.start_lsn,
+                    start_lsn,
+                    c.blocks(),
+                    c.relations(),
+                    c.records
+                );
+                tracing::info!("{said}");
+                (Some(view), Some(said))
+            }
+            Err(why) => {
+                let said = format!("changed files found by comparing contents: {why}");
+                tracing::info!("{said}");
+                (None, Some(said))
+            }
+        },
+        _ => (None, None),
+    };
     for skipped in &copied.skipped {
         tracing::warn!(path = %skipped.display(), "skipped a file whose name is not UTF-8");
     }
@@ -533,7 +546,7 @@ async fn copy_files(
     opts: &BackupOptions,
     block_size: u32,
     reference: Option<BackupManifest>,
-    wal: Option<Arc<incremental::WalView>>,
+    wal: Option<SharedWal>,
 ) -> Result<Copied, BackupError> {
     let scan_error = |path: &PathBuf| {
         let path = path.clone();
@@ -651,6 +664,15 @@ async fn copy_files(
                     if stop.load(Ordering::Relaxed) {
                         return Ok(None);
                     }
+                    // A main-fork relation file waits for the WAL's word.
+                    let view = match (&wal, &reference) {
+                        (Some(wal), Some(_))
+                            if crate::wal::records::main_fork_file(&file.rel).is_some() =>
+                        {
+                            wal.clone().await.ok()
+                        }
+                        _ => None,
+                    };
                     let ctx = incremental::CopyContext {
                         repo: &repo,
                         label: &label,
@@ -659,7 +681,7 @@ async fn copy_files(
                         block_size,
                         reference: reference.as_ref().map(|e| (e, ref_block_size)),
                         trust_mtime_before,
-                        wal: wal.as_deref(),
+                        wal: view.as_deref(),
                     };
                     let entry = incremental::copy_file(&ctx, &file)
                         .await

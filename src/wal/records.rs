@@ -374,6 +374,15 @@ impl WalDecoder {
                 self.page_size = size;
                 continue;
             }
+            if self.page.is_empty() && bytes.len() >= self.page_size {
+                // Whole pages straight from the input, not copied.
+                let (page, rest) = bytes.split_at(self.page_size);
+                bytes = rest;
+                let result = self.page_done(page);
+                self.page_addr += self.page_size as u64;
+                result?;
+                continue;
+            }
             let take = (self.page_size - self.page.len()).min(bytes.len());
             self.page.extend_from_slice(&bytes[..take]);
             bytes = &bytes[take..];
@@ -530,16 +539,17 @@ impl WalDecoder {
                     reason: format!("claims {total} bytes"),
                 });
             }
-            self.rec.clear();
             self.rec_start = start;
-            self.rec_len = total;
-            let take = total.min(page.len() - off);
-            self.rec.extend_from_slice(&page[off..off + take]);
-            off += take;
-            if self.rec.len() < total {
+            if off + total <= page.len() {
+                // Whole on this page: decoded where it lies.
+                self.finish_record(&page[off..off + total], addr)?;
+                off += total;
+            } else {
+                self.rec.clear();
+                self.rec_len = total;
+                self.rec.extend_from_slice(&page[off..]);
                 break;
             }
-            self.record_done(addr)?;
             if self.done || self.next >= addr + size {
                 return Ok(());
             }
@@ -552,13 +562,17 @@ impl WalDecoder {
     /// A whole record is in `rec`; `page_addr` is the page it ends on.
     fn record_done(&mut self, page_addr: u64) -> Result<(), WalDecodeError> {
         let rec = std::mem::take(&mut self.rec);
-        let at = self.rec_start;
         self.rec_len = 0;
-        let result = self.decode(&rec, page_addr);
+        let result = self.finish_record(&rec, page_addr);
         self.rec = rec;
         self.rec.clear();
-        result?;
-        self.prev = Some(at);
+        result
+    }
+
+    /// Decodes the whole record `r` (which began at `rec_start`).
+    fn finish_record(&mut self, r: &[u8], page_addr: u64) -> Result<(), WalDecodeError> {
+        self.decode(r, page_addr)?;
+        self.prev = Some(self.rec_start);
         self.changes.records += 1;
         Ok(())
     }
