@@ -264,12 +264,7 @@ pub async fn copy_file(
         match ctx.wal.and_then(|w| w.for_path(&file.rel)) {
             Some(FileChange::Unchanged) if same_blocks && file.size == reference.size => {
                 // A relation file WAL never touched: not read.
-                return Ok(Some(FileEntry {
-                    mode: file.mode,
-                    mtime: file.mtime,
-                    stored_size: 0,
-                    ..reference.clone()
-                }));
+                return Ok(Some(unchanged(reference, file)));
             }
             Some(change @ (FileChange::Unchanged | FileChange::Blocks(_))) if same_blocks => {
                 if let Some(map_ref) = &reference.map {
@@ -441,26 +436,14 @@ async fn copy_against_map(
     let key = layout::backup_file_key(ctx.label, ctx.index);
     let (info, scan) = put_blocks(ctx, &key, src, Some(&map)).await?;
     let blocks_now = scan.hashes.len() as u64;
-    // The reference's layers: its base (or whole object) and deltas.
-    let base = reference.base.clone().unwrap_or_else(|| ObjectRef {
-        object: reference.object.clone(),
-        raw_size: reference.size,
-        checksum: reference.checksum,
-    });
-    let mut deltas = reference.deltas.clone();
-    let mut stored = 0;
-    match info {
+    let delta = match info {
         None => {
             // Nothing to add (and nothing was written): the size alone
             // says where the file now ends.
             if scan.file_size == reference.size && scan.checksum == reference.checksum {
-                return Ok(Some(FileEntry {
-                    mode: file.mode,
-                    mtime: file.mtime,
-                    stored_size: 0,
-                    ..reference.clone()
-                }));
+                return Ok(Some(unchanged(reference, file)));
             }
+            None
         }
         Some(_) if scan.stored_blocks * 2 > blocks_now => {
             // Most of the file changed: a whole copy is smaller to restore.
@@ -472,27 +455,64 @@ async fn copy_against_map(
             };
             return Box::pin(copy_file(&whole, file)).await;
         }
-        Some(info) => {
-            deltas.push(as_ref(&key, &info));
-            stored += info.stored_size;
-        }
+        Some(info) => Some((as_ref(&key, &info), info.stored_size)),
+    };
+    Ok(Some(layered_entry(
+        file,
+        reference,
+        map_ref,
+        (scan.file_size, scan.checksum),
+        delta,
+    )))
+}
+
+/// A file as the reference has it (not read, or read and found equal),
+/// with its own mode and time.
+fn unchanged(reference: &FileEntry, file: &ScannedFile) -> FileEntry {
+    FileEntry {
+        mode: file.mode,
+        mtime: file.mtime,
+        stored_size: 0,
+        ..reference.clone()
     }
-    // The map stays the base's: the deltas carry their blocks' hashes.
-    // The base alone is the file only if nothing changed it.
-    let layered =
-        !deltas.is_empty() || base.raw_size != scan.file_size || base.checksum != scan.checksum;
-    Ok(Some(FileEntry {
+}
+
+/// A block-mapped file of `size` bytes with `checksum`: the reference's
+/// layers (its base, or whole object, and deltas), plus `delta` when this
+/// backup stored one. The map stays the base's: the deltas carry their
+/// blocks' hashes. The base alone is the file only if nothing changed it.
+fn layered_entry(
+    file: &ScannedFile,
+    reference: &FileEntry,
+    map_ref: &ObjectRef,
+    (size, checksum): (u64, crate::stream::Checksum),
+    delta: Option<(ObjectRef, u64)>,
+) -> FileEntry {
+    let base = reference.base.clone().unwrap_or_else(|| ObjectRef {
+        object: reference.object.clone(),
+        raw_size: reference.size,
+        checksum: reference.checksum,
+    });
+    let mut deltas = reference.deltas.clone();
+    let mut stored_size = 0;
+    if let Some((delta, stored)) = delta {
+        // The delta's stored size is what this backup adds.
+        stored_size = stored;
+        deltas.push(delta);
+    }
+    let layered = !deltas.is_empty() || base.raw_size != size || base.checksum != checksum;
+    FileEntry {
         path: file.rel.clone(),
-        size: scan.file_size,
-        checksum: scan.checksum,
+        size,
+        checksum,
         mode: file.mode,
         mtime: file.mtime,
         object: base.object.clone(),
-        stored_size: stored,
+        stored_size,
         base: layered.then_some(base),
         deltas,
         map: Some(map_ref.clone()),
-    }))
+    }
 }
 
 /// A relation file whose changed blocks WAL names: reads only those and
@@ -544,12 +564,7 @@ pub async fn copy_from_wal(
         .chain(ref_blocks..now_blocks)
         .collect();
     if wanted.is_empty() {
-        return Ok(Some(Some(FileEntry {
-            mode: file.mode,
-            mtime: file.mtime,
-            stored_size: 0,
-            ..reference.clone()
-        })));
+        return Ok(Some(Some(unchanged(reference, file))));
     }
     if wanted.len() as u64 * 2 > u64::from(now_blocks) {
         // Most of the file: a whole copy is smaller to restore.
@@ -671,34 +686,21 @@ pub async fn copy_from_wal(
     let checksum = map
         .merged_checksum()
         .expect("a chaining value for every block of two or more");
-    let base = reference.base.clone().unwrap_or_else(|| ObjectRef {
-        object: reference.object.clone(),
-        raw_size: reference.size,
-        checksum: reference.checksum,
-    });
-    let mut deltas = reference.deltas.clone();
-    let mut stored_size = 0;
-    match info {
-        Some(info) if records > 0 => {
-            stored_size = info.stored_size;
-            deltas.push(as_ref(&key, &info));
+    let delta = match info {
+        Some(info) if records > 0 => Some((as_ref(&key, &info), info.stored_size)),
+        Some(_) => {
+            ctx.repo.store().delete(&key).await?;
+            None
         }
-        Some(_) => ctx.repo.store().delete(&key).await?,
-        None => {}
-    }
-    let layered = !deltas.is_empty() || base.raw_size != end_size || base.checksum != checksum;
-    Ok(Some(Some(FileEntry {
-        path: file.rel.clone(),
-        size: end_size,
-        checksum,
-        mode: file.mode,
-        mtime: file.mtime,
-        object: base.object.clone(),
-        stored_size,
-        base: layered.then_some(base),
-        deltas,
-        map: Some(map_ref.clone()),
-    })))
+        None => None,
+    };
+    Ok(Some(Some(layered_entry(
+        file,
+        reference,
+        map_ref,
+        (end_size, checksum),
+        delta,
+    ))))
 }
 
 #[cfg(test)]
