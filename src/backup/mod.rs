@@ -67,6 +67,9 @@ pub struct BackupOptions {
     /// as unchanged without reading it (faster; trusts the file system's
     /// times).
     pub trust_mtime: bool,
+    /// `--compare-contents`: never take changed blocks from WAL (for
+    /// clusters where something writes relation files without WAL).
+    pub compare_contents: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -311,7 +314,11 @@ pub async fn run_backup(
             start_lsn,
             data_checksum_version: control.data_checksum_version,
         };
-        let planned = wal_changes::plan_wal_changes(r, &this);
+        let planned = if opts.compare_contents {
+            Err("--compare-contents was given".to_string())
+        } else {
+            wal_changes::plan_wal_changes(r, &this)
+        };
         let (repo, dir, from) = (repo.clone(), given.clone(), r.start_lsn);
         let task = tokio::spawn(async move {
             planned?;

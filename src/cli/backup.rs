@@ -51,6 +51,10 @@ pub struct BackupArgs {
     #[arg(long)]
     pub trust_mtime: bool,
 
+    /// diff and incr: compare every file's contents with the reference instead of reading only the blocks WAL names (for clusters where an extension writes relation files without WAL)
+    #[arg(long)]
+    pub compare_contents: bool,
+
     #[command(flatten)]
     pub metrics: MetricsArgs,
 }
@@ -75,6 +79,7 @@ pub async fn run(program: &str, global: &GlobalArgs, args: &BackupArgs) -> Exit 
         requested_type: args.backup_type,
         default_type: settings.backup_type,
         trust_mtime: args.trust_mtime,
+        compare_contents: args.compare_contents,
     };
     // The header first: an uninitialized repository is refused, and the
     // store learns how create-only writes (the lock's) are kept safe.

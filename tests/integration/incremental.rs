@@ -405,6 +405,16 @@ fn incrementals_read_what_wal_names_and_compare_contents_when_it_cannot() {
     }
     let verify = setup.walvault(&["verify"]);
     assert_eq!(verify.code, 0, "{}{}", verify.stdout, verify.stderr);
+    // --compare-contents: WAL is not consulted.
+    p.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN 8000 AND 9000");
+    let (forced, out) = backup_with(&setup, p, &["--type", "incr", "--compare-contents"]);
+    assert!(out.contains(&format!("(incr on {incr})")), "{out}");
+    assert!(
+        out.contains("changed files found by comparing contents: --compare-contents was given"),
+        "{out}"
+    );
+    let want_forced = fingerprint(p, "postgres");
+    restore_exactly(&setup, "r-forced", &forced, &want_forced).stop();
     let mut r = restore_exactly(&setup, "r-incr", &incr, &want);
     r.sql("CREATE EXTENSION IF NOT EXISTS amcheck");
     r.sql("SELECT bt_index_check(c.oid, true) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid \
@@ -423,7 +433,7 @@ fn incrementals_read_what_wal_names_and_compare_contents_when_it_cannot() {
     let p = &setup.primary;
     p.sql("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid BETWEEN 5000 AND 6000");
     let (incr2, out) = backup_typed(&setup, p, "incr");
-    assert!(out.contains(&format!("(incr on {incr})")), "{out}");
+    assert!(out.contains(&format!("(incr on {forced})")), "{out}");
     assert!(
         out.contains("changed files found by comparing contents: data checksums were turned on"),
         "{out}"
