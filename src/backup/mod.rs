@@ -307,7 +307,7 @@ pub async fn run_backup(
     // decoded in a task of its own while the copy starts on the files that
     // do not need it (only main-fork relation files wait for it).
     let wal_timeline = timeline;
-    let wal: Option<SharedWal> = reference.as_ref().map(|r| {
+    let wal: Option<(SharedWal, tokio::task::AbortHandle)> = reference.as_ref().map(|r| {
         let this = wal_changes::ThisBackup {
             pg_major,
             timeline,
@@ -341,10 +341,16 @@ pub async fn run_backup(
                 relseg_blocks: control.relseg_size,
             }))
         });
-        futures_util::FutureExt::shared(futures_util::FutureExt::boxed(async move {
-            task.await
-                .unwrap_or_else(|e| Err(format!("the WAL reading task failed: {e}")))
-        }))
+        let abort = task.abort_handle();
+        let shared = futures_util::FutureExt::shared(futures_util::FutureExt::boxed(async move {
+            task.await.unwrap_or_else(|e| {
+                if e.is_panic() {
+                    tracing::warn!(error = %e, "the WAL reading task panicked; comparing contents");
+                }
+                Err(format!("the WAL reading task failed: {e}"))
+            })
+        }));
+        (shared, abort)
     });
 
     let copied = copy_files(
@@ -357,9 +363,18 @@ pub async fn run_backup(
         reference.clone(),
         wal.clone(),
     )
-    .await?;
+    .await;
+    let copied = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            if let Some((_, abort)) = &wal {
+                abort.abort();
+            }
+            return Err(e);
+        }
+    };
     let (wal_view, changes) = match (&reference, wal) {
-        (Some(r), Some(wal)) => match wal.await {
+        (Some(r), Some((wal, _))) => match wal.await {
             Ok(view) => {
                 let c = &view.changes;
                 let said = format!(
@@ -553,8 +568,12 @@ async fn copy_files(
     opts: &BackupOptions,
     block_size: u32,
     reference: Option<BackupManifest>,
-    wal: Option<SharedWal>,
+    wal: Option<(SharedWal, tokio::task::AbortHandle)>,
 ) -> Result<Copied, BackupError> {
+    let (wal, wal_abort) = match wal {
+        Some((shared, abort)) => (Some(shared), Some(abort)),
+        None => (None, None),
+    };
     let scan_error = |path: &PathBuf| {
         let path = path.clone();
         move |source| BackupError::Scan { path, source }
@@ -667,11 +686,10 @@ async fn copy_files(
                 let file_index = index;
                 index += 1;
                 window.push_back(tokio::spawn(async move {
-                    let _permit = jobs.acquire_owned().await.expect("never closed");
-                    if stop.load(Ordering::Relaxed) {
-                        return Ok(None);
-                    }
-                    // A main-fork relation file waits for the WAL's word.
+                    // A main-fork relation file waits for the WAL's word
+                    // before it takes a job, so other files go on being
+                    // copied meanwhile. A failed copy aborts the WAL task,
+                    // which ends this wait.
                     let view = match (&wal, &reference) {
                         (Some(wal), Some(_))
                             if crate::wal::records::main_fork_file(&file.rel).is_some() =>
@@ -680,6 +698,10 @@ async fn copy_files(
                         }
                         _ => None,
                     };
+                    let _permit = jobs.acquire_owned().await.expect("never closed");
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(None);
+                    }
                     let ctx = incremental::CopyContext {
                         repo: &repo,
                         label: &label,
@@ -723,8 +745,12 @@ async fn copy_files(
     }
     .await;
     if result.is_err() {
-        // Copies already running finish; none starts.
+        // Copies already running finish; none starts, and none waits on
+        // the WAL.
         stop.store(true, Ordering::Relaxed);
+        if let Some(abort) = &wal_abort {
+            abort.abort();
+        }
         for task in window.drain(..) {
             let _ = task.await;
         }
