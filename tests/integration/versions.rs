@@ -47,6 +47,28 @@ fn scenario(major: u32) {
         cmd.args(&args).args(a);
         run(&mut cmd)
     };
+    // `walvault backup` of cluster `c` with `extra` arguments.
+    let backup_of = |c: &PgCluster, extra: &[&str]| {
+        let (data, conn) = (c.data.display().to_string(), conninfo(c));
+        let mut a = vec![
+            "backup",
+            "--pgdata",
+            &data,
+            "--dbname",
+            &conn,
+            "--no-progress",
+        ];
+        a.extend_from_slice(extra);
+        walvault_in(&a)
+    };
+    // Two pgbench clients writing for `secs` seconds, in the background.
+    let pgbench_load = |c: &PgCluster, secs: &str| {
+        let mut load = c.client("pgbench");
+        load.args(["-n", "-c", "2", "-T", secs, "postgres"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        load.spawn().expect("pgbench")
+    };
 
     let mut p = PgCluster::init_with(dir.path(), "primary", &server_bin, &["--wal-segsize=1"]);
     init_repo(&args, &p.data);
@@ -68,39 +90,15 @@ fn scenario(major: u32) {
     p.sql("CREATE TABLE t(id int primary key, note text)");
 
     // A backup while pgbench writes.
-    let mut load = p.client("pgbench");
-    load.args(["-n", "-c", "2", "-T", "4", "postgres"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut load = load.spawn().expect("pgbench");
-    let out = walvault_in(&[
-        "backup",
-        "--pgdata",
-        p.data.to_str().unwrap(),
-        "--dbname",
-        &conninfo(&p),
-        "--no-progress",
-    ]);
+    let mut load = pgbench_load(&p, "4");
+    let out = backup_of(&p, &[]);
     assert_eq!(out.code, 0, "PostgreSQL {major} backup: {}", out.stderr);
     let _ = load.wait();
 
     // An incremental under load: its changed blocks come from WAL.
-    let mut load = p.client("pgbench");
-    load.args(["-n", "-c", "2", "-T", "3", "postgres"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    let mut load = load.spawn().expect("pgbench");
+    let mut load = pgbench_load(&p, "3");
     std::thread::sleep(Duration::from_millis(1000));
-    let out = walvault_in(&[
-        "backup",
-        "--type",
-        "incr",
-        "--pgdata",
-        p.data.to_str().unwrap(),
-        "--dbname",
-        &conninfo(&p),
-        "--no-progress",
-    ]);
+    let out = backup_of(&p, &["--type", "incr"]);
     assert_eq!(out.code, 0, "PostgreSQL {major} incr: {}", out.stderr);
     assert!(
         out.stdout.contains("(incr on") && out.stdout.contains("changed blocks from WAL"),
@@ -198,16 +196,7 @@ fn scenario(major: u32) {
 
     // An incremental on timeline 2 against one on timeline 1: WAL of
     // another history cannot tell its changes, so contents are compared.
-    let out = walvault_in(&[
-        "backup",
-        "--type",
-        "incr",
-        "--pgdata",
-        failover.data.to_str().unwrap(),
-        "--dbname",
-        &conninfo(&failover),
-        "--no-progress",
-    ]);
+    let out = backup_of(&failover, &["--type", "incr"]);
     assert_eq!(
         out.code, 0,
         "PostgreSQL {major} incr on tl2: {}",
