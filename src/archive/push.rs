@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
 
 use crate::pg::control::identity_of_data_dir;
-use crate::repo::object::{read_info, write_object};
+use crate::repo::object::{read_info, write_file_object, CpuSlots};
 use crate::repo::{
     layout, ClusterIdentity, ObjectError, ObjectInfo, RepoError, RepoHeader, Repository,
 };
@@ -80,6 +80,17 @@ pub async fn push(
     path: &Path,
     data_dir: &Path,
 ) -> Result<PushOutcome, PushError> {
+    push_paced(repo, path, data_dir, None).await
+}
+
+/// [`push`], compressing only while it holds one of `cpu`'s permits (the
+/// asynchronous worker's bound on concurrent compression).
+pub async fn push_paced(
+    repo: &Repository,
+    path: &Path,
+    data_dir: &Path,
+    cpu: Option<&CpuSlots>,
+) -> Result<PushOutcome, PushError> {
     let file_name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -118,15 +129,15 @@ pub async fn push(
     };
 
     let key = layout::wal_key(&name);
-    let mut file = tokio::fs::File::open(path)
-        .await
-        .map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
-    match write_object(
+    let file =
+        std::fs::File::open(path).map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
+    match write_file_object(
         repo.store(),
         &key,
         PutMode::Create,
-        &mut file,
+        file,
         repo.compress(),
+        cpu,
     )
     .await
     {
@@ -297,13 +308,18 @@ pub async fn push_all(
     repos: &super::Repos,
     path: &Path,
     data_dir: &Path,
+    cpu: Option<&CpuSlots>,
 ) -> Result<PushOutcome, PushError> {
     let members = repos.members();
     if let [only] = members {
-        return push(&only.repo, path, data_dir).await;
+        return push_paced(&only.repo, path, data_dir, cpu).await;
     }
-    let results =
-        futures_util::future::join_all(members.iter().map(|m| push(&m.repo, path, data_dir))).await;
+    let results = futures_util::future::join_all(
+        members
+            .iter()
+            .map(|m| push_paced(&m.repo, path, data_dir, cpu)),
+    )
+    .await;
     let mut outcome = None;
     let mut first_error = None;
     for (member, result) in members.iter().zip(results) {

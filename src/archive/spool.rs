@@ -36,6 +36,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::push::{push_all, PushError};
+use crate::repo::object::CpuSlots;
 
 /// Which file a done record is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -315,6 +316,10 @@ pub async fn run_worker(
         return Ok(());
     };
     tracing::info!(spool = %spool.dir().display(), jobs, "async archive worker started");
+    // `jobs` files are compressed at once; as many more may be finishing
+    // (their fsync or last upload request), so the cores do not wait on it.
+    let cpu = std::sync::Arc::new(CpuSlots::new(jobs));
+    let in_flight_max = jobs * 2;
     let mut idle_since = Instant::now();
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut in_flight: HashSet<String> = HashSet::new();
@@ -329,7 +334,7 @@ pub async fn run_worker(
         spool.prune(&ready_set);
         let mut started = false;
         for name in ready {
-            if running.len() >= jobs {
+            if running.len() >= in_flight_max {
                 break;
             }
             if in_flight.contains(&name) || spool.recently_failed(&name) {
@@ -344,14 +349,15 @@ pub async fn run_worker(
             }
             in_flight.insert(name.clone());
             started = true;
-            let (repos, spool, data_dir, tx) = (
+            let (repos, spool, data_dir, tx, cpu) = (
                 repos.clone(),
                 spool.clone(),
                 data_dir.clone(),
                 done_tx.clone(),
+                cpu.clone(),
             );
             running.spawn(async move {
-                let result = push_all(&repos, &path, &data_dir).await;
+                let result = push_all(&repos, &path, &data_dir, Some(&cpu)).await;
                 let outcome = match result {
                     Ok(_) => match FileIdentity::of(&path) {
                         // The file pushed is the file recorded.

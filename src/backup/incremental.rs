@@ -383,6 +383,7 @@ async fn put_blocks(
         &mut reader,
         ctx.compress,
         &empty,
+        None,
     )
     .await?;
     Ok((info, reader.into_scan()))
@@ -664,6 +665,7 @@ pub async fn copy_from_wal(
         &mut rx,
         ctx.compress,
         &empty,
+        None,
     );
     let (produced, info) = tokio::join!(produce, consume);
     let info = info?;

@@ -108,7 +108,7 @@ pub async fn run_push(program: &str, global: &GlobalArgs, args: &PushArgs) -> Ex
             return exit;
         }
     }
-    match archive::push_all(&repos, &path, &data_dir).await {
+    match archive::push_all(&repos, &path, &data_dir, None).await {
         Ok(PushOutcome::Stored(info)) => {
             tracing::info!(
                 wal = %args.path.display(),

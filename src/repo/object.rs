@@ -23,8 +23,8 @@ use std::io;
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::storage::{Key, ObjectStore, PutMode, StorageError};
-use crate::stream::{Checksum, Compressor, Decompressor, Hasher, StreamError};
+use crate::storage::{Key, ObjectStore, ObjectWriter, PutMode, StorageError};
+use crate::stream::{Checksum, Compressor, Decompressor, Hasher, InPlaceCompressor, StreamError};
 
 pub const HEADER_LEN: usize = 16;
 pub const TRAILER_LEN: usize = 56;
@@ -234,71 +234,85 @@ pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
     src: &mut R,
     compress: CompressSettings,
 ) -> Result<ObjectInfo, ObjectError> {
-    write_object_unless(store, key, mode, src, compress, &|| false)
+    write_object_unless(store, key, mode, src, compress, &|| false, None)
         .await
         .map(|kept| kept.expect("never discarded"))
 }
 
-/// [`write_object`], except that when `discard()` answers yes once the
-/// source is read to its end, the put is aborted (the object never
-/// appears) and `None` is returned: a block delta that turned out empty
-/// costs no object to create and delete.
-pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
-    store: &dyn ObjectStore,
-    key: &Key,
-    mode: PutMode,
-    src: &mut R,
-    compress: CompressSettings,
-    discard: &(dyn Fn() -> bool + Sync),
-) -> Result<Option<ObjectInfo>, ObjectError> {
-    let mut compressor = Compressor::new(compress.level, compress.workers).map_err(|source| {
-        ObjectError::Stream {
-            key: key.clone(),
-            source,
+/// Bounds how many objects are compressed at once (one permit each):
+/// a writer holds its permit while it reads, hashes and compresses, and
+/// gives it back before the put is made durable, so that another object's
+/// compression fills the time an fsync or the upload's last request waits.
+pub type CpuSlots = tokio::sync::Semaphore;
+
+async fn cpu_permit(cpu: Option<&CpuSlots>) -> Option<tokio::sync::SemaphorePermit<'_>> {
+    match cpu {
+        // The semaphore is never closed.
+        Some(slots) => slots.acquire().await.ok(),
+        None => None,
+    }
+}
+
+/// The body of an object on its way to a writer: compressed output is
+/// handed over in chunks of about [`CHUNK_BYTES`], and the trailer ends it.
+struct Body {
+    out: Vec<u8>,
+    size: u64,
+}
+
+impl Body {
+    fn new() -> Body {
+        Body {
+            out: Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8),
+            size: 0,
         }
-    })?;
-    let mut writer = store.put(key, mode).await?;
-    let result = async {
-        let head = header(compressor.is_compressing());
-        writer.write(Bytes::copy_from_slice(&head)).await?;
-        let mut hasher = Hasher::new();
-        let mut body_size = 0u64;
-        let mut input = vec![0u8; CHUNK_BYTES];
-        let mut out = Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8);
-        let stream_err = |source| ObjectError::Stream {
-            key: key.clone(),
-            source,
-        };
-        loop {
-            let n = fill(src, &mut input).await.map_err(ObjectError::Source)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&input[..n]);
-            compressor
-                .compress(&input[..n], &mut out)
-                .map_err(stream_err)?;
-            if out.len() >= CHUNK_BYTES {
-                body_size += out.len() as u64;
-                let chunk =
-                    std::mem::replace(&mut out, Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8));
-                writer.write(Bytes::from(chunk)).await?;
-            }
+    }
+
+    /// Where compressed output goes.
+    fn out(&mut self) -> &mut Vec<u8> {
+        &mut self.out
+    }
+
+    /// Hands a full chunk to the writer.
+    async fn flush_full(&mut self, writer: &mut dyn ObjectWriter) -> Result<(), ObjectError> {
+        if self.out.len() >= CHUNK_BYTES {
+            self.size += self.out.len() as u64;
+            let chunk = std::mem::replace(
+                &mut self.out,
+                Vec::with_capacity(CHUNK_BYTES + CHUNK_BYTES / 8),
+            );
+            writer.write(Bytes::from(chunk)).await?;
         }
-        compressor.finish(&mut out).map_err(stream_err)?;
-        body_size += out.len() as u64;
+        Ok(())
+    }
+
+    /// Writes the rest and the trailer for the raw bytes `hasher` saw.
+    async fn end(
+        mut self,
+        writer: &mut dyn ObjectWriter,
+        hasher: Hasher,
+    ) -> Result<ObjectInfo, ObjectError> {
+        self.size += self.out.len() as u64;
         let checksum = hasher.finish();
-        let tail = trailer(hasher.len(), body_size, &checksum);
-        out.extend_from_slice(&tail);
-        writer.write(Bytes::from(out)).await?;
-        Ok::<_, ObjectError>(ObjectInfo {
+        self.out
+            .extend_from_slice(&trailer(hasher.len(), self.size, &checksum));
+        writer.write(Bytes::from(self.out)).await?;
+        Ok(ObjectInfo {
             raw_size: hasher.len(),
             checksum,
-            stored_size: HEADER_LEN as u64 + body_size + TRAILER_LEN as u64,
+            stored_size: HEADER_LEN as u64 + self.size + TRAILER_LEN as u64,
         })
     }
-    .await;
-    match result {
+}
+
+/// Commits a put whose body was written (`Ok`), unless `discard()` says
+/// otherwise; aborts it on any error.
+async fn settle(
+    writer: Box<dyn ObjectWriter>,
+    written: Result<ObjectInfo, ObjectError>,
+    discard: &(dyn Fn() -> bool + Sync),
+) -> Result<Option<ObjectInfo>, ObjectError> {
+    match written {
         Ok(_) if discard() => {
             writer.abort().await;
             Ok(None)
@@ -312,6 +326,139 @@ pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
             Err(e)
         }
     }
+}
+
+/// [`write_object`], except that when `discard()` answers yes once the
+/// source is read to its end, the put is aborted (the object never
+/// appears) and `None` is returned: a block delta that turned out empty
+/// costs no object to create and delete. `cpu` bounds concurrent
+/// compression (see [`CpuSlots`]).
+pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
+    store: &dyn ObjectStore,
+    key: &Key,
+    mode: PutMode,
+    src: &mut R,
+    compress: CompressSettings,
+    discard: &(dyn Fn() -> bool + Sync),
+    cpu: Option<&CpuSlots>,
+) -> Result<Option<ObjectInfo>, ObjectError> {
+    let stream_err = |source| ObjectError::Stream {
+        key: key.clone(),
+        source,
+    };
+    let permit = cpu_permit(cpu).await;
+    let mut compressor = Compressor::new(compress.level, compress.workers).map_err(stream_err)?;
+    let mut writer = store.put(key, mode).await?;
+    let written = async {
+        let head = header(compressor.is_compressing());
+        writer.write(Bytes::copy_from_slice(&head)).await?;
+        let mut hasher = Hasher::new();
+        let mut input = vec![0u8; CHUNK_BYTES];
+        let mut body = Body::new();
+        loop {
+            let n = fill(src, &mut input).await.map_err(ObjectError::Source)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&input[..n]);
+            compressor
+                .compress(&input[..n], body.out())
+                .map_err(stream_err)?;
+            body.flush_full(writer.as_mut()).await?;
+        }
+        compressor.finish(body.out()).map_err(stream_err)?;
+        body.end(writer.as_mut(), hasher).await
+    }
+    .await;
+    drop(permit);
+    settle(writer, written, discard).await
+}
+
+/// [`write_object`] for a whole regular file (a WAL segment), read through
+/// a read-only mapping and compressed in place ([`InPlaceCompressor`]):
+/// no copy into a read buffer or into zstd's window, and zstd's faster
+/// path for a window in one piece. Memory stays bounded as with
+/// streaming: pages behind zstd's window are released as it goes.
+///
+/// The file must not change while it is read, which holds for a WAL
+/// segment PostgreSQL has finished (it never rewrites or truncates one it
+/// has marked ready; a truncation would fault the process before anything
+/// was stored). Where a mapping is not possible (an empty file, a file
+/// system that refuses it), the level is 0 or zstd runs on extra threads,
+/// the file is streamed instead. `cpu` bounds concurrent compression (see
+/// [`CpuSlots`]).
+pub async fn write_file_object(
+    store: &dyn ObjectStore,
+    key: &Key,
+    mode: PutMode,
+    file: std::fs::File,
+    compress: CompressSettings,
+    cpu: Option<&CpuSlots>,
+) -> Result<ObjectInfo, ObjectError> {
+    let len = file.metadata().map_err(ObjectError::Source)?.len();
+    let map = if len == 0 || compress.level == 0 || compress.workers > 0 {
+        None
+    } else {
+        // SAFETY: a read-only mapping of a file that is not written
+        // meanwhile (above); it lives until this function returns.
+        unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) }.ok()
+    };
+    let Some(map) = map else {
+        let mut src = tokio::fs::File::from_std(file);
+        return write_object_unless(store, key, mode, &mut src, compress, &|| false, cpu)
+            .await
+            .map(|kept| kept.expect("never discarded"));
+    };
+    let _ = map.advise(memmap2::Advice::Sequential);
+    let data: &[u8] = &map;
+    let stream_err = |source| ObjectError::Stream {
+        key: key.clone(),
+        source,
+    };
+    let permit = cpu_permit(cpu).await;
+    let mut writer = store.put(key, mode).await?;
+    let written = async {
+        let mut compressor = InPlaceCompressor::new(compress.level, data).map_err(stream_err)?;
+        writer.write(Bytes::copy_from_slice(&header(true))).await?;
+        let mut hasher = Hasher::new();
+        let mut body = Body::new();
+        let mut released = 0usize;
+        let mut end = 0;
+        while end < data.len() {
+            let start = end;
+            end = (end + CHUNK_BYTES).min(data.len());
+            hasher.update(&data[start..end]);
+            compressor
+                .compress_to(end, body.out())
+                .map_err(stream_err)?;
+            // Pages behind zstd's window are released (with 1 MiB of
+            // slack for its current block). Were zstd to read one again,
+            // it would come back from the page cache: this bounds memory,
+            // not correctness.
+            let keep = compressor.window_bytes() + CHUNK_BYTES;
+            let behind = compressor.position().saturating_sub(keep) & !0xFFFF;
+            if behind > released {
+                // SAFETY: the mapping is shared and read-only: released
+                // pages read back as the file's bytes, unchanged.
+                unsafe {
+                    let _ = map.unchecked_advise_range(
+                        memmap2::UncheckedAdvice::DontNeed,
+                        released,
+                        behind - released,
+                    );
+                }
+                released = behind;
+            }
+            body.flush_full(writer.as_mut()).await?;
+        }
+        compressor.finish(body.out()).map_err(stream_err)?;
+        body.end(writer.as_mut(), hasher).await
+    }
+    .await;
+    drop(permit);
+    settle(writer, written, &|| false)
+        .await
+        .map(|kept| kept.expect("never discarded"))
 }
 
 /// A read failure: a chunk of an encrypted object that fails
@@ -639,6 +786,7 @@ mod tests {
                 &mut src,
                 CompressSettings::default(),
                 &|| discard,
+                None,
             )
             .await
             .unwrap();
@@ -648,6 +796,71 @@ mod tests {
                 Ok(_) => assert_eq!(load(&store, &key).await.unwrap().0, data),
                 Err(e) => panic!("{e}"),
             }
+        }
+    }
+
+    /// A file written through its mapping reads back byte for byte, with
+    /// the checksum streaming gives; empty files, level 0 and zstd threads
+    /// take the streaming path. Compression holds a CPU permit and gives
+    /// it back before the put is committed.
+    #[tokio::test]
+    async fn a_mapped_file_round_trips_as_streaming_would_store_it() {
+        let store = MemoryStore::new();
+        let dir = tempfile::tempdir().unwrap();
+        let slots = CpuSlots::new(1);
+        for (i, (level, workers, len)) in [
+            (3, 0, 16 << 20),
+            (3, 0, 5_000_001),
+            (1, 0, CHUNK_BYTES),
+            (19, 0, 70_000),
+            (0, 0, 300_000),
+            (3, 2, 3_000_000),
+            (3, 0, 0),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let data = sample(len);
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(&path, &data).unwrap();
+            let settings = CompressSettings { level, workers };
+            let key = Key::new(format!("mapped/{i}")).unwrap();
+            let info = write_file_object(
+                &store,
+                &key,
+                PutMode::Create,
+                std::fs::File::open(&path).unwrap(),
+                settings,
+                Some(&slots),
+            )
+            .await
+            .unwrap();
+            assert_eq!(slots.available_permits(), 1, "permit given back");
+            let (back, read_info) = load(&store, &key).await.unwrap();
+            assert!(back == data, "case {i}: bytes differ");
+            assert_eq!(info, read_info);
+            assert_eq!(info.checksum, Checksum::of(&data));
+            let streamed = Key::new(format!("streamed/{i}")).unwrap();
+            let streamed_info = store_bytes(&store, &streamed, &data, level).await;
+            assert_eq!(info.raw_size, streamed_info.raw_size);
+            assert_eq!(info.checksum, streamed_info.checksum);
+            // Create-only, as streaming: the object is never replaced.
+            let again = write_file_object(
+                &store,
+                &key,
+                PutMode::Create,
+                std::fs::File::open(&path).unwrap(),
+                settings,
+                None,
+            )
+            .await;
+            assert!(
+                matches!(
+                    again,
+                    Err(ObjectError::Storage(StorageError::AlreadyExists { .. }))
+                ),
+                "case {i}: {again:?}"
+            );
         }
     }
 

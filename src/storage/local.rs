@@ -695,22 +695,33 @@ impl ObjectWriter for LocalWriter {
         // A batched put is made durable by the store's sync_batched (one
         // syncfs for all of them) instead of two fsyncs each.
         let sync = self.mode != PutMode::CreateBatched;
-        if sync {
-            file.sync_all().map_err(|e| io_err("fsync", &self.key, e))?;
-        }
         let create_only = self.mode.is_create();
-        // The file (and its lock) stays open until it is in place, so no
-        // sweep takes it for a leftover meanwhile.
-        let renamed = place(&self.tmp, &self.dest, create_only, sync);
-        drop(file);
-        match renamed {
+        let (tmp, dest) = (self.tmp.clone(), self.dest.clone());
+        // The fsyncs wait on the disk: on the blocking pool, so that the
+        // runtime's threads go on compressing other objects meanwhile.
+        let placed = tokio::task::spawn_blocking(move || {
+            if sync {
+                file.sync_all().map_err(|e| ("fsync", e))?;
+            }
+            // The file (and its lock) stays open until it is in place, so
+            // no sweep takes it for a leftover meanwhile.
+            let renamed = place(&tmp, &dest, create_only, sync);
+            drop(file);
+            renamed.map_err(|e| ("rename into place", e))
+        })
+        .await
+        .unwrap_or_else(|e| Err(("fsync", io::Error::other(e))));
+        match placed {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+            Err((_, e)) if e.kind() == io::ErrorKind::AlreadyExists => {
                 Err(StorageError::AlreadyExists {
                     key: self.key.clone(),
                 })
             }
-            Err(e) => Err(io_err("rename into place", &self.key, e)),
+            Err((op, e)) => {
+                // A failed fsync leaves the temporary file, as before.
+                Err(io_err(op, &self.key, e))
+            }
         }
     }
 

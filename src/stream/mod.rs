@@ -9,4 +9,4 @@ pub mod checksum;
 pub mod compress;
 
 pub use checksum::{Checksum, Hasher};
-pub use compress::{Compressor, Decompressor, StreamError};
+pub use compress::{Compressor, Decompressor, InPlaceCompressor, StreamError};
