@@ -996,17 +996,34 @@ fn walvault_async_row<'a>(
     base: impl Fn() -> Command + 'a,
 ) -> Config<'a> {
     let (spool_setup, spool_teardown) = (spool.clone(), spool.clone());
+    let sampler = std::rc::Rc::new(std::cell::RefCell::new(None::<RssSampler>));
+    let sampler_stop = sampler.clone();
+    let needle = spool.display().to_string();
     Config {
         label,
         kind: Kind::Push,
         dir: Some(dir),
         template: Some(template),
-        setup: Some(Box::new(move || bench.start_async_row(&spool_setup))),
+        setup: Some(Box::new(move || {
+            bench.start_async_row(&spool_setup);
+            let needle = needle.clone();
+            *sampler.borrow_mut() = Some(RssSampler::start(move |cmdline| {
+                cmdline.contains("--internal-async-worker") && cmdline.contains(&needle)
+            }));
+        })),
         after: Some(Box::new(move |seg| bench.mark_done(seg))),
         teardown: Some(Box::new(move || {
+            let sampled = sampler_stop
+                .borrow_mut()
+                .take()
+                .map_or(0, RssSampler::finish);
             let needle = spool_teardown.display().to_string();
             let kib = stop_workers(&["--internal-async-worker", &needle]);
-            Some(format!("worker peak RSS {:.1} MiB", kib as f64 / 1024.0))
+            Some(format!(
+                "worker peak RSS {:.1} MiB (sampled {:.1})",
+                kib as f64 / 1024.0,
+                sampled as f64 / 1024.0
+            ))
         })),
         make: Box::new(move |seg: &Segment| {
             let mut cmd = base();
@@ -1032,16 +1049,34 @@ fn pgbackrest_async_row<'a>(
     base: impl Fn() -> Command + 'a,
 ) -> Config<'a> {
     let spool_setup = spool.clone();
+    let sampler = std::rc::Rc::new(std::cell::RefCell::new(None::<RssSampler>));
+    let sampler_stop = sampler.clone();
     Config {
         label,
         kind: Kind::Push,
         dir: Some(dir),
         template: Some(template),
-        setup: Some(Box::new(move || bench.start_async_row(&spool_setup))),
+        setup: Some(Box::new(move || {
+            bench.start_async_row(&spool_setup);
+            // Its background: the async process and its local processes
+            // (process-max of them), which exit when the queue is empty.
+            *sampler.borrow_mut() = Some(RssSampler::start(|cmdline| {
+                cmdline.contains("pgbackrest")
+                    && (cmdline.contains("archive-push:async")
+                        || cmdline.contains("archive-push:local"))
+            }));
+        })),
         after: Some(Box::new(move |seg| bench.mark_done(seg))),
         teardown: Some(Box::new(move || {
-            let kib = stop_workers(&["archive-push:async"]);
-            (kib > 0).then(|| format!("async process peak RSS {:.1} MiB", kib as f64 / 1024.0))
+            let sampled = sampler_stop
+                .borrow_mut()
+                .take()
+                .map_or(0, RssSampler::finish);
+            stop_workers(&["archive-push:async"]);
+            Some(format!(
+                "async and local processes together: peak RSS sampled {:.1} MiB",
+                sampled as f64 / 1024.0
+            ))
         })),
         make: Box::new(move |seg: &Segment| {
             let mut cmd = base();
@@ -1214,32 +1249,95 @@ fn run_measured(cmd: &mut Command, stderr_log: &Path) -> (Duration, ExitStatus, 
 /// Stops the background processes whose command line holds every one of
 /// `needles` (an asynchronous worker of the row just run), returning the
 /// largest peak RSS (VmHWM, KiB) among them, read just before.
+/// Samples, every 5 ms until finished, the resident memory of the
+/// processes whose command line `matches`, summed at each instant: the
+/// peak of that sum, in KiB. For a background made of several processes
+/// (pgBackRest's async process and its local workers) it is the memory
+/// they held at once; sampling can only miss a peak, never invent one.
+struct RssSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<u64>,
+}
+
+impl RssSampler {
+    fn start(matches: impl Fn(&str) -> bool + Send + 'static) -> RssSampler {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        let handle = std::thread::spawn(move || {
+            // A process that matches is remembered; one that does not is
+            // looked at again every 100 ms (a child between fork and exec
+            // still shows its parent's command line). The calls being
+            // measured share these cores, so little more is read.
+            let mut seen: std::collections::HashMap<i32, Option<Instant>> = Default::default();
+            let mut peak = 0;
+            while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut sum = 0;
+                for pid in pids() {
+                    let entry = seen
+                        .entry(pid)
+                        .or_insert(Some(Instant::now() - Duration::from_secs(1)));
+                    if let Some(checked) = *entry {
+                        if checked.elapsed() < Duration::from_millis(100) {
+                            continue;
+                        }
+                        let wanted = cmdline_of(pid).is_some_and(|c| matches(&c));
+                        *entry = if wanted { None } else { Some(Instant::now()) };
+                    }
+                    if entry.is_none() {
+                        sum += status_kib(pid, "VmRSS:");
+                    }
+                }
+                peak = peak.max(sum);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        });
+        RssSampler { stop, handle }
+    }
+
+    fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or(0)
+    }
+}
+
+/// A `/proc/<pid>/status` field in kB (0 when the process is gone).
+fn status_kib(pid: i32, field: &str) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(field))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// The processes running now.
+fn pids() -> impl Iterator<Item = i32> {
+    fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+}
+
+/// A process's command line, its arguments joined by spaces.
+fn cmdline_of(pid: i32) -> Option<String> {
+    let raw = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+    Some(String::from_utf8_lossy(&raw).replace('\0', " "))
+}
+
 fn stop_workers(needles: &[&str]) -> u64 {
     let mut peak = 0;
-    for entry in fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.parse::<i32>().ok())
-        else {
+    for pid in pids() {
+        let Some(cmdline) = cmdline_of(pid) else {
             continue;
         };
-        let Ok(cmdline) = fs::read(format!("/proc/{pid}/cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
         if !needles.iter().all(|n| cmdline.contains(n)) {
             continue;
         }
-        let hwm = fs::read_to_string(format!("/proc/{pid}/status"))
-            .ok()
-            .and_then(|s| {
-                s.lines()
-                    .find_map(|l| l.strip_prefix("VmHWM:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            })
-            .unwrap_or(0);
-        peak = peak.max(hwm);
+        peak = peak.max(status_kib(pid, "VmHWM:"));
         // SAFETY: signalling a process this benchmark started.
         unsafe {
             libc::kill(pid, libc::SIGTERM);

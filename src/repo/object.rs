@@ -395,7 +395,8 @@ pub async fn write_file_object(
     compress: CompressSettings,
     cpu: Option<&CpuSlots>,
 ) -> Result<ObjectInfo, ObjectError> {
-    let len = file.metadata().map_err(ObjectError::Source)?.len();
+    let before = file.metadata().map_err(ObjectError::Source)?;
+    let len = before.len();
     let map = if len == 0 || compress.level == 0 || compress.workers > 0 {
         None
     } else {
@@ -452,6 +453,14 @@ pub async fn write_file_object(
             body.flush_full(writer.as_mut()).await?;
         }
         compressor.finish(body.out()).map_err(stream_err)?;
+        // A file written to while it was read (not a finished segment) is
+        // not stored: what was read may mix old and new bytes.
+        let after = file.metadata().map_err(ObjectError::Source)?;
+        if after.len() != len || after.modified().ok() != before.modified().ok() {
+            return Err(ObjectError::Source(io::Error::other(
+                "the file changed while it was read",
+            )));
+        }
         body.end(writer.as_mut(), hasher).await
     }
     .await;
@@ -862,6 +871,53 @@ mod tests {
                 "case {i}: {again:?}"
             );
         }
+    }
+
+    /// A file written to while it is read is refused and leaves no
+    /// object: the write lands while the put waits for its CPU permit,
+    /// after the file was looked at and mapped.
+    #[tokio::test]
+    async fn a_file_that_changes_while_read_is_not_stored() {
+        use std::os::unix::fs::FileExt;
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        std::fs::write(&path, sample(3 << 20)).unwrap();
+        let slots = std::sync::Arc::new(CpuSlots::new(1));
+        let held = slots.clone().acquire_owned().await.unwrap();
+        let key = Key::new("changed/segment").unwrap();
+        let put = tokio::spawn({
+            let (store, slots, key) = (store.clone(), slots.clone(), key.clone());
+            let file = std::fs::File::open(&path).unwrap();
+            async move {
+                write_file_object(
+                    store.as_ref(),
+                    &key,
+                    PutMode::Create,
+                    file,
+                    CompressSettings::default(),
+                    Some(&slots),
+                )
+                .await
+            }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .write_all_at(b"rewritten", 1 << 20)
+            .unwrap();
+        drop(held);
+        let err = put.await.unwrap().unwrap_err();
+        assert!(
+            err.to_string().contains("changed while it was read"),
+            "{err}"
+        );
+        assert!(matches!(
+            read_info(store.as_ref(), &key).await,
+            Err(ObjectError::Storage(StorageError::NotFound { .. }))
+        ));
     }
 
     #[tokio::test]
