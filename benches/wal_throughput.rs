@@ -1020,7 +1020,7 @@ fn walvault_async_row<'a>(
             let needle = spool_teardown.display().to_string();
             let kib = stop_workers(&["--internal-async-worker", &needle]);
             Some(format!(
-                "worker peak RSS {:.1} MiB (sampled {:.1})",
+                "worker peak RSS {:.1} MiB (sampled Pss {:.1})",
                 kib as f64 / 1024.0,
                 sampled as f64 / 1024.0
             ))
@@ -1074,7 +1074,7 @@ fn pgbackrest_async_row<'a>(
                 .map_or(0, RssSampler::finish);
             stop_workers(&["archive-push:async"]);
             Some(format!(
-                "async and local processes together: peak RSS sampled {:.1} MiB",
+                "async and local processes together: sampled Pss {:.1} MiB",
                 sampled as f64 / 1024.0
             ))
         })),
@@ -1244,16 +1244,15 @@ fn run_measured(cmd: &mut Command, stderr_log: &Path) -> (Duration, ExitStatus, 
     )
 }
 
-/// Whether two files hold the same bytes. Reads through small buffers:
-/// see [`run_measured`] for why this process must stay small.
-/// Stops the background processes whose command line holds every one of
-/// `needles` (an asynchronous worker of the row just run), returning the
-/// largest peak RSS (VmHWM, KiB) among them, read just before.
-/// Samples, every 5 ms until finished, the resident memory of the
-/// processes whose command line `matches`, summed at each instant: the
-/// peak of that sum, in KiB. For a background made of several processes
-/// (pgBackRest's async process and its local workers) it is the memory
-/// they held at once; sampling can only miss a peak, never invent one.
+/// Samples, every 5 ms until finished, the memory of the processes whose
+/// command line `matches`, summed at each instant: the peak of that sum,
+/// in KiB. Each process counts its proportional set size (Pss: pages
+/// shared between them, such as the program's text, are split rather than
+/// counted once per process), so for a background made of several
+/// processes (pgBackRest's async process and its local workers) it is the
+/// memory they held at once. A process is known by its pid and start
+/// time, so a reused pid is not taken for it. Sampling can only miss a
+/// peak between two samples.
 struct RssSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handle: std::thread::JoinHandle<u64>,
@@ -1268,13 +1267,19 @@ impl RssSampler {
             // looked at again every 100 ms (a child between fork and exec
             // still shows its parent's command line). The calls being
             // measured share these cores, so little more is read.
-            let mut seen: std::collections::HashMap<i32, Option<Instant>> = Default::default();
+            let mut seen: std::collections::HashMap<(i32, u64), Option<Instant>> =
+                Default::default();
             let mut peak = 0;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
                 let mut sum = 0;
+                let mut alive = std::collections::HashSet::new();
                 for pid in pids() {
+                    let Some(started) = start_time(pid) else {
+                        continue;
+                    };
+                    alive.insert((pid, started));
                     let entry = seen
-                        .entry(pid)
+                        .entry((pid, started))
                         .or_insert(Some(Instant::now() - Duration::from_secs(1)));
                     if let Some(checked) = *entry {
                         if checked.elapsed() < Duration::from_millis(100) {
@@ -1284,9 +1289,10 @@ impl RssSampler {
                         *entry = if wanted { None } else { Some(Instant::now()) };
                     }
                     if entry.is_none() {
-                        sum += status_kib(pid, "VmRSS:");
+                        sum += pss_kib(pid);
                     }
                 }
+                seen.retain(|k, _| alive.contains(k));
                 peak = peak.max(sum);
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -1301,9 +1307,29 @@ impl RssSampler {
     }
 }
 
+/// When a process started (field 22 of `/proc/<pid>/stat`, in clock
+/// ticks since boot): with the pid, it names one process.
+fn start_time(pid: i32) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// A process's proportional set size in kB (0 when it is gone).
+fn pss_kib(pid: i32) -> u64 {
+    kib_field(&format!("/proc/{pid}/smaps_rollup"), "Pss:")
+}
+
 /// A `/proc/<pid>/status` field in kB (0 when the process is gone).
 fn status_kib(pid: i32, field: &str) -> u64 {
-    fs::read_to_string(format!("/proc/{pid}/status"))
+    kib_field(&format!("/proc/{pid}/status"), field)
+}
+
+/// The value of the line starting with `field` in a `/proc` file of
+/// "name: value kB" lines (0 when it cannot be read).
+fn kib_field(path: &str, field: &str) -> u64 {
+    fs::read_to_string(path)
         .ok()
         .and_then(|s| {
             s.lines()
@@ -1328,6 +1354,9 @@ fn cmdline_of(pid: i32) -> Option<String> {
     Some(String::from_utf8_lossy(&raw).replace('\0', " "))
 }
 
+/// Stops the background processes whose command line holds every one of
+/// `needles` (an asynchronous worker of the row just run), returning the
+/// largest peak RSS (VmHWM, KiB) among them, read just before.
 fn stop_workers(needles: &[&str]) -> u64 {
     let mut peak = 0;
     for pid in pids() {
@@ -1346,6 +1375,8 @@ fn stop_workers(needles: &[&str]) -> u64 {
     peak
 }
 
+/// Whether two files hold the same bytes. Reads through small buffers:
+/// see [`run_measured`] for why this process must stay small.
 fn same_contents(a: &Path, b: &Path) -> std::io::Result<bool> {
     let (mut fa, mut fb) = (File::open(a)?, File::open(b)?);
     if fa.metadata()?.len() != fb.metadata()?.len() {

@@ -316,10 +316,12 @@ pub async fn run_worker(
         return Ok(());
     };
     tracing::info!(spool = %spool.dir().display(), jobs, "async archive worker started");
-    // `jobs` files are compressed at once; as many more may be finishing
-    // (their fsync or last upload request), so the cores do not wait on it.
+    // `jobs` files are compressed at once, and half as many more may be
+    // finishing (their fsync or last upload request) meanwhile, so the
+    // cores do not wait on the disk or the network. More would hold more
+    // compressed bytes on their way to S3.
     let cpu = std::sync::Arc::new(CpuSlots::new(jobs));
-    let in_flight_max = jobs * 2;
+    let in_flight_max = jobs + jobs.div_ceil(2);
     let mut idle_since = Instant::now();
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut in_flight: HashSet<String> = HashSet::new();

@@ -102,8 +102,8 @@ fn small_runtime() -> std::io::Result<tokio::runtime::Runtime> {
 }
 
 /// The background workers' runtime (asynchronous push, prefetching
-/// fetch): threads for moving several files at once, and at most two
-/// malloc arenas. glibc gives each thread that
+/// fetch): threads for moving several files at once, at most two
+/// malloc arenas, and large buffers returned to the system when freed. glibc gives each thread that
 /// allocates its own arena (up to eight per core), and freed compression
 /// and upload buffers stay in them: the worker's peak memory then grows
 /// with the threads the blocking pool has started, not with the jobs.
@@ -113,6 +113,12 @@ fn worker_runtime() -> std::io::Result<tokio::runtime::Runtime> {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
         libc::mallopt(libc::M_ARENA_MAX, 2);
+        // Buffers of 1 MiB and more (compressed chunks, S3 parts) are
+        // mapped on their own and unmapped when freed. glibc's default
+        // raises this threshold after the first such free, and from then
+        // on keeps freed buffers in the heap: after a run of large uploads
+        // the worker's memory would stay at its peak.
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -19,6 +19,7 @@
 //! later version adds the encrypted body format behind a new value.
 
 use std::io;
+use std::os::unix::fs::MetadataExt;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
@@ -380,10 +381,13 @@ pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
 /// path for a window in one piece. Memory stays bounded as with
 /// streaming: pages behind zstd's window are released as it goes.
 ///
-/// The file must not change while it is read, which holds for a WAL
-/// segment PostgreSQL has finished (it never rewrites or truncates one it
-/// has marked ready; a truncation would fault the process before anything
-/// was stored). Where a mapping is not possible (an empty file, a file
+/// This assumes the file does not change while it is read, which holds
+/// for a WAL segment PostgreSQL has finished: it never rewrites or
+/// truncates one it has marked ready. A write that breaks the assumption
+/// is caught (size, modification and change times are compared after
+/// reading) and the put fails; a truncation would end the process with
+/// SIGBUS. Either way nothing is acknowledged. Where a mapping is not
+/// possible (an empty file, a file
 /// system that refuses it), the level is 0 or zstd runs on extra threads,
 /// the file is streamed instead. `cpu` bounds concurrent compression (see
 /// [`CpuSlots`]).
@@ -400,8 +404,9 @@ pub async fn write_file_object(
     let map = if len == 0 || compress.level == 0 || compress.workers > 0 {
         None
     } else {
-        // SAFETY: a read-only mapping of a file that is not written
-        // meanwhile (above); it lives until this function returns.
+        // SAFETY: a read-only mapping, dropped before this returns. The
+        // file is assumed not to change meanwhile (see above), and a
+        // change is detected after reading.
         unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) }.ok()
     };
     let Some(map) = map else {
@@ -451,12 +456,18 @@ pub async fn write_file_object(
                 released = behind;
             }
             body.flush_full(writer.as_mut()).await?;
+            // A local write returns at once: let the runtime's other
+            // tasks (uploads, timers) run between steps.
+            tokio::task::yield_now().await;
         }
         compressor.finish(body.out()).map_err(stream_err)?;
         // A file written to while it was read (not a finished segment) is
         // not stored: what was read may mix old and new bytes.
         let after = file.metadata().map_err(ObjectError::Source)?;
-        if after.len() != len || after.modified().ok() != before.modified().ok() {
+        if after.len() != len
+            || after.modified().ok() != before.modified().ok()
+            || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
+        {
             return Err(ObjectError::Source(io::Error::other(
                 "the file changed while it was read",
             )));
@@ -465,6 +476,8 @@ pub async fn write_file_object(
     }
     .await;
     drop(permit);
+    // Nothing of the file is needed while the put is made durable.
+    drop(map);
     settle(writer, written, &|| false)
         .await
         .map(|kept| kept.expect("never discarded"))

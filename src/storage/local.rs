@@ -334,6 +334,55 @@ mod sweep_tests {
     /// A backup deletes an empty delta while it writes other objects into
     /// the same directory: the delete may remove the directory, even one
     /// a put has just made; the put makes it again.
+    /// A commit whose future is dropped before its blocking work runs
+    /// places nothing and leaves no temporary file: a given-up overwrite
+    /// never lands after a later one. The runtime's one blocking thread is
+    /// kept busy until the commit future is gone, so the order is certain.
+    #[test]
+    fn a_commit_given_up_places_nothing() {
+        use crate::storage::ObjectStore;
+        use futures_util::FutureExt;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .max_blocking_threads(1)
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        runtime.block_on(async {
+            let store = LocalStore::new(dir.path().to_path_buf()).unwrap();
+            let key = Key::new("wal/x").unwrap();
+            store
+                .put_bytes(
+                    &key,
+                    bytes::Bytes::from_static(b"first"),
+                    PutMode::Overwrite,
+                )
+                .await
+                .unwrap();
+            let mut writer = store.put(&key, PutMode::Overwrite).await.unwrap();
+            writer
+                .write(bytes::Bytes::from_static(b"given up"))
+                .await
+                .unwrap();
+            let (release, wait) = std::sync::mpsc::channel::<()>();
+            let blocker = tokio::task::spawn_blocking(move || wait.recv());
+            // One poll starts the commit's blocking work (queued behind the
+            // blocker); dropping the future gives the commit up.
+            assert!(writer.commit().now_or_never().is_none());
+            release.send(()).unwrap();
+            blocker.await.unwrap().unwrap();
+            // Let the queued work run, then look.
+            tokio::task::spawn_blocking(|| ()).await.unwrap();
+            assert_eq!(std::fs::read(dir.path().join("wal/x")).unwrap(), b"first");
+            let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("wal"))
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "x")
+                .collect();
+            assert!(leftovers.is_empty(), "{leftovers:?}");
+        });
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn puts_survive_deletes_emptying_their_directory() {
         use crate::storage::ObjectStore;
@@ -666,6 +715,32 @@ fn walk(
     Ok(())
 }
 
+/// Raises a flag when dropped before `disarm`: a future dropped while it
+/// waits leaves word for the blocking work it started.
+struct CancelOnDrop(Option<std::sync::Arc<std::sync::atomic::AtomicBool>>);
+
+impl CancelOnDrop {
+    fn new() -> CancelOnDrop {
+        CancelOnDrop(Some(Default::default()))
+    }
+
+    fn flag(&self) -> std::sync::Arc<std::sync::atomic::AtomicBool> {
+        self.0.clone().expect("armed")
+    }
+
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(flag) = &self.0 {
+            flag.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+}
+
 struct LocalWriter {
     key: Key,
     file: Option<File>,
@@ -743,9 +818,18 @@ impl ObjectWriter for LocalWriter {
         let (tmp, dest) = (self.tmp.clone(), self.dest.clone());
         // The fsyncs wait on the disk: on the blocking pool, so that the
         // runtime's threads go on compressing other objects meanwhile.
+        // A commit given up (its future dropped) before the file is placed
+        // does not place it: an overwrite must not land after a later one.
+        let cancelled = CancelOnDrop::new();
+        let given_up = cancelled.flag();
         let placed = tokio::task::spawn_blocking(move || {
             if sync {
                 file.sync_all().map_err(|e| ("fsync", e))?;
+            }
+            if given_up.load(std::sync::atomic::Ordering::SeqCst) {
+                drop(file);
+                let _ = fs::remove_file(&tmp);
+                return Err(("commit", io::Error::other("the commit was cancelled")));
             }
             // The file (and its lock) stays open until it is in place, so
             // no sweep takes it for a leftover meanwhile.
@@ -754,7 +838,8 @@ impl ObjectWriter for LocalWriter {
             renamed.map_err(|e| ("rename into place", e))
         })
         .await
-        .unwrap_or_else(|e| Err(("fsync", io::Error::other(e))));
+        .unwrap_or_else(|e| Err(("commit", io::Error::other(e))));
+        cancelled.disarm();
         match placed {
             Ok(()) => Ok(()),
             Err((_, e)) if e.kind() == io::ErrorKind::AlreadyExists => {

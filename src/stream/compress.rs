@@ -161,8 +161,9 @@ impl<'a> InPlaceCompressor<'a> {
         Ok(compressor)
     }
 
-    /// How far zstd has read: it reads no further back than
-    /// [`InPlaceCompressor::window_bytes`] behind this point.
+    /// How far zstd has taken the input (it may still hold up to one
+    /// block, 128 KiB, before this point unread); it reads no further back
+    /// than [`InPlaceCompressor::window_bytes`] behind this point.
     pub fn position(&self) -> usize {
         self.pos
     }
@@ -227,7 +228,7 @@ impl<'a> InPlaceCompressor<'a> {
     }
 
     /// Compresses the rest of the input and ends the frame.
-    pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), StreamError> {
         let end = self.input.len();
         while self.step(end, out, zstd_sys::ZSTD_EndDirective::ZSTD_e_end)? != 0 {}
         Ok(())
@@ -377,10 +378,16 @@ mod tests {
 
     #[test]
     fn in_place_compression_round_trips_and_matches_streaming() {
-        // Text with long-range repeats (past the 2 MiB window's ring), and
-        // pseudo-random bytes, in odd step sizes.
-        let text: Vec<u8> = (0..7_000_000u32)
-            .map(|i| b"WAL record of pgbench_accounts "[(i % 31) as usize] ^ (i / 4_000_000) as u8)
+        // 7 MiB of a 512 KiB random block repeated with one byte changed
+        // in each copy: every match is 512 KiB back, across step
+        // boundaries and across where a streaming window's ring wraps.
+        let block = crate::storage::conformance::pattern(512 << 10, 11);
+        let text: Vec<u8> = (0..14)
+            .flat_map(|i| {
+                let mut copy = block.clone();
+                copy[i * 1000] ^= 0xFF;
+                copy
+            })
             .collect();
         let noise = crate::storage::conformance::pattern(3_000_000, 7);
         for (data, step) in [
@@ -407,6 +414,11 @@ mod tests {
             "in place {} bytes, streamed {}",
             in_place.len(),
             streamed.len()
+        );
+        assert!(
+            in_place.len() < text.len() / 8,
+            "the repeats 512 KiB back were found: {} bytes",
+            in_place.len()
         );
     }
 
