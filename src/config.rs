@@ -84,7 +84,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "WALVAULT_SPOOL_PATH", global = true, value_name = "DIR")]
     pub spool_path: Option<PathBuf>,
 
-    /// Files the asynchronous worker compresses at once (as many more may be finishing their upload or fsync) [default: 4]
+    /// Files the asynchronous worker compresses at once (half as many more may be finishing their upload or fsync) [default: 2]
     #[arg(long, env = "WALVAULT_ARCHIVE_JOBS", global = true, value_name = "N")]
     pub archive_jobs: Option<usize>,
 
@@ -585,7 +585,7 @@ impl Settings {
                     reason: "must be an absolute path".to_string(),
                 });
             }
-            let jobs = args.archive_jobs.or(file.archive_jobs).unwrap_or(4);
+            let jobs = args.archive_jobs.or(file.archive_jobs).unwrap_or(2);
             if jobs == 0 || jobs > 64 {
                 return Err(ConfigError::Invalid {
                     name: "archive_jobs",
@@ -835,7 +835,7 @@ mod tests {
         )
         .unwrap();
         let a = s.archive_async.expect("on");
-        assert_eq!((a.jobs, a.timeout.as_secs()), (4, 60));
+        assert_eq!((a.jobs, a.timeout.as_secs()), (2, 60));
         assert_eq!(s.restore_prefetch, 8);
         assert!(resolve("repo = \"/r\"\n").unwrap().archive_async.is_none());
     }

@@ -4,8 +4,8 @@
 //! PostgreSQL calls archive_command for one file at a time. With
 //! `archive_async`, walvault-push for file N makes sure a worker runs,
 //! and the worker pushes every file PostgreSQL has marked ready
-//! (`pg_wal/archive_status/*.ready`), `archive_jobs` at a time, `.history`
-//! files first, then oldest first. The foreground call waits until its
+//! (`pg_wal/archive_status/*.ready`), `.history` files first, then oldest
+//! first, compressing `archive_jobs` at a time. The foreground call waits until its
 //! own file has a *done record* and exits 0, or reports the worker's error
 //! for that file with the exit code synchronous pushing would give.
 //!
