@@ -74,18 +74,10 @@ fn bad(path: &Path, reason: impl Into<String>) -> PushError {
 /// The repository must be initialized (`walvault init`): a push never
 /// creates a repository, so a file pushed into an unmounted directory or a
 /// wrong bucket fails instead of starting a new repository. `data_dir` is
-/// read to check a `.history` or `.backup` file's cluster.
+/// read to check a `.history` or `.backup` file's cluster. With `cpu`, it
+/// compresses only while it holds one of its permits (the asynchronous
+/// worker's bound on concurrent compression).
 pub async fn push(
-    repo: &Repository,
-    path: &Path,
-    data_dir: &Path,
-) -> Result<PushOutcome, PushError> {
-    push_paced(repo, path, data_dir, None).await
-}
-
-/// [`push`], compressing only while it holds one of `cpu`'s permits (the
-/// asynchronous worker's bound on concurrent compression).
-pub async fn push_paced(
     repo: &Repository,
     path: &Path,
     data_dir: &Path,
@@ -107,6 +99,10 @@ pub async fn push_paced(
     if !meta.is_file() {
         return Err(bad(path, "is not a regular file"));
     }
+    // Opened once (a regular file, so this cannot block): read for its
+    // header, then stored.
+    let file =
+        std::fs::File::open(path).map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
     let repo_err = |source: RepoError| PushError::Repo {
         name: file_name.to_string(),
         repo: repo.describe(),
@@ -115,7 +111,7 @@ pub async fn push_paced(
     let what = format!("WAL file \"{file_name}\"");
 
     let name = if shape.is_segment_sized() {
-        let (name, identity) = check_segment(path, file_name, meta.len())?;
+        let (name, identity) = check_segment(path, &file, file_name, meta.len())?;
         repo.check_bound(&identity, &what).await.map_err(repo_err)?;
         name
     } else {
@@ -129,8 +125,6 @@ pub async fn push_paced(
     };
 
     let key = layout::wal_key(&name);
-    let file =
-        std::fs::File::open(path).map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
     match write_file_object(
         repo.store(),
         &key,
@@ -154,21 +148,19 @@ pub async fn push_paced(
 /// and returns its parsed name and the cluster identity its header gives.
 fn check_segment(
     path: &Path,
+    file: &std::fs::File,
     file_name: &str,
     len: u64,
 ) -> Result<(WalFileName, ClusterIdentity), PushError> {
     let mut head = [0u8; LONG_HEADER_LEN];
-    {
-        use std::io::Read;
-        let mut f =
-            std::fs::File::open(path).map_err(|e| bad(path, format!("cannot be opened: {e}")))?;
-        f.read_exact(&mut head).map_err(|_| {
-            bad(
-                path,
-                format!("is {len} bytes, too short to be a WAL segment (truncated?)"),
-            )
-        })?;
-    }
+    // At offset 0 without moving the file's position: the store reads the
+    // file from its start.
+    std::os::unix::fs::FileExt::read_exact_at(file, &mut head, 0).map_err(|_| {
+        bad(
+            path,
+            format!("is {len} bytes, too short to be a WAL segment (truncated?)"),
+        )
+    })?;
     let header = LongPageHeader::parse(&head).map_err(|e| match e {
         PageHeaderError::UnsupportedMajor { .. } => PushError::BadInput {
             path: path.to_path_buf(),
@@ -312,14 +304,11 @@ pub async fn push_all(
 ) -> Result<PushOutcome, PushError> {
     let members = repos.members();
     if let [only] = members {
-        return push_paced(&only.repo, path, data_dir, cpu).await;
+        return push(&only.repo, path, data_dir, cpu).await;
     }
-    let results = futures_util::future::join_all(
-        members
-            .iter()
-            .map(|m| push_paced(&m.repo, path, data_dir, cpu)),
-    )
-    .await;
+    let results =
+        futures_util::future::join_all(members.iter().map(|m| push(&m.repo, path, data_dir, cpu)))
+            .await;
     let mut outcome = None;
     let mut first_error = None;
     for (member, result) in members.iter().zip(results) {

@@ -298,6 +298,14 @@ pub fn measure_backlog(data_dir: &Path) -> io::Result<Backlog> {
     Ok(backlog)
 }
 
+/// How many files the worker has in flight with `jobs` compressing at
+/// once: half as many more may be finishing their put (README and
+/// docs/ARCHITECTURE.md say so; each file in flight to S3 holds its
+/// compressed bytes).
+fn in_flight_limit(jobs: usize) -> usize {
+    jobs + jobs.div_ceil(2)
+}
+
 /// How the worker classifies a push failure for the foreground (the cli's
 /// exit-code policy).
 pub type Classify = fn(&PushError) -> u8;
@@ -321,7 +329,7 @@ pub async fn run_worker(
     // cores do not wait on the disk or the network. More would hold more
     // compressed bytes on their way to S3.
     let cpu = std::sync::Arc::new(CpuSlots::new(jobs));
-    let in_flight_max = jobs + jobs.div_ceil(2);
+    let in_flight_max = in_flight_limit(jobs);
     let mut idle_since = Instant::now();
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
     let mut in_flight: HashSet<String> = HashSet::new();
@@ -425,6 +433,11 @@ mod tests {
                 "000000020000000000000005"
             ]
         );
+    }
+
+    #[test]
+    fn half_as_many_more_files_finish_as_compress() {
+        assert_eq!([1, 2, 3, 4, 64].map(in_flight_limit), [2, 3, 5, 6, 96]);
     }
 
     #[test]

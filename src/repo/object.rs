@@ -469,7 +469,7 @@ pub async fn write_file_object(
             || (after.ctime(), after.ctime_nsec()) != (before.ctime(), before.ctime_nsec())
         {
             return Err(ObjectError::Source(io::Error::other(
-                "the file changed while it was read",
+                "the file changed while it was read, so it was not stored (PostgreSQL never writes a finished WAL file: check that nothing else writes to it; the next attempt reads it again)",
             )));
         }
         body.end(writer.as_mut(), hasher).await
