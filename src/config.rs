@@ -180,6 +180,7 @@ pub struct FileConfig {
     pub s3_region: Option<String>,
     pub s3_path_style: Option<bool>,
     pub s3_part_size_mib: Option<usize>,
+    pub s3_single_put_max_mib: Option<usize>,
     pub s3_timeout_secs: Option<u64>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
@@ -220,6 +221,7 @@ pub struct Repo2File {
     pub s3_region: Option<String>,
     pub s3_path_style: Option<bool>,
     pub s3_part_size_mib: Option<usize>,
+    pub s3_single_put_max_mib: Option<usize>,
     pub s3_timeout_secs: Option<u64>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
@@ -391,6 +393,7 @@ struct S3File {
     region: Option<String>,
     path_style: Option<bool>,
     part_size_mib: Option<usize>,
+    single_put_max_mib: Option<usize>,
     timeout_secs: Option<u64>,
     credentials: Option<(String, String)>,
 }
@@ -422,6 +425,17 @@ fn locate(name: &'static str, text: &str, s3f: S3File) -> Result<RepoLocation, C
         }
         if let Some(mib) = s3f.part_size_mib {
             s3.part_size_bytes = mib << 20;
+        }
+        if let Some(mib) = s3f.single_put_max_mib {
+            // S3 takes at most 5 GiB in one PutObject.
+            if mib > 5 << 10 {
+                return Err(ConfigError::Invalid {
+                    name: "s3_single_put_max_mib",
+                    value: mib.to_string(),
+                    reason: "must be at most 5120 (S3 takes at most 5 GiB in one PUT)".to_string(),
+                });
+            }
+            s3.single_put_max_bytes = mib << 20;
         }
     }
     Ok(repo)
@@ -481,6 +495,7 @@ impl Settings {
                     region: args.s3_region.clone().or(file.s3_region.clone()),
                     path_style: args.s3_path_style.or(file.s3_path_style),
                     part_size_mib: file.s3_part_size_mib,
+                    single_put_max_mib: file.s3_single_put_max_mib,
                     timeout_secs: file.s3_timeout_secs,
                     credentials: file
                         .s3_access_key_id
@@ -519,6 +534,7 @@ impl Settings {
                             region: args.repo2_s3_region.clone().or(t.s3_region.clone()),
                             path_style: args.repo2_s3_path_style.or(t.s3_path_style),
                             part_size_mib: t.s3_part_size_mib,
+                            single_put_max_mib: t.s3_single_put_max_mib,
                             timeout_secs: t.s3_timeout_secs,
                             credentials: t
                                 .s3_access_key_id

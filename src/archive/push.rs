@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
 
 use crate::pg::control::identity_of_data_dir;
-use crate::repo::object::{read_info, write_file_object, CpuSlots};
+use crate::repo::object::{read_info, write_file_object, Pacing};
 use crate::repo::{
     layout, ClusterIdentity, ObjectError, ObjectInfo, RepoError, RepoHeader, Repository,
 };
@@ -74,14 +74,14 @@ fn bad(path: &Path, reason: impl Into<String>) -> PushError {
 /// The repository must be initialized (`walvault init`): a push never
 /// creates a repository, so a file pushed into an unmounted directory or a
 /// wrong bucket fails instead of starting a new repository. `data_dir` is
-/// read to check a `.history` or `.backup` file's cluster. With `cpu`, it
-/// compresses only while it holds one of its permits (the asynchronous
-/// worker's bound on concurrent compression).
+/// read to check a `.history` or `.backup` file's cluster. With `pacing`
+/// (the asynchronous worker's bounds on compression and memory), it waits
+/// for its share before it compresses.
 pub async fn push(
     repo: &Repository,
     path: &Path,
     data_dir: &Path,
-    cpu: Option<&CpuSlots>,
+    pacing: Option<&Pacing>,
 ) -> Result<PushOutcome, PushError> {
     let file_name = path
         .file_name()
@@ -131,7 +131,7 @@ pub async fn push(
         PutMode::Create,
         file,
         repo.compress(),
-        cpu,
+        pacing,
     )
     .await
     {
@@ -300,15 +300,18 @@ pub async fn push_all(
     repos: &super::Repos,
     path: &Path,
     data_dir: &Path,
-    cpu: Option<&CpuSlots>,
+    pacing: Option<&Pacing>,
 ) -> Result<PushOutcome, PushError> {
     let members = repos.members();
     if let [only] = members {
-        return push(&only.repo, path, data_dir, cpu).await;
+        return push(&only.repo, path, data_dir, pacing).await;
     }
-    let results =
-        futures_util::future::join_all(members.iter().map(|m| push(&m.repo, path, data_dir, cpu)))
-            .await;
+    let results = futures_util::future::join_all(
+        members
+            .iter()
+            .map(|m| push(&m.repo, path, data_dir, pacing)),
+    )
+    .await;
     let mut outcome = None;
     let mut first_error = None;
     for (member, result) in members.iter().zip(results) {

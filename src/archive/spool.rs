@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::push::{push_all, PushError};
-use crate::repo::object::CpuSlots;
+use crate::repo::object::Pacing;
 
 /// Which file a done record is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -298,6 +298,15 @@ pub fn measure_backlog(data_dir: &Path) -> io::Result<Backlog> {
     Ok(backlog)
 }
 
+/// The memory the worker's files in flight may hold: their compression
+/// (zstd's context and window, about 5 MiB each at level 3) and, on S3,
+/// their compressed bodies until each is sent in one PUT (up to 16 MiB
+/// for a 16 MiB segment that does not compress). A put waits for its
+/// worst case before it compresses and keeps only what its upload holds
+/// after (README: "Asynchronous archiving"; the bench measures the
+/// worker's peak).
+pub const WORKER_MEMORY_BUDGET: usize = 48 << 20;
+
 /// How many files the worker has in flight with `jobs` compressing at
 /// once: half as many more may be finishing their put (README and
 /// docs/ARCHITECTURE.md say so; each file in flight to S3 holds its
@@ -326,9 +335,9 @@ pub async fn run_worker(
     tracing::info!(spool = %spool.dir().display(), jobs, "async archive worker started");
     // `jobs` files are compressed at once, and half as many more may be
     // finishing (their fsync or last upload request) meanwhile, so the
-    // cores do not wait on the disk or the network. More would hold more
-    // compressed bytes on their way to S3.
-    let cpu = std::sync::Arc::new(CpuSlots::new(jobs));
+    // cores do not wait on the disk or the network; all of them within
+    // the worker's memory budget.
+    let pacing = std::sync::Arc::new(Pacing::new(jobs, WORKER_MEMORY_BUDGET));
     let in_flight_max = in_flight_limit(jobs);
     let mut idle_since = Instant::now();
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();
@@ -359,15 +368,15 @@ pub async fn run_worker(
             }
             in_flight.insert(name.clone());
             started = true;
-            let (repos, spool, data_dir, tx, cpu) = (
+            let (repos, spool, data_dir, tx, pacing) = (
                 repos.clone(),
                 spool.clone(),
                 data_dir.clone(),
                 done_tx.clone(),
-                cpu.clone(),
+                pacing.clone(),
             );
             running.spawn(async move {
-                let result = push_all(&repos, &path, &data_dir, Some(&cpu)).await;
+                let result = push_all(&repos, &path, &data_dir, Some(&pacing)).await;
                 let outcome = match result {
                     Ok(_) => match FileIdentity::of(&path) {
                         // The file pushed is the file recorded.

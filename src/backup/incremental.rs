@@ -383,7 +383,6 @@ async fn put_blocks(
         &mut reader,
         ctx.compress,
         &empty,
-        None,
     )
     .await?;
     Ok((info, reader.into_scan()))
@@ -665,7 +664,6 @@ pub async fn copy_from_wal(
         &mut rx,
         ctx.compress,
         &empty,
-        None,
     );
     let (produced, info) = tokio::join!(produce, consume);
     let info = info?;

@@ -106,7 +106,9 @@ async fn storage_self_test(
         .unwrap_or_default();
     let base = format!("probe/selftest-{}-{n}", std::process::id());
     let multipart = match &settings.repo {
-        crate::config::RepoLocation::S3(s3) => s3.part_size_bytes * 2 + (1 << 20),
+        crate::config::RepoLocation::S3(s3) => {
+            s3.single_put_max_bytes.max(s3.part_size_bytes) + s3.part_size_bytes + (1 << 20)
+        }
         crate::config::RepoLocation::Local(_) => 17 << 20,
     };
     let findings = run_self_test(repo.store_arc(), &base, multipart).await;

@@ -235,23 +235,123 @@ pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
     src: &mut R,
     compress: CompressSettings,
 ) -> Result<ObjectInfo, ObjectError> {
-    write_object_unless(store, key, mode, src, compress, &|| false, None)
+    write_object_unless(store, key, mode, src, compress, &|| false)
         .await
         .map(|kept| kept.expect("never discarded"))
 }
 
-/// Bounds how many objects are compressed at once (one permit each):
-/// a writer holds its permit while it reads, hashes and compresses, and
-/// gives it back before the put is made durable, so that another object's
-/// compression fills the time an fsync or the upload's last request waits.
-pub type CpuSlots = tokio::sync::Semaphore;
+/// Bounds the work of a process that writes many objects at once (the
+/// asynchronous archive worker): how many are compressed at once, and how
+/// much memory their compression and their buffered bodies hold.
+///
+/// An object's put first waits for its worst case of memory (zstd's
+/// context and window, the step buffers and, for a writer that keeps the
+/// body until it sends it, the whole compressed body), then for a
+/// compression slot. When compression ends it gives back the slot and
+/// all but what its writer still holds, the rest once the put is done.
+/// A put never waits for memory while it holds some, and one that holds
+/// a slot waits for nothing but its own progress, so puts cannot wait on
+/// each other in a ring. A worst case above the whole budget takes all of
+/// it.
+pub struct Pacing {
+    cpu: tokio::sync::Semaphore,
+    memory: tokio::sync::Semaphore,
+    memory_kib: u32,
+}
 
-async fn cpu_permit(cpu: Option<&CpuSlots>) -> Option<tokio::sync::SemaphorePermit<'_>> {
-    match cpu {
-        // The semaphore is never closed.
-        Some(slots) => slots.acquire().await.ok(),
-        None => None,
+impl Pacing {
+    /// `compressions` at once, within `memory_bytes`.
+    pub fn new(compressions: usize, memory_bytes: usize) -> Pacing {
+        let memory_kib = u32::try_from(memory_bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        Pacing {
+            cpu: tokio::sync::Semaphore::new(compressions.max(1)),
+            memory: tokio::sync::Semaphore::new(memory_kib as usize),
+            memory_kib,
+        }
     }
+
+    /// Waits for `bytes` of memory (at most the whole budget), then for a
+    /// compression slot.
+    pub async fn start(&self, bytes: usize) -> Ticket<'_> {
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.memory_kib);
+        // Neither semaphore is ever closed.
+        if let Ok(permit) = self.memory.acquire_many(kib).await {
+            permit.forget();
+        }
+        let mut ticket = Ticket {
+            pacing: self,
+            cpu: None,
+            kib,
+        };
+        ticket.cpu = self.cpu.acquire().await.ok();
+        ticket
+    }
+
+    /// Compression slots free now.
+    pub fn free_compressions(&self) -> usize {
+        self.cpu.available_permits()
+    }
+
+    /// Memory free now, in bytes.
+    pub fn free_bytes(&self) -> usize {
+        self.memory.available_permits() * 1024
+    }
+}
+
+/// One put's share of a [`Pacing`]: given back when dropped.
+pub struct Ticket<'a> {
+    pacing: &'a Pacing,
+    cpu: Option<tokio::sync::SemaphorePermit<'a>>,
+    kib: u32,
+}
+
+impl Ticket<'_> {
+    /// Compression is over: gives back the slot and the memory beyond
+    /// `held` bytes (what the writer still keeps).
+    fn compressed(&mut self, held: Option<usize>) {
+        self.cpu = None;
+        let keep = u32::try_from(held.unwrap_or(0).div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .min(self.kib);
+        self.pacing.memory.add_permits((self.kib - keep) as usize);
+        self.kib = keep;
+    }
+}
+
+impl Drop for Ticket<'_> {
+    fn drop(&mut self) {
+        self.pacing.memory.add_permits(self.kib as usize);
+    }
+}
+
+/// zstd's context beyond its window (hash and chain tables, sequence
+/// store): about 1.3 MiB at level 3, more at higher levels.
+const ZSTD_CONTEXT_ALLOWANCE: usize = 2 << 20;
+
+/// The most memory a put of `len` raw bytes holds while it compresses
+/// (the [`Pacing`] reservation): zstd's context and window and the step
+/// buffers and, for a writer that keeps the body (`holds_body`), the
+/// whole body, which zstd never makes more than 1/128 larger.
+pub fn worst_case_bytes(len: u64, compress: CompressSettings, holds_body: bool) -> usize {
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    let working = if compress.level == 0 {
+        2 * CHUNK_BYTES
+    } else {
+        crate::stream::compress::window_bytes_at(compress.level)
+            + ZSTD_CONTEXT_ALLOWANCE
+            + 3 * CHUNK_BYTES
+    };
+    let body = if holds_body {
+        len.saturating_add(len / 128)
+            .saturating_add(HEADER_LEN + TRAILER_LEN + (64 << 10))
+    } else {
+        0
+    };
+    working.saturating_add(body)
 }
 
 /// The body of an object on its way to a writer: compressed output is
@@ -332,8 +432,7 @@ async fn settle(
 /// [`write_object`], except that when `discard()` answers yes once the
 /// source is read to its end, the put is aborted (the object never
 /// appears) and `None` is returned: a block delta that turned out empty
-/// costs no object to create and delete. `cpu` bounds concurrent
-/// compression (see [`CpuSlots`]).
+/// costs no object to create and delete.
 pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
     store: &dyn ObjectStore,
     key: &Key,
@@ -341,38 +440,49 @@ pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
     src: &mut R,
     compress: CompressSettings,
     discard: &(dyn Fn() -> bool + Sync),
-    cpu: Option<&CpuSlots>,
 ) -> Result<Option<ObjectInfo>, ObjectError> {
+    let mut writer = store.put(key, mode).await?;
+    let written = stream_body(key, writer.as_mut(), src, compress, None).await;
+    settle(writer, written, discard).await
+}
+
+/// Streams `src` through the compressor into `writer` (not committed).
+/// A `ticket` is told when compression is over.
+async fn stream_body<R: AsyncRead + Unpin + ?Sized>(
+    key: &Key,
+    writer: &mut dyn ObjectWriter,
+    src: &mut R,
+    compress: CompressSettings,
+    ticket: Option<&mut Ticket<'_>>,
+) -> Result<ObjectInfo, ObjectError> {
     let stream_err = |source| ObjectError::Stream {
         key: key.clone(),
         source,
     };
-    let permit = cpu_permit(cpu).await;
     let mut compressor = Compressor::new(compress.level, compress.workers).map_err(stream_err)?;
-    let mut writer = store.put(key, mode).await?;
-    let written = async {
-        let head = header(compressor.is_compressing());
-        writer.write(Bytes::copy_from_slice(&head)).await?;
-        let mut hasher = Hasher::new();
-        let mut input = vec![0u8; CHUNK_BYTES];
-        let mut body = Body::new();
-        loop {
-            let n = fill(src, &mut input).await.map_err(ObjectError::Source)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&input[..n]);
-            compressor
-                .compress(&input[..n], body.out())
-                .map_err(stream_err)?;
-            body.flush_full(writer.as_mut()).await?;
+    let head = header(compressor.is_compressing());
+    writer.write(Bytes::copy_from_slice(&head)).await?;
+    let mut hasher = Hasher::new();
+    let mut input = vec![0u8; CHUNK_BYTES];
+    let mut body = Body::new();
+    loop {
+        let n = fill(src, &mut input).await.map_err(ObjectError::Source)?;
+        if n == 0 {
+            break;
         }
-        compressor.finish(body.out()).map_err(stream_err)?;
-        body.end(writer.as_mut(), hasher).await
+        hasher.update(&input[..n]);
+        compressor
+            .compress(&input[..n], body.out())
+            .map_err(stream_err)?;
+        body.flush_full(writer).await?;
     }
-    .await;
-    drop(permit);
-    settle(writer, written, discard).await
+    compressor.finish(body.out()).map_err(stream_err)?;
+    drop((compressor, input));
+    let info = body.end(writer, hasher).await?;
+    if let Some(ticket) = ticket {
+        ticket.compressed(writer.held_bytes());
+    }
+    Ok(info)
 }
 
 /// [`write_object`] for a whole regular file (a WAL segment), read through
@@ -389,15 +499,15 @@ pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
 /// SIGBUS. Either way nothing is acknowledged. Where a mapping is not
 /// possible (an empty file, a file
 /// system that refuses it), the level is 0 or zstd runs on extra threads,
-/// the file is streamed instead. `cpu` bounds concurrent compression (see
-/// [`CpuSlots`]).
+/// the file is streamed instead. With `pacing`, the put waits for its
+/// share of it before it compresses (see [`Pacing`]).
 pub async fn write_file_object(
     store: &dyn ObjectStore,
     key: &Key,
     mode: PutMode,
     file: std::fs::File,
     compress: CompressSettings,
-    cpu: Option<&CpuSlots>,
+    pacing: Option<&Pacing>,
 ) -> Result<ObjectInfo, ObjectError> {
     let before = file.metadata().map_err(ObjectError::Source)?;
     let len = before.len();
@@ -409,11 +519,20 @@ pub async fn write_file_object(
         // change is detected after reading.
         unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) }.ok()
     };
+    let mut writer = store.put(key, mode).await?;
+    let mut ticket = match pacing {
+        Some(p) => {
+            let worst = worst_case_bytes(len, compress, writer.held_bytes().is_some());
+            Some(p.start(worst).await)
+        }
+        None => None,
+    };
     let Some(map) = map else {
         let mut src = tokio::fs::File::from_std(file);
-        return write_object_unless(store, key, mode, &mut src, compress, &|| false, cpu)
-            .await
-            .map(|kept| kept.expect("never discarded"));
+        let written = stream_body(key, writer.as_mut(), &mut src, compress, ticket.as_mut()).await;
+        let settled = settle(writer, written, &|| false).await;
+        drop(ticket);
+        return settled.map(|kept| kept.expect("never discarded"));
     };
     let _ = map.advise(memmap2::Advice::Sequential);
     let data: &[u8] = &map;
@@ -421,8 +540,6 @@ pub async fn write_file_object(
         key: key.clone(),
         source,
     };
-    let permit = cpu_permit(cpu).await;
-    let mut writer = store.put(key, mode).await?;
     let written = async {
         let mut compressor = InPlaceCompressor::new(compress.level, data).map_err(stream_err)?;
         writer.write(Bytes::copy_from_slice(&header(true))).await?;
@@ -475,12 +592,15 @@ pub async fn write_file_object(
         body.end(writer.as_mut(), hasher).await
     }
     .await;
-    drop(permit);
-    // Nothing of the file is needed while the put is made durable.
+    // Nothing of the file is needed while the put is made durable, and
+    // compression is over.
     drop(map);
-    settle(writer, written, &|| false)
-        .await
-        .map(|kept| kept.expect("never discarded"))
+    if let Some(ticket) = ticket.as_mut() {
+        ticket.compressed(writer.held_bytes());
+    }
+    let settled = settle(writer, written, &|| false).await;
+    drop(ticket);
+    settled.map(|kept| kept.expect("never discarded"))
 }
 
 /// A read failure: a chunk of an encrypted object that fails
@@ -808,7 +928,6 @@ mod tests {
                 &mut src,
                 CompressSettings::default(),
                 &|| discard,
-                None,
             )
             .await
             .unwrap();
@@ -829,7 +948,7 @@ mod tests {
     async fn a_mapped_file_round_trips_as_streaming_would_store_it() {
         let store = MemoryStore::new();
         let dir = tempfile::tempdir().unwrap();
-        let slots = CpuSlots::new(1);
+        let pacing = Pacing::new(1, 64 << 20);
         for (i, (level, workers, len)) in [
             (3, 0, 16 << 20),
             (3, 0, 5_000_001),
@@ -853,11 +972,12 @@ mod tests {
                 PutMode::Create,
                 std::fs::File::open(&path).unwrap(),
                 settings,
-                Some(&slots),
+                Some(&pacing),
             )
             .await
             .unwrap();
-            assert_eq!(slots.available_permits(), 1, "permit given back");
+            assert_eq!(pacing.free_compressions(), 1, "slot given back");
+            assert_eq!(pacing.free_bytes(), 64 << 20, "memory given back");
             let (back, read_info) = load(&store, &key).await.unwrap();
             assert!(back == data, "case {i}: bytes differ");
             assert_eq!(info, read_info);
@@ -896,11 +1016,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("segment");
         std::fs::write(&path, sample(3 << 20)).unwrap();
-        let slots = std::sync::Arc::new(CpuSlots::new(1));
-        let held = slots.clone().acquire_owned().await.unwrap();
+        let pacing = std::sync::Arc::new(Pacing::new(1, 64 << 20));
+        let held = pacing.start(0).await;
         let key = Key::new("changed/segment").unwrap();
         let put = tokio::spawn({
-            let (store, slots, key) = (store.clone(), slots.clone(), key.clone());
+            let (store, pacing, key) = (store.clone(), pacing.clone(), key.clone());
             let file = std::fs::File::open(&path).unwrap();
             async move {
                 write_file_object(
@@ -909,7 +1029,7 @@ mod tests {
                     PutMode::Create,
                     file,
                     CompressSettings::default(),
-                    Some(&slots),
+                    Some(&pacing),
                 )
                 .await
             }
@@ -931,6 +1051,133 @@ mod tests {
             read_info(store.as_ref(), &key).await,
             Err(ObjectError::Storage(StorageError::NotFound { .. }))
         ));
+    }
+
+    /// Whether a future has yet to finish (polled once).
+    fn waits<F: std::future::Future + Unpin>(f: &mut F) -> bool {
+        futures_util::FutureExt::now_or_never(f).is_none()
+    }
+
+    /// A put waits for its worst case of memory, then for a slot; after
+    /// compression it keeps only what its writer holds, and a worst case
+    /// over the whole budget takes all of it.
+    #[tokio::test]
+    async fn pacing_bounds_memory_and_compressions() {
+        use std::time::Duration;
+        let pacing = Pacing::new(2, 10 << 20);
+        let mut first = pacing.start(6 << 20).await;
+        assert_eq!(pacing.free_bytes(), 4 << 20);
+        let mut second = Box::pin(pacing.start(6 << 20));
+        assert!(waits(&mut second), "6 + 6 MiB is over 10");
+        first.compressed(Some(3 << 20));
+        assert_eq!(pacing.free_compressions(), 2, "the slot is back");
+        let second = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("3 + 6 MiB fit");
+        assert_eq!(pacing.free_bytes(), 1 << 20);
+        let mut whole = Box::pin(pacing.start(1 << 40));
+        assert!(waits(&mut whole));
+        drop(first);
+        assert!(waits(&mut whole), "the whole budget, not just what is free");
+        drop(second);
+        let mut whole = tokio::time::timeout(Duration::from_secs(5), whole)
+            .await
+            .expect("the whole budget is free");
+        assert_eq!(pacing.free_bytes(), 0);
+        // A writer that holds nothing (a local file) keeps nothing.
+        whole.compressed(None);
+        assert_eq!(pacing.free_bytes(), 10 << 20);
+        drop(whole);
+        assert_eq!(pacing.free_bytes(), 10 << 20);
+
+        // Slots: with one, a second put waits for the first's compression.
+        let pacing = Pacing::new(1, 10 << 20);
+        let mut first = pacing.start(1 << 20).await;
+        let mut second = Box::pin(pacing.start(1 << 20));
+        assert!(waits(&mut second));
+        first.compressed(Some(1 << 20));
+        let second = tokio::time::timeout(Duration::from_secs(5), second)
+            .await
+            .expect("the slot was given back");
+        drop((first, second));
+        assert_eq!(
+            (pacing.free_compressions(), pacing.free_bytes()),
+            (1, 10 << 20)
+        );
+    }
+
+    /// Many puts at once through a writer that holds its body, with room
+    /// for barely one worst case: all of them finish (no put waits on
+    /// another in a ring), one at a time, and give everything back.
+    #[tokio::test]
+    async fn paced_puts_over_a_small_budget_all_finish() {
+        let store = std::sync::Arc::new(MemoryStore::new());
+        let dir = tempfile::tempdir().unwrap();
+        let len = 3 << 20;
+        let settings = CompressSettings::default();
+        let budget = worst_case_bytes(len as u64, settings, true) * 3 / 2;
+        let pacing = std::sync::Arc::new(Pacing::new(4, budget));
+        let mut puts = tokio::task::JoinSet::new();
+        // Half of them do not compress: their bodies are the largest a
+        // put can hold.
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let noise: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        for i in 0..8 {
+            let path = dir.path().join(format!("f{i}"));
+            std::fs::write(
+                &path,
+                if i % 2 == 0 {
+                    sample(len)
+                } else {
+                    noise.clone()
+                },
+            )
+            .unwrap();
+            let (store, pacing) = (store.clone(), pacing.clone());
+            puts.spawn(async move {
+                let key = Key::new(format!("paced/{i}")).unwrap();
+                let info = write_file_object(
+                    store.as_ref(),
+                    &key,
+                    PutMode::Create,
+                    std::fs::File::open(&path).unwrap(),
+                    settings,
+                    Some(&pacing),
+                )
+                .await
+                .unwrap();
+                (key, info)
+            });
+        }
+        let done = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+            let mut keys = Vec::new();
+            while let Some(key) = puts.join_next().await {
+                keys.push(key.unwrap());
+            }
+            keys
+        })
+        .await
+        .expect("every put finished");
+        assert_eq!(done.len(), 8);
+        let body_allowance = worst_case_bytes(len as u64, settings, true)
+            - worst_case_bytes(len as u64, settings, false);
+        for (key, info) in done {
+            assert_eq!(load(store.as_ref(), &key).await.unwrap().0.len(), len);
+            assert!(
+                info.stored_size as usize <= body_allowance,
+                "a body of {} bytes is over the {body_allowance} reserved for it",
+                info.stored_size
+            );
+        }
+        assert_eq!(pacing.free_bytes(), budget.div_ceil(1024) * 1024);
+        assert_eq!(pacing.free_compressions(), 4);
     }
 
     #[tokio::test]

@@ -511,6 +511,10 @@ impl ObjectWriter for EncryptingWriter {
     async fn abort(self: Box<Self>) {
         self.inner.abort().await
     }
+
+    fn held_bytes(&self) -> Option<usize> {
+        self.inner.held_bytes().map(|n| n + self.pending.len())
+    }
 }
 
 /// Decrypts an object chunk by chunk. A chunk is opened once the next one

@@ -177,4 +177,8 @@ impl<S: ObjectStore + Clone + 'static> ObjectWriter for FaultyWriter<S> {
     async fn abort(self: Box<Self>) {
         self.inner.abort().await
     }
+
+    fn held_bytes(&self) -> Option<usize> {
+        self.inner.held_bytes()
+    }
 }

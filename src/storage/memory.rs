@@ -133,4 +133,8 @@ impl ObjectWriter for MemoryWriter {
     }
 
     async fn abort(self: Box<Self>) {}
+
+    fn held_bytes(&self) -> Option<usize> {
+        Some(self.buf.len())
+    }
 }

@@ -394,4 +394,13 @@ pub trait ObjectWriter: Send {
 
     /// Discards what was written.
     async fn abort(self: Box<Self>);
+
+    /// How many bytes of the object this writer holds in memory now:
+    /// `None` for a writer that passes its chunks on as they come (a
+    /// local file), `Some` for one that keeps the body until it can send
+    /// it (an S3 upload). A process that writes many objects at once
+    /// counts this against its memory budget (`repo::object::Pacing`).
+    fn held_bytes(&self) -> Option<usize> {
+        None
+    }
 }

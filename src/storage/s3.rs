@@ -1,9 +1,13 @@
 //! The S3 backend, through aws-sdk-s3, for AWS and S3-compatible servers.
 //!
-//! - Streaming puts: chunks are buffered up to the part size; an object that
-//!   fits in one part is sent with one PutObject, a larger one as a multipart
-//!   upload with a bounded number of parts in flight, so memory stays at
-//!   about `(parts_in_flight + 1) * part_size` whatever the object's size.
+//! - Streaming puts: an object of up to `single_put_max` bytes (32 MiB, more
+//!   than a compressed 16 MiB WAL segment) is buffered and sent with one
+//!   PutObject; a larger one as a multipart upload with a bounded number of
+//!   parts in flight, so memory stays at about
+//!   `max(single_put_max, (parts_in_flight + 1) * part_size)` whatever the
+//!   object's size. One request instead of four or five (create, parts, a
+//!   HEAD for create-only, complete) matters for WAL: s3s-fs, for one,
+//!   copies the parts into the object again at completion.
 //!   An object becomes visible only when PutObject or
 //!   CompleteMultipartUpload succeeds: S3 never shows a partial object.
 //! - Create-only puts send `If-None-Match: *`. Where a server answers that it
@@ -51,6 +55,10 @@ pub struct S3Settings {
     pub region: Option<String>,
     pub path_style: bool,
     pub part_size_bytes: usize,
+    /// Objects up to this size go up in one PutObject, larger ones as a
+    /// multipart upload (the effective threshold is never below the part
+    /// size).
+    pub single_put_max_bytes: usize,
     pub parts_in_flight: usize,
     /// Attempts per request, including the first.
     pub max_attempts: u32,
@@ -69,6 +77,7 @@ pub struct S3Settings {
 
 impl S3Settings {
     pub const DEFAULT_PART_SIZE: usize = 8 << 20;
+    pub const DEFAULT_SINGLE_PUT_MAX: usize = 32 << 20;
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
     /// One attempt may take this many request timeouts (an 8 MiB part at
     /// 30 KiB/s): a backstop, since stalls are caught sooner.
@@ -93,6 +102,7 @@ impl S3Settings {
             region: None,
             path_style: false,
             part_size_bytes: Self::DEFAULT_PART_SIZE,
+            single_put_max_bytes: Self::DEFAULT_SINGLE_PUT_MAX,
             parts_in_flight: 4,
             max_attempts: 4,
             connect_timeout: Duration::from_secs(3),
@@ -1139,6 +1149,10 @@ impl ObjectWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.buf.extend_from_slice(&chunk);
         let part_size = self.store.settings.part_size_bytes;
+        if self.upload_id.is_none() && self.buf.len() <= self.store.settings.single_put_max_bytes {
+            // Still small enough for one PutObject at commit.
+            return Ok(());
+        }
         while self.buf.len() >= part_size {
             let part = self.buf.split_to(part_size).freeze();
             if let Err(e) = self.send_part(part).await {
@@ -1164,6 +1178,11 @@ impl ObjectWriter for S3Writer {
 
     async fn abort(mut self: Box<Self>) {
         self.abort_upload().await;
+    }
+
+    fn held_bytes(&self) -> Option<usize> {
+        // Parts in flight are at most a part each.
+        Some(self.buf.len() + self.in_flight.len() * self.store.settings.part_size_bytes)
     }
 }
 

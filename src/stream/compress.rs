@@ -84,6 +84,21 @@ impl Compressor {
     }
 }
 
+/// zstd's window at `level` for inputs over 256 KiB (its table of default
+/// parameters, zstd 1.5: 2 MiB at level 3).
+pub fn window_bytes_at(level: i32) -> usize {
+    1 << match level {
+        ..=1 => 19,
+        2 => 20,
+        3..=8 => 21,
+        9..=16 => 22,
+        17..=19 => 23,
+        20 => 25,
+        21 => 26,
+        _ => 27,
+    }
+}
+
 /// A zstd compressor for an input that stays where it is until the frame
 /// ends (a read-only mapping of a WAL segment). zstd reads the input in
 /// place instead of copying it into its own window buffer
@@ -168,19 +183,10 @@ impl<'a> InPlaceCompressor<'a> {
         self.pos
     }
 
-    /// zstd's window at this level for inputs over 256 KiB (its table of
-    /// default parameters, zstd 1.5: 2 MiB at level 3).
+    /// zstd's window at this level for inputs over 256 KiB
+    /// ([`window_bytes_at`]).
     pub fn window_bytes(&self) -> usize {
-        1 << match self.level {
-            ..=1 => 19,
-            2 => 20,
-            3..=8 => 21,
-            9..=16 => 22,
-            17..=19 => 23,
-            20 => 25,
-            21 => 26,
-            _ => 27,
-        }
+        window_bytes_at(self.level)
     }
 
     fn step(

@@ -39,7 +39,7 @@ fn proxied_repository(dir: &TestDir, mode: Conditional) -> (S3Server, FaultProxy
     std::fs::write(
         &config,
         format!(
-            "{}s3_part_size_mib = 5\n",
+            "{}s3_part_size_mib = 5\ns3_single_put_max_mib = 5\n",
             server
                 .config_toml("s3://bucket/co")
                 .replace(&server.endpoint, &proxy.endpoint)

@@ -359,7 +359,7 @@ fn s3_faults_lose_nothing_acknowledged() {
     std::fs::write(
         &faulty,
         format!(
-            "{}s3_timeout_secs = 2\ns3_part_size_mib = 5\n",
+            "{}s3_timeout_secs = 2\ns3_part_size_mib = 5\ns3_single_put_max_mib = 5\n",
             server
                 .config_toml("s3://bucket/faults")
                 .replace(&server.endpoint, &proxy.endpoint)

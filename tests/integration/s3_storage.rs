@@ -6,20 +6,29 @@ use walvault::storage::ObjectStore;
 
 use crate::harness::{s3, S3Server, TestDir};
 
-pub fn store_for(server: &S3Server, url: &str) -> S3Store {
+fn settings_for(server: &S3Server, url: &str) -> S3Settings {
     let mut settings = S3Settings::from_url(url).expect("s3 url");
     settings.endpoint = Some(server.endpoint.clone());
     settings.path_style = true;
     settings.region = Some("us-east-1".to_string());
     settings.static_credentials = Some((s3::ACCESS_KEY.to_string(), s3::SECRET_KEY.to_string()));
-    S3Store::new(settings).expect("s3 store")
+    settings
 }
 
+pub fn store_for(server: &S3Server, url: &str) -> S3Store {
+    S3Store::new(settings_for(server, url)).expect("s3 store")
+}
+
+/// With the default settings the suite's large objects (up to 19 MiB) go
+/// up in one PUT (the next test); here every object over a part goes up
+/// as a multipart upload.
 #[tokio::test]
 async fn s3_store_conforms() {
     let dir = TestDir::new("s3-conformance");
     let server = S3Server::start(dir.path(), "bucket");
-    let store = store_for(&server, "s3://bucket/some/prefix");
+    let mut settings = settings_for(&server, "s3://bucket/some/prefix");
+    settings.single_put_max_bytes = settings.part_size_bytes;
+    let store = S3Store::new(settings).expect("s3 store");
     conformance::run_all(&store, "conformance").await;
     // Objects really live under the prefix in the bucket.
     assert!(server
@@ -53,6 +62,7 @@ async fn abandoned_multipart_uploads_do_not_break_expire() {
     settings.region = Some("us-east-1".to_string());
     settings.static_credentials = Some((s3::ACCESS_KEY.to_string(), s3::SECRET_KEY.to_string()));
     settings.part_size_bytes = 5 << 20;
+    settings.single_put_max_bytes = 5 << 20;
     let store = S3Store::new(settings).unwrap();
     let kept = Key::new("kept").unwrap();
     store
@@ -104,6 +114,7 @@ async fn a_failed_multipart_upload_is_aborted() {
     settings.region = Some("us-east-1".to_string());
     settings.static_credentials = Some((s3::ACCESS_KEY.to_string(), s3::SECRET_KEY.to_string()));
     settings.part_size_bytes = 5 << 20;
+    settings.single_put_max_bytes = 5 << 20;
     let store = S3Store::new(settings).unwrap();
     let key = Key::new("taken").unwrap();
     store
@@ -129,4 +140,51 @@ async fn a_failed_multipart_upload_is_aborted() {
         "the failed upload was aborted"
     );
     assert_eq!(&store.get_bytes(&key).await.unwrap()[..], b"first");
+}
+
+/// An object of up to the single-put size is sent with one PutObject at
+/// commit: no multipart upload is started however it is written. One
+/// byte more and its first part goes up before the commit.
+#[tokio::test]
+async fn objects_up_to_the_single_put_size_are_one_put() {
+    use walvault::storage::{Key, PutMode};
+    let dir = TestDir::new("s3-single-put");
+    let server = S3Server::start(dir.path(), "bucket");
+    let mut settings = settings_for(&server, "s3://bucket/p");
+    settings.part_size_bytes = 5 << 20;
+    settings.single_put_max_bytes = 12 << 20;
+    let store = S3Store::new(settings).unwrap();
+    let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
+    let key = Key::new("whole").unwrap();
+    let mut writer = store.put(&key, PutMode::Create).await.unwrap();
+    for chunk in data.chunks(1 << 20) {
+        writer
+            .write(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(open_upload_parts(&server), 0, "no part was sent");
+    writer.commit().await.unwrap();
+    assert!(store.get_bytes(&key).await.unwrap() == data);
+
+    let key = Key::new("parts").unwrap();
+    let mut writer = store.put(&key, PutMode::Create).await.unwrap();
+    for chunk in data.chunks(1 << 20) {
+        writer
+            .write(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+    writer.write(bytes::Bytes::from_static(b"!")).await.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while open_upload_parts(&server) == 0 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(open_upload_parts(&server) > 0, "one byte more: parts go up");
+    writer.commit().await.unwrap();
+    let mut longer = data.clone();
+    longer.push(b'!');
+    assert!(store.get_bytes(&key).await.unwrap() == longer);
+    assert_eq!(open_upload_parts(&server), 0, "the upload was completed");
 }
