@@ -241,6 +241,23 @@ fn main() {
         }
     }
     let busy = cpu_busy_share(cpu_before, cpu_times());
+    // The background processes' memory is sampled in one more round of the
+    // asynchronous push rows, untimed: sampling /proc while the calls run
+    // takes CPU from them, and more from the tool that keeps both cores
+    // busy.
+    SAMPLE_PSS.store(true, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("memory round (untimed)");
+    let mut sampled_notes = Vec::new();
+    for config in configs
+        .iter()
+        .filter(|c| c.kind == Kind::Push && c.label.contains("async") && c.setup.is_some())
+    {
+        let mut scratch = Results::default();
+        bench.run_config(config, &mut scratch);
+        if let Some(note) = scratch.notes.pop() {
+            sampled_notes.push(format!("- {}: {note}", config.label));
+        }
+    }
 
     // Results.
     let mut out = String::new();
@@ -303,6 +320,14 @@ fn main() {
     if !notes.is_empty() {
         out.push_str("### Background processes (not in the per-call peak RSS above)\n\n");
         out.push_str(&notes.join("\n"));
+        out.push_str("\n\n");
+    }
+    if !sampled_notes.is_empty() {
+        out.push_str(
+            "Sampled every 10 ms in an extra, untimed round (Pss summed over each tool's \
+             background processes):\n\n",
+        );
+        out.push_str(&sampled_notes.join("\n"));
         out.push_str("\n\n");
     }
     let mut stdout = std::io::stdout().lock();
@@ -1007,23 +1032,25 @@ fn walvault_async_row<'a>(
         setup: Some(Box::new(move || {
             bench.start_async_row(&spool_setup);
             let needle = needle.clone();
-            *sampler.borrow_mut() = Some(RssSampler::start(move |cmdline| {
-                cmdline.contains("--internal-async-worker") && cmdline.contains(&needle)
-            }));
+            if SAMPLE_PSS.load(std::sync::atomic::Ordering::Relaxed) {
+                *sampler.borrow_mut() = Some(RssSampler::start(move |cmdline| {
+                    cmdline.contains("--internal-async-worker") && cmdline.contains(&needle)
+                }));
+            }
         })),
         after: Some(Box::new(move |seg| bench.mark_done(seg))),
         teardown: Some(Box::new(move || {
-            let sampled = sampler_stop
-                .borrow_mut()
-                .take()
-                .map_or(0, RssSampler::finish);
+            let sampled = sampler_stop.borrow_mut().take().map(RssSampler::finish);
             let needle = spool_teardown.display().to_string();
             let kib = stop_workers(&["--internal-async-worker", &needle]);
-            Some(format!(
-                "worker peak RSS {:.1} MiB (sampled Pss {:.1})",
-                kib as f64 / 1024.0,
-                sampled as f64 / 1024.0
-            ))
+            Some(match sampled {
+                Some(pss) => format!(
+                    "worker peak RSS {:.1} MiB, peak Pss {:.1}",
+                    kib as f64 / 1024.0,
+                    pss as f64 / 1024.0
+                ),
+                None => format!("worker peak RSS {:.1} MiB", kib as f64 / 1024.0),
+            })
         })),
         make: Box::new(move |seg: &Segment| {
             let mut cmd = base();
@@ -1060,23 +1087,24 @@ fn pgbackrest_async_row<'a>(
             bench.start_async_row(&spool_setup);
             // Its background: the async process and its local processes
             // (process-max of them), which exit when the queue is empty.
-            *sampler.borrow_mut() = Some(RssSampler::start(|cmdline| {
-                cmdline.contains("pgbackrest")
-                    && (cmdline.contains("archive-push:async")
-                        || cmdline.contains("archive-push:local"))
-            }));
+            if SAMPLE_PSS.load(std::sync::atomic::Ordering::Relaxed) {
+                *sampler.borrow_mut() = Some(RssSampler::start(|cmdline| {
+                    cmdline.contains("pgbackrest")
+                        && (cmdline.contains("archive-push:async")
+                            || cmdline.contains("archive-push:local"))
+                }));
+            }
         })),
         after: Some(Box::new(move |seg| bench.mark_done(seg))),
         teardown: Some(Box::new(move || {
-            let sampled = sampler_stop
-                .borrow_mut()
-                .take()
-                .map_or(0, RssSampler::finish);
+            let sampled = sampler_stop.borrow_mut().take().map(RssSampler::finish);
             stop_workers(&["archive-push:async"]);
-            Some(format!(
-                "async and local processes together: sampled Pss {:.1} MiB",
-                sampled as f64 / 1024.0
-            ))
+            sampled.map(|pss| {
+                format!(
+                    "async and local processes together: peak Pss {:.1} MiB",
+                    pss as f64 / 1024.0
+                )
+            })
         })),
         make: Box::new(move |seg: &Segment| {
             let mut cmd = base();
@@ -1244,7 +1272,7 @@ fn run_measured(cmd: &mut Command, stderr_log: &Path) -> (Duration, ExitStatus, 
     )
 }
 
-/// Samples, every 5 ms until finished, the memory of the processes whose
+/// Samples, every 10 ms until finished, the memory of the processes whose
 /// command line `matches`, summed at each instant: the peak of that sum,
 /// in KiB. Each process counts its proportional set size (Pss: pages
 /// shared between them, such as the program's text, are split rather than
@@ -1253,6 +1281,10 @@ fn run_measured(cmd: &mut Command, stderr_log: &Path) -> (Duration, ExitStatus, 
 /// memory they held at once. A process is known by its pid and start
 /// time, so a reused pid is not taken for it. Sampling can only miss a
 /// peak between two samples.
+/// Whether the asynchronous rows sample their background processes'
+/// memory ([`RssSampler`]): only in the untimed memory round.
+static SAMPLE_PSS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 struct RssSampler {
     stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
     handle: std::thread::JoinHandle<u64>,
@@ -1263,38 +1295,35 @@ impl RssSampler {
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stopped = stop.clone();
         let handle = std::thread::spawn(move || {
-            // A process that matches is remembered; one that does not is
-            // looked at again every 100 ms (a child between fork and exec
-            // still shows its parent's command line). The calls being
-            // measured share these cores, so little more is read.
-            let mut seen: std::collections::HashMap<(i32, u64), Option<Instant>> =
-                Default::default();
+            // Every 100 ms, /proc is scanned for processes that match (one
+            // that does not is looked at again at the next scan: a child
+            // between fork and exec still shows its parent's command
+            // line); every 10 ms the Pss of those that match is summed.
+            // The calls measured share these cores, so this reads as little
+            // as it can: reading every process's files every 5 ms slowed
+            // walvault's worker on incompressible WAL by up to a fifth.
+            let mut tracked: Vec<(i32, u64)> = Vec::new();
+            let mut last_scan: Option<Instant> = None;
             let mut peak = 0;
             while !stopped.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut sum = 0;
-                let mut alive = std::collections::HashSet::new();
-                for pid in pids() {
-                    let Some(started) = start_time(pid) else {
-                        continue;
-                    };
-                    alive.insert((pid, started));
-                    let entry = seen
-                        .entry((pid, started))
-                        .or_insert(Some(Instant::now() - Duration::from_secs(1)));
-                    if let Some(checked) = *entry {
-                        if checked.elapsed() < Duration::from_millis(100) {
+                if last_scan.is_none_or(|t| t.elapsed() >= Duration::from_millis(100)) {
+                    for pid in pids() {
+                        if tracked.iter().any(|&(p, _)| p == pid) {
                             continue;
                         }
-                        let wanted = cmdline_of(pid).is_some_and(|c| matches(&c));
-                        *entry = if wanted { None } else { Some(Instant::now()) };
+                        if cmdline_of(pid).is_some_and(|c| matches(&c)) {
+                            if let Some(started) = start_time(pid) {
+                                tracked.push((pid, started));
+                            }
+                        }
                     }
-                    if entry.is_none() {
-                        sum += pss_kib(pid);
-                    }
+                    last_scan = Some(Instant::now());
                 }
-                seen.retain(|k, _| alive.contains(k));
+                // A pid is one process only with its start time.
+                tracked.retain(|&(pid, started)| start_time(pid) == Some(started));
+                let sum: u64 = tracked.iter().map(|&(pid, _)| pss_kib(pid)).sum();
                 peak = peak.max(sum);
-                std::thread::sleep(Duration::from_millis(5));
+                std::thread::sleep(Duration::from_millis(10));
             }
             peak
         });

@@ -88,6 +88,15 @@ pub struct GlobalArgs {
     #[arg(long, env = "WALVAULT_ARCHIVE_JOBS", global = true, value_name = "N")]
     pub archive_jobs: Option<usize>,
 
+    /// Memory the asynchronous worker's files in flight share, in MiB (on S3 each file compressing reserves about 24 MiB of it) [default: 48]
+    #[arg(
+        long,
+        env = "WALVAULT_ARCHIVE_MEMORY_MIB",
+        global = true,
+        value_name = "MIB"
+    )]
+    pub archive_memory_mib: Option<usize>,
+
     /// How long walvault-push waits for its file to be stored before failing (PostgreSQL then retries) [default: 60]
     #[arg(
         long,
@@ -190,6 +199,7 @@ pub struct FileConfig {
     pub archive_async: Option<bool>,
     pub spool_path: Option<PathBuf>,
     pub archive_jobs: Option<usize>,
+    pub archive_memory_mib: Option<usize>,
     pub archive_timeout_secs: Option<u64>,
     pub restore_prefetch: Option<u64>,
     pub restore_prefetch_bytes: Option<u64>,
@@ -308,6 +318,9 @@ pub struct Settings {
 pub struct AsyncArchive {
     pub spool_path: PathBuf,
     pub jobs: usize,
+    /// The worker's memory budget for its files in flight
+    /// (`repo::object::Pacing`).
+    pub memory_bytes: usize,
     pub timeout: Duration,
 }
 
@@ -427,12 +440,12 @@ fn locate(name: &'static str, text: &str, s3f: S3File) -> Result<RepoLocation, C
             s3.part_size_bytes = mib << 20;
         }
         if let Some(mib) = s3f.single_put_max_mib {
-            // S3 takes at most 5 GiB in one PutObject.
-            if mib > 5 << 10 {
+            // The whole object is held in memory until it is sent.
+            if mib > 256 {
                 return Err(ConfigError::Invalid {
                     name: "s3_single_put_max_mib",
                     value: mib.to_string(),
-                    reason: "must be at most 5120 (S3 takes at most 5 GiB in one PUT)".to_string(),
+                    reason: "must be at most 256 (an object that size is held in memory until it is sent)".to_string(),
                 });
             }
             s3.single_put_max_bytes = mib << 20;
@@ -609,9 +622,21 @@ impl Settings {
                     reason: "must be between 1 and 64".to_string(),
                 });
             }
+            let memory_mib = args
+                .archive_memory_mib
+                .or(file.archive_memory_mib)
+                .unwrap_or(crate::archive::spool::WORKER_MEMORY_BUDGET >> 20);
+            if !(8..=65536).contains(&memory_mib) {
+                return Err(ConfigError::Invalid {
+                    name: "archive_memory_mib",
+                    value: memory_mib.to_string(),
+                    reason: "must be between 8 and 65536".to_string(),
+                });
+            }
             Some(AsyncArchive {
                 spool_path,
                 jobs,
+                memory_bytes: memory_mib << 20,
                 timeout: Duration::from_secs(
                     args.archive_timeout_secs
                         .or(file.archive_timeout_secs)
@@ -852,7 +877,22 @@ mod tests {
         .unwrap();
         let a = s.archive_async.expect("on");
         assert_eq!((a.jobs, a.timeout.as_secs()), (2, 60));
+        assert_eq!(a.memory_bytes, 48 << 20);
         assert_eq!(s.restore_prefetch, 8);
+        let err = resolve(
+            "repo = \"/r\"\narchive_async = true\nspool_path = \"/s\"\narchive_memory_mib = 4\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("archive_memory_mib"), "{err}");
+        let a = resolve(
+            "repo = \"/r\"\narchive_async = true\nspool_path = \"/s\"\narchive_memory_mib = 96\n",
+        )
+        .unwrap()
+        .archive_async
+        .unwrap();
+        assert_eq!(a.memory_bytes, 96 << 20);
+        let err = resolve("repo = \"s3://b/p\"\ns3_single_put_max_mib = 300\n").unwrap_err();
+        assert!(err.to_string().contains("s3_single_put_max_mib"), "{err}");
         assert!(resolve("repo = \"/r\"\n").unwrap().archive_async.is_none());
     }
 

@@ -298,12 +298,14 @@ pub fn measure_backlog(data_dir: &Path) -> io::Result<Backlog> {
     Ok(backlog)
 }
 
-/// The memory the worker's files in flight may hold: their compression
-/// (zstd's context and window, about 5 MiB each at level 3) and, on S3,
-/// their compressed bodies until each is sent in one PUT (up to 16 MiB
-/// for a 16 MiB segment that does not compress). A put waits for its
-/// worst case before it compresses and keeps only what its upload holds
-/// after (README: "Asynchronous archiving"; the bench measures the
+/// The default memory the worker's files in flight may hold
+/// (`archive_memory_mib`): their compression (zstd's context and window
+/// and the step buffers, about 7 MiB each at level 3) and, on S3, their
+/// compressed bodies until each is sent in one PUT (up to 16 MiB for a
+/// 16 MiB segment that does not compress). A put waits for its worst case
+/// before it compresses, gives back what the body turns out not to need
+/// as it goes, and keeps only what its upload holds once compression is
+/// done (README: "Asynchronous archiving"; the bench measures the
 /// worker's peak).
 pub const WORKER_MEMORY_BUDGET: usize = 48 << 20;
 
@@ -326,6 +328,7 @@ pub async fn run_worker(
     spool: Spool,
     data_dir: PathBuf,
     jobs: usize,
+    memory_bytes: usize,
     idle: Duration,
     classify: Classify,
 ) -> io::Result<()> {
@@ -337,7 +340,7 @@ pub async fn run_worker(
     // finishing (their fsync or last upload request) meanwhile, so the
     // cores do not wait on the disk or the network; all of them within
     // the worker's memory budget.
-    let pacing = std::sync::Arc::new(Pacing::new(jobs, WORKER_MEMORY_BUDGET));
+    let pacing = std::sync::Arc::new(Pacing::new(jobs, memory_bytes));
     let in_flight_max = in_flight_limit(jobs);
     let mut idle_since = Instant::now();
     let mut running: tokio::task::JoinSet<()> = tokio::task::JoinSet::new();

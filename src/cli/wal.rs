@@ -255,6 +255,7 @@ async fn run_async_worker(
         spool,
         data_dir.to_path_buf(),
         cfg.jobs,
+        cfg.memory_bytes,
         ASYNC_IDLE,
         classify,
     )

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::storage::{Key, ObjectStore, ObjectWriter, PutMode, StorageError};
+use crate::stream::compress::context_bytes;
 use crate::stream::{Checksum, Compressor, Decompressor, Hasher, InPlaceCompressor, StreamError};
 
 pub const HEADER_LEN: usize = 16;
@@ -246,9 +247,11 @@ pub async fn write_object<R: AsyncRead + Unpin + ?Sized>(
 ///
 /// An object's put first waits for its worst case of memory (zstd's
 /// context and window, the step buffers and, for a writer that keeps the
-/// body until it sends it, the whole compressed body), then for a
-/// compression slot. When compression ends it gives back the slot and
-/// all but what its writer still holds, the rest once the put is done.
+/// body until it sends it, the bound of the whole compressed body), then
+/// for a compression slot. As it compresses, the reservation shrinks to
+/// what the writer holds plus the bound of the input left; when
+/// compression ends it gives back the slot and all but what its writer
+/// still holds, the rest once the put is done.
 /// A put never waits for memory while it holds some, and one that holds
 /// a slot waits for nothing but its own progress, so puts cannot wait on
 /// each other in a ring. A worst case above the whole budget takes all of
@@ -278,16 +281,22 @@ impl Pacing {
         let kib = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
             .min(self.memory_kib);
-        // Neither semaphore is ever closed.
-        if let Ok(permit) = self.memory.acquire_many(kib).await {
-            permit.forget();
-        }
+        self.memory
+            .acquire_many(kib)
+            .await
+            .expect("the semaphore is never closed")
+            .forget();
         let mut ticket = Ticket {
             pacing: self,
             cpu: None,
             kib,
         };
-        ticket.cpu = self.cpu.acquire().await.ok();
+        ticket.cpu = Some(
+            self.cpu
+                .acquire()
+                .await
+                .expect("the semaphore is never closed"),
+        );
         ticket
     }
 
@@ -310,15 +319,21 @@ pub struct Ticket<'a> {
 }
 
 impl Ticket<'_> {
-    /// Compression is over: gives back the slot and the memory beyond
-    /// `held` bytes (what the writer still keeps).
-    fn compressed(&mut self, held: Option<usize>) {
-        self.cpu = None;
-        let keep = u32::try_from(held.unwrap_or(0).div_ceil(1024))
+    /// Gives back what is reserved beyond `bytes` (never takes more): a
+    /// put whose worst case has shrunk as it went.
+    fn shrink_to(&mut self, bytes: usize) {
+        let keep = u32::try_from(bytes.div_ceil(1024))
             .unwrap_or(u32::MAX)
             .min(self.kib);
         self.pacing.memory.add_permits((self.kib - keep) as usize);
         self.kib = keep;
+    }
+
+    /// Compression is over: gives back the slot and the memory beyond
+    /// `held` bytes (what the writer still keeps).
+    fn compressed(&mut self, held: Option<usize>) {
+        self.cpu = None;
+        self.shrink_to(held.unwrap_or(0));
     }
 }
 
@@ -328,30 +343,36 @@ impl Drop for Ticket<'_> {
     }
 }
 
-/// zstd's context beyond its window (hash and chain tables, sequence
-/// store): about 1.3 MiB at level 3, more at higher levels.
-const ZSTD_CONTEXT_ALLOWANCE: usize = 2 << 20;
+/// What compressing takes while a put runs, beyond a body its writer
+/// keeps: zstd's context with its window ([`context_bytes`]: about 3.6
+/// MiB at level 3, 80 MiB at level 19) and the step buffers. With zstd's
+/// own threads (`compress_threads`), each holding buffers of several
+/// windows, there is no bound here: such a put takes the whole budget.
+pub fn working_bytes(compress: CompressSettings) -> usize {
+    if compress.level == 0 {
+        2 * CHUNK_BYTES
+    } else if compress.workers > 0 {
+        usize::MAX
+    } else {
+        context_bytes(compress.level) + 3 * CHUNK_BYTES
+    }
+}
+
+/// The largest body `len` raw bytes make: zstd never makes its output
+/// more than 1/256 larger than the input, encryption adds 16 bytes in
+/// 64 KiB, and the header and trailer are fixed.
+fn body_bound(len: u64) -> usize {
+    let len = usize::try_from(len).unwrap_or(usize::MAX);
+    len.saturating_add(len / 128)
+        .saturating_add(HEADER_LEN + TRAILER_LEN + (64 << 10))
+}
 
 /// The most memory a put of `len` raw bytes holds while it compresses
-/// (the [`Pacing`] reservation): zstd's context and window and the step
-/// buffers and, for a writer that keeps the body (`holds_body`), the
-/// whole body, which zstd never makes more than 1/128 larger.
+/// (the [`Pacing`] reservation): [`working_bytes`] and, for a writer that
+/// keeps the body until it sends it (`holds_body`), the whole body.
 pub fn worst_case_bytes(len: u64, compress: CompressSettings, holds_body: bool) -> usize {
-    let len = usize::try_from(len).unwrap_or(usize::MAX);
-    let working = if compress.level == 0 {
-        2 * CHUNK_BYTES
-    } else {
-        crate::stream::compress::window_bytes_at(compress.level)
-            + ZSTD_CONTEXT_ALLOWANCE
-            + 3 * CHUNK_BYTES
-    };
-    let body = if holds_body {
-        len.saturating_add(len / 128)
-            .saturating_add(HEADER_LEN + TRAILER_LEN + (64 << 10))
-    } else {
-        0
-    };
-    working.saturating_add(body)
+    let body = if holds_body { body_bound(len) } else { 0 };
+    working_bytes(compress).saturating_add(body)
 }
 
 /// The body of an object on its way to a writer: compressed output is
@@ -442,18 +463,16 @@ pub async fn write_object_unless<R: AsyncRead + Unpin + ?Sized>(
     discard: &(dyn Fn() -> bool + Sync),
 ) -> Result<Option<ObjectInfo>, ObjectError> {
     let mut writer = store.put(key, mode).await?;
-    let written = stream_body(key, writer.as_mut(), src, compress, None).await;
+    let written = stream_body(key, writer.as_mut(), src, compress).await;
     settle(writer, written, discard).await
 }
 
 /// Streams `src` through the compressor into `writer` (not committed).
-/// A `ticket` is told when compression is over.
 async fn stream_body<R: AsyncRead + Unpin + ?Sized>(
     key: &Key,
     writer: &mut dyn ObjectWriter,
     src: &mut R,
     compress: CompressSettings,
-    ticket: Option<&mut Ticket<'_>>,
 ) -> Result<ObjectInfo, ObjectError> {
     let stream_err = |source| ObjectError::Stream {
         key: key.clone(),
@@ -478,11 +497,7 @@ async fn stream_body<R: AsyncRead + Unpin + ?Sized>(
     }
     compressor.finish(body.out()).map_err(stream_err)?;
     drop((compressor, input));
-    let info = body.end(writer, hasher).await?;
-    if let Some(ticket) = ticket {
-        ticket.compressed(writer.held_bytes());
-    }
-    Ok(info)
+    body.end(writer, hasher).await
 }
 
 /// [`write_object`] for a whole regular file (a WAL segment), read through
@@ -520,6 +535,7 @@ pub async fn write_file_object(
         unsafe { memmap2::MmapOptions::new().len(len as usize).map(&file) }.ok()
     };
     let mut writer = store.put(key, mode).await?;
+    let working = working_bytes(compress);
     let mut ticket = match pacing {
         Some(p) => {
             let worst = worst_case_bytes(len, compress, writer.held_bytes().is_some());
@@ -529,7 +545,11 @@ pub async fn write_file_object(
     };
     let Some(map) = map else {
         let mut src = tokio::fs::File::from_std(file);
-        let written = stream_body(key, writer.as_mut(), &mut src, compress, ticket.as_mut()).await;
+        let written = stream_body(key, writer.as_mut(), &mut src, compress).await;
+        // Compression is over, whether it worked or not.
+        if let Some(ticket) = ticket.as_mut() {
+            ticket.compressed(writer.held_bytes());
+        }
         let settled = settle(writer, written, &|| false).await;
         drop(ticket);
         return settled.map(|kept| kept.expect("never discarded"));
@@ -573,6 +593,12 @@ pub async fn write_file_object(
                 released = behind;
             }
             body.flush_full(writer.as_mut()).await?;
+            // The worst case shrinks as the body takes shape: what is held
+            // plus the bound of what is left to compress.
+            if let (Some(ticket), Some(held)) = (ticket.as_mut(), writer.held_bytes()) {
+                let rest = body_bound((data.len() - end) as u64);
+                ticket.shrink_to(working.saturating_add(held).saturating_add(rest));
+            }
             // A local write returns at once: let the runtime's other
             // tasks (uploads, timers) run between steps.
             tokio::task::yield_now().await;
@@ -1006,6 +1032,28 @@ mod tests {
         }
     }
 
+    /// A put of the file at `path` (opened now) under `key`, paced by
+    /// `pacing`, in a task of its own.
+    fn spawn_paced_put<S: ObjectStore + 'static>(
+        store: std::sync::Arc<S>,
+        pacing: std::sync::Arc<Pacing>,
+        path: &std::path::Path,
+        key: Key,
+    ) -> tokio::task::JoinHandle<Result<ObjectInfo, ObjectError>> {
+        let file = std::fs::File::open(path).unwrap();
+        tokio::spawn(async move {
+            write_file_object(
+                store.as_ref(),
+                &key,
+                PutMode::Create,
+                file,
+                CompressSettings::default(),
+                Some(&pacing),
+            )
+            .await
+        })
+    }
+
     /// A file written to while it is read is refused and leaves no
     /// object: the write lands while the put waits for its CPU permit,
     /// after the file was looked at and mapped.
@@ -1019,21 +1067,7 @@ mod tests {
         let pacing = std::sync::Arc::new(Pacing::new(1, 64 << 20));
         let held = pacing.start(0).await;
         let key = Key::new("changed/segment").unwrap();
-        let put = tokio::spawn({
-            let (store, pacing, key) = (store.clone(), pacing.clone(), key.clone());
-            let file = std::fs::File::open(&path).unwrap();
-            async move {
-                write_file_object(
-                    store.as_ref(),
-                    &key,
-                    PutMode::Create,
-                    file,
-                    CompressSettings::default(),
-                    Some(&pacing),
-                )
-                .await
-            }
-        });
+        let put = spawn_paced_put(store.clone(), pacing.clone(), &path, key.clone());
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         std::fs::OpenOptions::new()
             .write(true)
@@ -1104,6 +1138,48 @@ mod tests {
             (pacing.free_compressions(), pacing.free_bytes()),
             (1, 10 << 20)
         );
+    }
+
+    /// While a put's commit waits (an fsync, an upload's request), its
+    /// compression slot is free and it keeps only what its writer holds:
+    /// another put can compress meanwhile.
+    #[tokio::test]
+    async fn a_put_waiting_on_its_commit_holds_only_its_body() {
+        let gate = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        let store =
+            std::sync::Arc::new(crate::storage::faulty::FaultyStore::new(MemoryStore::new()));
+        store.gate_commits(gate.clone());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("segment");
+        std::fs::write(&path, sample(4 << 20)).unwrap();
+        let budget = 64 << 20;
+        let pacing = std::sync::Arc::new(Pacing::new(1, budget));
+        let key = Key::new("gated/segment").unwrap();
+        let put = spawn_paced_put(store.clone(), pacing.clone(), &path, key);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while pacing.free_compressions() == 0 || pacing.free_bytes() < budget / 2 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "compression never ended"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(!put.is_finished(), "the commit waits for the gate");
+        assert_eq!(pacing.free_compressions(), 1);
+        let held = budget - pacing.free_bytes();
+        assert!(
+            held > 0 && held < 1 << 20,
+            "holds its compressed body only: {held}"
+        );
+        gate.add_permits(1);
+        let info = put.await.unwrap().unwrap();
+        assert!(
+            held as u64 >= info.stored_size,
+            "{held} < {}",
+            info.stored_size
+        );
+        assert_eq!(pacing.free_bytes(), budget);
     }
 
     /// Many puts at once through a writer that holds its body, with room

@@ -28,6 +28,8 @@ pub struct FaultyStore<S> {
     inner: S,
     /// Remaining failures per operation: (count, transient).
     faults: Arc<Mutex<HashMap<Op, (u32, bool)>>>,
+    /// When set, each commit first waits for (and uses up) one permit.
+    commit_gate: Arc<Mutex<Option<Arc<tokio::sync::Semaphore>>>>,
 }
 
 impl<S: ObjectStore + Clone + 'static> FaultyStore<S> {
@@ -35,7 +37,14 @@ impl<S: ObjectStore + Clone + 'static> FaultyStore<S> {
         FaultyStore {
             inner,
             faults: Arc::default(),
+            commit_gate: Arc::default(),
         }
+    }
+
+    /// Makes every later commit wait for a permit of `gate` (a put whose
+    /// commit is slow: an fsync, an upload's last request).
+    pub fn gate_commits(&self, gate: Arc<tokio::sync::Semaphore>) {
+        *self.commit_gate.lock().unwrap_or_else(|e| e.into_inner()) = Some(gate);
     }
 
     /// Makes the next `count` calls of `op` fail with a remote error that is
@@ -92,10 +101,7 @@ impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
         self.check(Op::Put, key.as_str())?;
         let inner = self.inner.put(key, mode).await?;
         Ok(Box::new(FaultyWriter {
-            store: FaultyStore {
-                inner: self.inner.clone(),
-                faults: self.faults.clone(),
-            },
+            store: self.clone(),
             key: key.clone(),
             inner,
         }))
@@ -167,6 +173,17 @@ impl<S: ObjectStore + Clone + 'static> ObjectWriter for FaultyWriter<S> {
     }
 
     async fn commit(self: Box<Self>) -> Result<()> {
+        let gate = self
+            .store
+            .commit_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        if let Some(gate) = gate {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
         if let Err(e) = self.store.check(Op::Commit, self.key.as_str()) {
             self.inner.abort().await;
             return Err(e);

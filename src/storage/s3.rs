@@ -5,8 +5,8 @@
 //!   PutObject; a larger one as a multipart upload with a bounded number of
 //!   parts in flight, so memory stays at about
 //!   `max(single_put_max, (parts_in_flight + 1) * part_size)` whatever the
-//!   object's size. One request instead of four or five (create, parts, a
-//!   HEAD for create-only, complete) matters for WAL: s3s-fs, for one,
+//!   object's size. One request instead of up to six (create, parts, a HEAD
+//!   for create-only, complete) matters for WAL: s3s-fs, for one,
 //!   copies the parts into the object again at completion.
 //!   An object becomes visible only when PutObject or
 //!   CompleteMultipartUpload succeeds: S3 never shows a partial object.
@@ -79,9 +79,21 @@ impl S3Settings {
     pub const DEFAULT_PART_SIZE: usize = 8 << 20;
     pub const DEFAULT_SINGLE_PUT_MAX: usize = 32 << 20;
     pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
-    /// One attempt may take this many request timeouts (an 8 MiB part at
-    /// 30 KiB/s): a backstop, since stalls are caught sooner.
+    /// One attempt may take this many request timeouts for each 8 MiB of
+    /// the largest request, a part or a single PUT (8 MiB at 30 KiB/s): a
+    /// backstop, since stalls are caught sooner.
     pub const ATTEMPT_TIMEOUT_FACTOR: u32 = 15;
+
+    /// The backstop timeout of one attempt (see
+    /// [`S3Settings::ATTEMPT_TIMEOUT_FACTOR`]): 20 minutes by default,
+    /// for a single PUT of 32 MiB.
+    pub fn attempt_timeout(&self) -> Duration {
+        let largest = self.part_size_bytes.max(self.single_put_max_bytes);
+        let eights = u32::try_from(largest.div_ceil(8 << 20))
+            .unwrap_or(u32::MAX)
+            .max(1);
+        self.request_timeout * Self::ATTEMPT_TIMEOUT_FACTOR.saturating_mul(eights)
+    }
     pub const OPERATION_TIMEOUT_FACTOR: u32 = 2;
 
     /// Parses `s3://bucket/prefix`.
@@ -251,9 +263,10 @@ impl S3Store {
         // Stalls are caught by the read timeout (no answer) and by
         // stalled-stream protection (a body that stops moving, up or
         // down), each after `request_timeout`. The attempt and operation
-        // timeouts are backstops sized for a whole part on a slow link, so
-        // they never cut a slow but moving upload.
-        let attempt = settings.request_timeout * S3Settings::ATTEMPT_TIMEOUT_FACTOR;
+        // timeouts are backstops sized for the largest request (a part or
+        // a single PUT) on a slow link, so they never cut a slow but
+        // moving upload.
+        let attempt = settings.attempt_timeout();
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(settings.connect_timeout)
             .read_timeout(settings.request_timeout)
@@ -1229,4 +1242,21 @@ pub fn plan_iam_policy(s: &S3Settings) -> String {
         "{{\n  \"Version\": \"2012-10-17\",\n  \"Statement\": [\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:ListBucket\"],\n      \"Resource\": \"arn:aws:s3:::{bucket}\"{list_condition}\n    }},\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:ListBucketMultipartUploads\"],\n      \"Resource\": \"arn:aws:s3:::{bucket}\"\n    }},\n    {{\n      \"Effect\": \"Allow\",\n      \"Action\": [\"s3:GetObject\", \"s3:PutObject\", \"s3:DeleteObject\", \"s3:AbortMultipartUpload\", \"s3:ListMultipartUploadParts\"],\n      \"Resource\": \"{objects}\"\n    }}\n  ]\n}}",
         bucket = s.bucket
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The attempt backstop grows with the largest request, so a slow
+    /// but moving single PUT is never cut sooner than a part was.
+    #[test]
+    fn the_attempt_backstop_covers_the_largest_request() {
+        let mut s = S3Settings::from_url("s3://b/p").unwrap();
+        assert_eq!(s.attempt_timeout(), Duration::from_secs(20 * 15 * 4));
+        s.single_put_max_bytes = 5 << 20;
+        assert_eq!(s.attempt_timeout(), Duration::from_secs(20 * 15));
+        s.part_size_bytes = 20 << 20;
+        assert_eq!(s.attempt_timeout(), Duration::from_secs(20 * 15 * 3));
+    }
 }

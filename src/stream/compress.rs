@@ -84,6 +84,15 @@ impl Compressor {
     }
 }
 
+/// The most memory compressing at `level` takes beyond its input and
+/// output: zstd's own estimate for a streaming context, which includes
+/// its window buffer. The in-place compressor keeps no window buffer, but
+/// as many of the input's mapped pages stay resident instead.
+pub fn context_bytes(level: i32) -> usize {
+    // SAFETY: a pure function of the level.
+    unsafe { zstd_sys::ZSTD_estimateCStreamSize(level) }
+}
+
 /// zstd's window at `level` for inputs over 256 KiB (its table of default
 /// parameters, zstd 1.5: 2 MiB at level 3).
 pub fn window_bytes_at(level: i32) -> usize {

@@ -20,8 +20,8 @@ pub fn store_for(server: &S3Server, url: &str) -> S3Store {
 }
 
 /// With the default settings the suite's large objects (up to 19 MiB) go
-/// up in one PUT (the next test); here every object over a part goes up
-/// as a multipart upload.
+/// up in one PUT (`s3_store_without_prefix_conforms`); here every object
+/// over a part goes up as a multipart upload.
 #[tokio::test]
 async fn s3_store_conforms() {
     let dir = TestDir::new("s3-conformance");
@@ -142,9 +142,23 @@ async fn a_failed_multipart_upload_is_aborted() {
     assert_eq!(&store.get_bytes(&key).await.unwrap()[..], b"first");
 }
 
+/// Multipart uploads s3s-fs holds open (it records each when it is
+/// created, and forgets it at completion or abort).
+fn open_uploads(server: &S3Server) -> usize {
+    std::fs::read_dir(&server.root)
+        .unwrap()
+        .flatten()
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with(".upload-") && name.ends_with(".json")
+        })
+        .count()
+}
+
 /// An object of up to the single-put size is sent with one PutObject at
 /// commit: no multipart upload is started however it is written. One
-/// byte more and its first part goes up before the commit.
+/// byte more and the upload is created (the write that crosses the size
+/// waits for it) and its first part goes up before the commit.
 #[tokio::test]
 async fn objects_up_to_the_single_put_size_are_one_put() {
     use walvault::storage::{Key, PutMode};
@@ -163,10 +177,10 @@ async fn objects_up_to_the_single_put_size_are_one_put() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    assert_eq!(open_upload_parts(&server), 0, "no part was sent");
+    assert_eq!(open_uploads(&server), 0, "no multipart upload was created");
     writer.commit().await.unwrap();
     assert!(store.get_bytes(&key).await.unwrap() == data);
+    assert_eq!(open_upload_parts(&server), 0);
 
     let key = Key::new("parts").unwrap();
     let mut writer = store.put(&key, PutMode::Create).await.unwrap();
@@ -177,14 +191,22 @@ async fn objects_up_to_the_single_put_size_are_one_put() {
             .unwrap();
     }
     writer.write(bytes::Bytes::from_static(b"!")).await.unwrap();
+    assert_eq!(
+        open_uploads(&server),
+        1,
+        "one byte more: a multipart upload"
+    );
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     while open_upload_parts(&server) == 0 && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    assert!(open_upload_parts(&server) > 0, "one byte more: parts go up");
+    assert!(
+        open_upload_parts(&server) > 0,
+        "its parts go up before the commit"
+    );
     writer.commit().await.unwrap();
     let mut longer = data.clone();
     longer.push(b'!');
     assert!(store.get_bytes(&key).await.unwrap() == longer);
-    assert_eq!(open_upload_parts(&server), 0, "the upload was completed");
+    assert_eq!(open_uploads(&server), 0, "the upload was completed");
 }
