@@ -12,6 +12,10 @@
 //! passphrase) to show what encryption costs. Every configuration
 //! runs once per round, taking turns, so a disturbance on this shared
 //! machine spreads over all of them; the tables give the median round.
+//! The asynchronous rows' background processes (walvault's worker,
+//! pgBackRest's async and local processes) are sampled for memory in one
+//! more round after the timed ones, untimed: reading `/proc` while the
+//! calls run takes CPU from them.
 //!
 //! The WAL comes from a throwaway PostgreSQL 15 cluster running pgbench
 //! (archive_command = cp into a directory); without PostgreSQL it falls back
