@@ -1095,6 +1095,29 @@ mod tests {
     /// A put waits for its worst case of memory, then for a slot; after
     /// compression it keeps only what its writer holds, and a worst case
     /// over the whole budget takes all of it.
+    /// What README says a put reserves: about 7 MiB at level 3, the whole
+    /// budget with zstd's threads, and the body's bound on top when the
+    /// writer keeps it.
+    #[test]
+    fn worst_cases_are_what_readme_says() {
+        let level3 = CompressSettings::default();
+        let working = working_bytes(level3);
+        assert!((6 << 20..8 << 20).contains(&working), "{working}");
+        let threads = CompressSettings {
+            level: 3,
+            workers: 2,
+        };
+        assert_eq!(worst_case_bytes(16 << 20, threads, false), usize::MAX);
+        let s3 = worst_case_bytes(16 << 20, level3, true);
+        assert!((s3 - working) > 16 << 20 && s3 - working < 17 << 20, "{s3}");
+        assert!(
+            working_bytes(CompressSettings {
+                level: 19,
+                workers: 0
+            }) > 32 << 20
+        );
+    }
+
     #[tokio::test]
     async fn pacing_bounds_memory_and_compressions() {
         use std::time::Duration;
