@@ -110,32 +110,6 @@ impl Prefetch {
         served
     }
 
-    /// Waits, while the worker runs and has `name` in flight (its
-    /// temporary file exists), for it to land in the spool, at most
-    /// `limit`. Returns whether it is there: then [`Prefetch::serve`]
-    /// serves it, and the call does not fetch the same file a second time
-    /// beside the worker.
-    pub async fn wait_in_flight(&self, name: &str, limit: Duration) -> bool {
-        if !is_segment_name(name) {
-            return false;
-        }
-        let (done, tmp) = (
-            self.dir.join(name),
-            self.dir.join(format!(".{name}.prefetch")),
-        );
-        let deadline = Instant::now() + limit;
-        loop {
-            if done.exists() {
-                return true;
-            }
-            if !tmp.exists() || !self.worker_running() || Instant::now() >= deadline {
-                // Renamed between the two looks, or not coming.
-                return done.exists();
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-    }
-
     /// Tells the worker where to go on from.
     pub fn want(&self, want: &Want) -> io::Result<()> {
         let tmp = self.dir.join(format!(".want.{}.tmp", std::process::id()));
@@ -295,13 +269,11 @@ async fn prefetch_loop(
                 Ok(FetchOutcome::Restored(_)) => {
                     // Recovery may have moved past it, or to another
                     // timeline, meanwhile.
-                    // The file asked for now is kept too: its call may be
-                    // waiting for it (`wait_in_flight`).
                     let still_wanted = spool
                         .read_want()
                         .as_ref()
                         .and_then(position)
-                        .is_some_and(|(t, s)| t == timeline && segment >= s);
+                        .is_some_and(|(t, s)| t == timeline && segment > s);
                     if still_wanted && fs::rename(&tmp, spool.dir().join(&name)).is_ok() {
                         fetched_any = true;
                     } else {
@@ -328,53 +300,6 @@ async fn prefetch_loop(
 mod tests {
     use super::*;
     use crate::wal::{TimelineId, WalSegmentSize};
-
-    /// A call for a file the worker has in flight waits for it; with no
-    /// worker, or once the temporary file is gone without a result, it
-    /// does not wait.
-    #[tokio::test]
-    async fn a_file_in_flight_is_waited_for_not_fetched_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let spool = Prefetch::open(&dir.path().join(SPOOL_DIR), "local \"/r\"").unwrap();
-        let name = WalFileName::segment_file_name(
-            crate::wal::TimelineId(1),
-            SegmentNo(7),
-            crate::wal::WalSegmentSize::DEFAULT,
-        );
-        let tmp = spool.dir().join(format!(".{name}.prefetch"));
-        fs::write(&tmp, "partial").unwrap();
-        // No worker holds the lock: nothing is coming.
-        let t = Instant::now();
-        assert!(!spool.wait_in_flight(&name, Duration::from_secs(5)).await);
-        assert!(t.elapsed() < Duration::from_secs(1));
-        // A worker holds the lock and lands the file a moment later.
-        let lock = spool.lock_worker().unwrap().expect("free");
-        let (from, to) = (tmp.clone(), spool.dir().join(&name));
-        let lander = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(150));
-            fs::write(&from, "whole").unwrap();
-            fs::rename(&from, &to).unwrap();
-        });
-        assert!(spool.wait_in_flight(&name, Duration::from_secs(5)).await);
-        lander.join().unwrap();
-        let dest = dir.path().join("RECOVERYXLOG");
-        assert!(spool.serve(&name, &dest));
-        assert_eq!(fs::read_to_string(&dest).unwrap(), "whole");
-        // In flight, but dropped by the worker: the call stops waiting.
-        fs::write(&tmp, "partial").unwrap();
-        let remover = {
-            let tmp = tmp.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(100));
-                fs::remove_file(&tmp).unwrap();
-            })
-        };
-        let t = Instant::now();
-        assert!(!spool.wait_in_flight(&name, Duration::from_secs(5)).await);
-        assert!(t.elapsed() < Duration::from_secs(2));
-        remover.join().unwrap();
-        drop(lock);
-    }
 
     #[test]
     fn serving_renames_and_drops_what_no_longer_matches() {

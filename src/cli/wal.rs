@@ -272,10 +272,6 @@ async fn run_async_worker(
 /// The hidden flag that makes walvault-fetch the prefetch worker.
 pub const PREFETCH_WORKER_FLAG: &str = "--internal-prefetch-worker";
 
-/// How long a call waits for a file the prefetch worker has in flight
-/// before it fetches the file itself.
-const IN_FLIGHT_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
-
 /// How long a prefetch worker waits for recovery to ask for more.
 const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
@@ -384,11 +380,7 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         // The worker learns of the new position first, so a file it has in
         // flight for an old one is dropped rather than stored.
         keep_prefetching(p, &args.name);
-        // A file the worker is fetching right now is waited for rather
-        // than fetched a second time beside it.
-        if p.serve(&args.name, &dest)
-            || (p.wait_in_flight(&args.name, IN_FLIGHT_WAIT).await && p.serve(&args.name, &dest))
-        {
+        if p.serve(&args.name, &dest) {
             tracing::info!(wal = %args.name, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
             return Exit::Ok;
         }
