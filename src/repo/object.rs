@@ -1216,7 +1216,6 @@ mod tests {
         let settings = CompressSettings::default();
         let budget = worst_case_bytes(len as u64, settings, true) * 3 / 2;
         let pacing = std::sync::Arc::new(Pacing::new(4, budget));
-        let mut puts = tokio::task::JoinSet::new();
         // Half of them do not compress: their bodies are the largest a
         // put can hold.
         let mut x = 0x9E37_79B9_7F4A_7C15u64;
@@ -1228,39 +1227,25 @@ mod tests {
                 x as u8
             })
             .collect();
+        let mut puts = Vec::new();
         for i in 0..8 {
             let path = dir.path().join(format!("f{i}"));
-            std::fs::write(
-                &path,
-                if i % 2 == 0 {
-                    sample(len)
-                } else {
-                    noise.clone()
-                },
-            )
-            .unwrap();
-            let (store, pacing) = (store.clone(), pacing.clone());
-            puts.spawn(async move {
-                let key = Key::new(format!("paced/{i}")).unwrap();
-                let info = write_file_object(
-                    store.as_ref(),
-                    &key,
-                    PutMode::Create,
-                    std::fs::File::open(&path).unwrap(),
-                    settings,
-                    Some(&pacing),
-                )
-                .await
-                .unwrap();
-                (key, info)
-            });
+            let data = if i % 2 == 0 {
+                sample(len)
+            } else {
+                noise.clone()
+            };
+            std::fs::write(&path, data).unwrap();
+            let key = Key::new(format!("paced/{i}")).unwrap();
+            let put = spawn_paced_put(store.clone(), pacing.clone(), &path, key.clone());
+            puts.push((key, put));
         }
         let done = tokio::time::timeout(std::time::Duration::from_secs(60), async {
-            let mut keys = Vec::new();
-            while let Some(key) = puts.join_next().await {
-                keys.push(key.unwrap());
+            let mut done = Vec::new();
+            for (key, put) in puts {
+                done.push((key, put.await.unwrap().unwrap()));
             }
-            keys
+            done
         })
         .await
         .expect("every put finished");

@@ -13,6 +13,9 @@
 //! - Create-only puts send `If-None-Match: *`. Where a server answers that it
 //!   does not implement conditional writes (501), the backend falls back to a
 //!   HEAD before the write, which is not atomic against a concurrent writer.
+//!   A server that refuses a create-only PUT before reading its body may
+//!   close the connection under it: a PUT that gets no answer is reported
+//!   as `AlreadyExists` when a HEAD then finds the key taken.
 //! - Throttling, 5xx, timeouts and connection failures are retried with
 //!   exponential backoff by the SDK's standard retry strategy. Every
 //!   request has a connect timeout, a read timeout and stalled-stream
@@ -1067,6 +1070,20 @@ impl S3Writer {
                     .await
                     .map(|_| ())
                     .map_err(|e| map_err("put", &self.key, e))
+            }
+            // A server may refuse a create-only PUT as soon as it has read
+            // the headers and close the connection while the body is still
+            // being sent (s3s-fs does): the client sees a broken pipe, not
+            // the 412. If the key now holds an object, that is what the
+            // failure was; the caller compares what is stored (a push) or
+            // fails (a backup). Nothing was overwritten either way.
+            Err(e) if create && e.raw_response().is_none() => {
+                if self.exists().await? {
+                    return Err(StorageError::AlreadyExists {
+                        key: self.key.clone(),
+                    });
+                }
+                Err(map_err("put", &self.key, e))
             }
             Err(e) => Err(map_err("put", &self.key, e)),
         }

@@ -155,6 +155,16 @@ fn open_uploads(server: &S3Server) -> usize {
         .count()
 }
 
+/// Writes `data` to `writer` in chunks of 1 MiB.
+async fn write_in_chunks(writer: &mut dyn walvault::storage::ObjectWriter, data: &[u8]) {
+    for chunk in data.chunks(1 << 20) {
+        writer
+            .write(bytes::Bytes::copy_from_slice(chunk))
+            .await
+            .unwrap();
+    }
+}
+
 /// An object of up to the single-put size is sent with one PutObject at
 /// commit: no multipart upload is started however it is written. One
 /// byte more and the upload is created (the write that crosses the size
@@ -171,12 +181,7 @@ async fn objects_up_to_the_single_put_size_are_one_put() {
     let data: Vec<u8> = (0..(12u32 << 20)).map(|i| (i % 251) as u8).collect();
     let key = Key::new("whole").unwrap();
     let mut writer = store.put(&key, PutMode::Create).await.unwrap();
-    for chunk in data.chunks(1 << 20) {
-        writer
-            .write(bytes::Bytes::copy_from_slice(chunk))
-            .await
-            .unwrap();
-    }
+    write_in_chunks(writer.as_mut(), &data).await;
     assert_eq!(open_uploads(&server), 0, "no multipart upload was created");
     writer.commit().await.unwrap();
     assert!(store.get_bytes(&key).await.unwrap() == data);
@@ -184,12 +189,7 @@ async fn objects_up_to_the_single_put_size_are_one_put() {
 
     let key = Key::new("parts").unwrap();
     let mut writer = store.put(&key, PutMode::Create).await.unwrap();
-    for chunk in data.chunks(1 << 20) {
-        writer
-            .write(bytes::Bytes::copy_from_slice(chunk))
-            .await
-            .unwrap();
-    }
+    write_in_chunks(writer.as_mut(), &data).await;
     writer.write(bytes::Bytes::from_static(b"!")).await.unwrap();
     assert_eq!(
         open_uploads(&server),
