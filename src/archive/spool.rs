@@ -452,6 +452,17 @@ mod tests {
         assert_eq!([1, 2, 3, 4, 64].map(in_flight_limit), [2, 3, 5, 6, 96]);
     }
 
+    /// README: on S3 the default budget lets two 16 MiB segments start
+    /// compressing at once (a third waits), about 24 MiB each.
+    #[test]
+    fn the_default_budget_starts_two_segments_on_s3() {
+        use crate::repo::object::{worst_case_bytes, CompressSettings};
+        let each = worst_case_bytes(16 << 20, CompressSettings::default(), true);
+        assert!(each < 24 << 20, "{each}");
+        assert!(2 * each <= WORKER_MEMORY_BUDGET);
+        assert!(3 * each > WORKER_MEMORY_BUDGET);
+    }
+
     #[test]
     fn records_are_for_one_file_and_errors_are_taken_once() {
         let dir = tempfile::tempdir().unwrap();
