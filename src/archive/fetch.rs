@@ -319,22 +319,19 @@ impl Drop for RemoveOnDrop {
     }
 }
 
+/// Repositories for the tests of push, fetch and prefetch.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use std::sync::Arc;
 
-    use super::*;
     use crate::repo::object::write_object;
-    use crate::repo::CompressSettings;
-    use crate::storage::faulty::{FaultyStore, Op};
-    use crate::storage::memory::MemoryStore;
-    use crate::storage::PutMode;
+    use crate::repo::{layout, CompressSettings, Repository};
+    use crate::storage::{ObjectStore, PutMode};
 
-    const NAME: &str = "000000010000000000000007";
-
-    async fn repo_with_segment() -> (FaultyStore<MemoryStore>, Repository, Vec<u8>) {
-        let store = FaultyStore::new(MemoryStore::new());
-        let repo = Repository::new(Arc::new(store.clone()), CompressSettings::default());
+    /// A repository over `store`, initialized for a cluster with 16 MiB
+    /// segments.
+    pub(crate) async fn initialized(store: Arc<dyn ObjectStore>) -> Repository {
+        let repo = Repository::new(store, CompressSettings::default());
         repo.init(
             &crate::repo::ClusterIdentity {
                 system_identifier: 7,
@@ -346,9 +343,13 @@ mod tests {
         )
         .await
         .unwrap();
-        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
-        let key = layout::wal_key(&layout::parse_any_size(NAME).unwrap());
-        let mut src: &[u8] = &data;
+        repo
+    }
+
+    /// Stores `body` as WAL file `name`.
+    pub(crate) async fn store_wal(repo: &Repository, name: &str, body: &[u8]) {
+        let key = layout::wal_key(&layout::parse_any_size(name).unwrap());
+        let mut src: &[u8] = body;
         write_object(
             repo.store(),
             &key,
@@ -358,6 +359,25 @@ mod tests {
         )
         .await
         .unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::CompressSettings;
+    use crate::storage::faulty::{FaultyStore, Op};
+    use crate::storage::memory::MemoryStore;
+
+    const NAME: &str = "000000010000000000000007";
+
+    async fn repo_with_segment() -> (FaultyStore<MemoryStore>, Repository, Vec<u8>) {
+        let store = FaultyStore::new(MemoryStore::new());
+        let repo = testing::initialized(Arc::new(store.clone())).await;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        testing::store_wal(&repo, NAME, &data).await;
         (store, repo, data)
     }
 

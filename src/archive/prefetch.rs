@@ -14,6 +14,13 @@
 //!   and `.backup` files are never prefetched or served from the spool.
 //! - Bounded: at most `restore_prefetch` files and `restore_prefetch_bytes`
 //!   bytes in the spool, [`PREFETCH_JOBS`] fetched at once.
+//! - One GET per file: while the worker fetches a file it holds an
+//!   exclusive `flock` on `.{name}.inflight`. A call whose file is not in
+//!   the spool but in flight says so (`.{name}.waiting`) and waits for the
+//!   lock to go, up to a limit, instead of fetching the file a second time
+//!   beside the worker. The worker keeps a file that recovery has reached
+//!   only while a call waits for it. The kernel drops the lock of a killed
+//!   worker, so a marker left behind never makes a call wait.
 //! - A miss, an outage or a corrupt object is not the worker's to report:
 //!   the call that needs the file fetches it itself, with the exit codes
 //!   and standby rules of fetch.
@@ -86,6 +93,78 @@ impl Prefetch {
         &self.dir
     }
 
+    fn in_flight_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!(".{name}.inflight"))
+    }
+
+    fn waiting_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!(".{name}.waiting"))
+    }
+
+    /// For the worker: marks `name` as being fetched until the returned
+    /// guard is dropped. The marker is locked before it gets its name, so
+    /// whoever sees the name sees it locked.
+    fn mark_in_flight(&self, name: &str) -> io::Result<InFlight> {
+        let tmp = self
+            .dir
+            .join(format!(".{name}.inflight.{}.tmp", std::process::id()));
+        let file = fs::File::create(&tmp)?;
+        crate::storage::local::lock_exclusive(&file)?;
+        let path = self.in_flight_path(name);
+        fs::rename(&tmp, &path)?;
+        Ok(InFlight { path, _file: file })
+    }
+
+    /// Whether a live worker is fetching `name` now.
+    fn in_flight(&self, name: &str) -> bool {
+        let Ok(file) = fs::File::open(self.in_flight_path(name)) else {
+            return false;
+        };
+        matches!(
+            crate::storage::local::lock_exclusive(&file),
+            Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK)
+        )
+        // A lock taken here is dropped with `file`.
+    }
+
+    /// Markers a killed worker left (the worker calls this once it holds
+    /// the worker lock, so no live worker owns them).
+    fn remove_stale_markers(&self) {
+        for entry in fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') && (name.ends_with(".inflight") || name.contains(".inflight."))
+            {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+
+    /// Starts a call for `name`: for a segment, says that a call waits for
+    /// it and then moves the worker on to it. In that order: the worker
+    /// decides whether to keep a file while its marker is locked, and a
+    /// file recovery has reached is kept only for a waiting call, so a
+    /// file in flight is either kept for this call or this call sees its
+    /// marker gone and fetches the file itself.
+    pub fn call(&self, name: &str) -> io::Result<Call<'_>> {
+        if !is_segment_name(name) {
+            return Ok(Call {
+                spool: self,
+                name: name.to_string(),
+                _waiting: None,
+            });
+        }
+        let waiting = self.waiting_path(name);
+        fs::write(&waiting, b"")?;
+        let waiting = RemoveOnDrop(waiting);
+        self.want(&Want {
+            name: name.to_string(),
+        })?;
+        Ok(Call {
+            spool: self,
+            name: name.to_string(),
+            _waiting: Some(waiting),
+        })
+    }
     /// For a call asking for `name`: drops whatever no longer matches (other
     /// timelines, earlier segments) and serves `name` into `dest` by a
     /// rename if it is there. Returns whether it served it.
@@ -150,6 +229,58 @@ impl Prefetch {
     }
 }
 
+/// A file the worker is fetching: its locked marker, removed and then
+/// unlocked when dropped (after the keep-or-discard decision).
+struct InFlight {
+    path: PathBuf,
+    _file: fs::File,
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.path);
+    }
+}
+
+/// A call for one file, from [`Prefetch::call`].
+pub struct Call<'a> {
+    spool: &'a Prefetch,
+    name: String,
+    _waiting: Option<RemoveOnDrop>,
+}
+
+impl Call<'_> {
+    /// Serves the file from the spool; when it is not there but the worker
+    /// is fetching it, waits up to `limit` for the worker to finish and
+    /// serves it then. False when the caller must fetch it itself.
+    pub async fn serve_or_wait(self, dest: &Path, limit: Duration) -> bool {
+        let (spool, name) = (self.spool, self.name.as_str());
+        if spool.serve(name, dest) {
+            return true;
+        }
+        if self._waiting.is_none() || limit.is_zero() {
+            return false;
+        }
+        let deadline = Instant::now() + limit;
+        while spool.in_flight(name) {
+            if Instant::now() >= deadline {
+                tracing::warn!(wal = name, "the prefetch worker is still fetching this file after {limit:?}; fetching it here");
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        spool.serve(name, dest)
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.0);
+    }
+}
+
 /// Whether the cluster is still in recovery (a signal file is there).
 fn in_recovery(data_dir: &Path) -> bool {
     data_dir.join("recovery.signal").exists() || data_dir.join("standby.signal").exists()
@@ -170,6 +301,7 @@ pub async fn run_worker(
     let Some(lock) = super::take_worker_lock(&spool.dir().join("worker.lock")).await? else {
         return Ok(());
     };
+    spool.remove_stale_markers();
     let result = prefetch_loop(&repos, &spool, &data_dir, count.min(1024), max_bytes, idle).await;
     // Emptied and removed while the lock is held, so no new worker works
     // in a spool being removed.
@@ -209,6 +341,13 @@ async fn prefetch_loop(
     };
     let mut last_want = None;
     let mut last_change = Instant::now();
+    // Fetches under way, by name; each task returns its file's outcome.
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut in_flight: Vec<String> = Vec::new();
+    // After a miss (the end of the archive for now) or a failure, nothing
+    // new starts until then; the call that needs the file fetches it
+    // itself, with fetch's exit codes and retries.
+    let mut pause_until = Instant::now();
     loop {
         if !in_recovery(data_dir) || last_change.elapsed() >= idle {
             return Ok(());
@@ -218,81 +357,80 @@ async fn prefetch_loop(
             last_want.clone_from(&want);
             last_change = Instant::now();
         }
-        let Some((timeline, asked)) = want.as_ref().and_then(position) else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
-        };
-        // The files after the one asked for that the spool lacks, as many
-        // as the byte bound leaves room for.
-        let (held, bytes) = spool.held();
-        let mut room = max_bytes.saturating_sub(bytes) / size.bytes();
-        let mut wanted = Vec::new();
-        for i in 1..=count {
-            let segment = SegmentNo(asked.0 + i);
-            let name = WalFileName::segment_file_name(timeline, segment, size);
-            if held.contains(&name) {
-                continue;
-            }
-            if room == 0 {
-                break;
-            }
-            room -= 1;
-            wanted.push((segment, name));
-        }
-        // Fetched PREFETCH_JOBS at a time (on S3 each is mostly waiting),
-        // each into its temporary name, renamed when whole and verified.
-        let mut queue = wanted.into_iter();
-        let mut tasks = tokio::task::JoinSet::new();
-        let mut fetched_any = false;
-        let mut stop = false;
-        loop {
-            while !stop && tasks.len() < PREFETCH_JOBS {
-                let Some((segment, name)) = queue.next() else {
+        let asked = want.as_ref().and_then(position);
+        // Start the files after the one asked for that the spool lacks, as
+        // many as the jobs, the count and the byte bound leave room for.
+        if let Some((timeline, asked)) = asked.filter(|_| Instant::now() >= pause_until) {
+            let (held, bytes) = spool.held();
+            let taken = bytes + in_flight.len() as u64 * size.bytes();
+            let mut room = max_bytes.saturating_sub(taken) / size.bytes();
+            for i in 1..=count {
+                if tasks.len() >= PREFETCH_JOBS || room == 0 {
                     break;
-                };
+                }
+                let segment = SegmentNo(asked.0 + i);
+                let name = WalFileName::segment_file_name(timeline, segment, size);
+                if held.contains(&name) || in_flight.contains(&name) {
+                    continue;
+                }
+                room -= 1;
                 let repos = repos.clone();
                 let tmp = spool.dir().join(format!(".{name}.prefetch"));
+                // Without a marker calls cannot wait for the file: slower,
+                // never wrong.
+                let marker = spool.mark_in_flight(&name).ok();
+                in_flight.push(name.clone());
                 tasks.spawn(async move {
                     // No waiting retries: the call that needs the file retries.
                     let opts = FetchOptions {
                         retry_for: Duration::ZERO,
                     };
                     let outcome = fetch_any(&repos, &name, &tmp, opts).await;
-                    (segment, name, tmp, outcome)
+                    (timeline, segment, name, tmp, outcome, marker)
                 });
             }
-            let Some(joined) = tasks.join_next().await else {
-                break;
-            };
-            let (segment, name, tmp, outcome) = joined.map_err(io::Error::other)?;
-            match outcome {
-                Ok(FetchOutcome::Restored(_)) => {
-                    // Recovery may have moved past it, or to another
-                    // timeline, meanwhile.
-                    let still_wanted = spool
+        }
+        // Wait for a fetch to end, or look at the position again soon:
+        // recovery takes files from the spool, which makes room.
+        let joined = match tokio::time::timeout(Duration::from_millis(20), tasks.join_next()).await
+        {
+            Ok(Some(joined)) => joined,
+            Ok(None) | Err(_) => {
+                if tasks.is_empty() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                continue;
+            }
+        };
+        let (timeline, segment, name, tmp, outcome, marker) = joined.map_err(io::Error::other)?;
+        in_flight.retain(|n| *n != name);
+        match outcome {
+            Ok(FetchOutcome::Restored(_)) => {
+                // Recovery may have moved past it, or to another timeline,
+                // meanwhile; a file recovery has reached is kept only for a
+                // call that waits for it.
+                let still_wanted =
+                    spool
                         .read_want()
                         .as_ref()
                         .and_then(position)
-                        .is_some_and(|(t, s)| t == timeline && segment > s);
-                    if still_wanted && fs::rename(&tmp, spool.dir().join(&name)).is_ok() {
-                        fetched_any = true;
-                    } else {
-                        let _ = fs::remove_file(&tmp);
-                        stop = true;
-                    }
-                }
-                // The end of the archive for now, or a failure: no more
-                // started (those under way finish).
-                Ok(FetchOutcome::NotFound) | Err(_) => {
+                        .is_some_and(|(t, s)| {
+                            t == timeline
+                                && (segment > s
+                                    || (segment == s && spool.waiting_path(&name).exists()))
+                        });
+                if !(still_wanted && fs::rename(&tmp, spool.dir().join(&name)).is_ok()) {
                     let _ = fs::remove_file(&tmp);
-                    stop = true;
                 }
             }
+            Ok(FetchOutcome::NotFound) | Err(_) => {
+                let _ = fs::remove_file(&tmp);
+                pause_until = Instant::now() + Duration::from_millis(200);
+            }
         }
-        if !fetched_any {
-            // Nothing new: the archive's end, or the spool is full.
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // Unlocked only now: a call waiting for the file finds it served
+        // or knows to fetch it itself.
+        drop(marker);
     }
 }
 
@@ -326,5 +464,176 @@ mod tests {
         fs::write(spool.dir().join(name(2, 7)), "x").unwrap();
         let other = Prefetch::open(spool.dir(), "local \"/elsewhere\"").unwrap();
         assert!(other.held().0.is_empty());
+    }
+}
+
+#[cfg(test)]
+mod flight_tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::repo::layout;
+    use crate::storage::faulty::FaultyStore;
+    use crate::storage::memory::MemoryStore;
+    use crate::wal::{TimelineId, WalSegmentSize};
+
+    fn name(s: u64) -> String {
+        WalFileName::segment_file_name(TimelineId(1), SegmentNo(s), WalSegmentSize::DEFAULT)
+    }
+
+    fn body(s: u64) -> Vec<u8> {
+        format!("segment {s} ").repeat(20_000).into_bytes()
+    }
+
+    async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// The real worker loop against a store whose reads can be held: a
+    /// call whose file the worker is fetching waits for it instead of
+    /// reading it again, and every file is read from the repository once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_in_flight_is_waited_for_and_read_once() {
+        let store = FaultyStore::new(MemoryStore::new());
+        let repo = super::super::fetch::testing::initialized(Arc::new(store.clone())).await;
+        for s in 1..=6 {
+            super::super::fetch::testing::store_wal(&repo, &name(s), &body(s)).await;
+        }
+        let gets = |s: u64| {
+            let key = layout::wal_key(&layout::parse_any_size(&name(s)).unwrap());
+            store.gets_of(key.as_str())
+        };
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        store.gate_gets(layout::WAL_PREFIX, gate.clone());
+
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let pg_wal = data_dir.join("pg_wal");
+        fs::create_dir_all(&pg_wal).unwrap();
+        fs::write(data_dir.join("recovery.signal"), "").unwrap();
+        let spool_dir = pg_wal.join(SPOOL_DIR);
+        let repos = super::super::Repos::single(repo);
+        let spool = Arc::new(Prefetch::open(&spool_dir, &repos.describe()).unwrap());
+        // A marker a killed worker left: unlocked, so no call waits on it.
+        fs::write(spool.in_flight_path(&name(2)), "").unwrap();
+        assert!(!spool.in_flight(&name(2)));
+
+        // Recovery is at segment 1: the worker reads 2, 3 and 4, and the
+        // store holds the reads.
+        spool.want(&Want { name: name(1) }).unwrap();
+        let worker = tokio::spawn(run_worker(
+            repos,
+            data_dir.clone(),
+            spool_dir.clone(),
+            3,
+            1 << 30,
+            Duration::from_secs(60),
+        ));
+        wait_until("2, 3 and 4 in flight", || {
+            (2..=4).all(|s| spool.in_flight(&name(s)))
+        })
+        .await;
+
+        // The call for 2 finds it in flight and waits.
+        let dest = pg_wal.join("RECOVERYXLOG");
+        let call = {
+            let (spool, dest) = (spool.clone(), dest.clone());
+            tokio::spawn(async move {
+                let call = spool.call(&name(2)).unwrap();
+                call.serve_or_wait(&dest, Duration::from_secs(60)).await
+            })
+        };
+        wait_until("the call to say it waits", || {
+            spool.waiting_path(&name(2)).exists()
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!call.is_finished(), "the call waits for the worker");
+        gate.add_permits(1_000);
+        assert!(call.await.unwrap(), "served from the spool");
+        assert_eq!(fs::read(&dest).unwrap(), body(2));
+        assert!(!spool.waiting_path(&name(2)).exists());
+
+        // The rest come from the spool, in flight or already there (replay
+        // slower than the worker: each call comes once the worker has
+        // reached its file).
+        for s in 3..=6 {
+            wait_until("the worker to reach the file", || {
+                spool.held().0.contains(&name(s)) || spool.in_flight(&name(s))
+            })
+            .await;
+            assert!(
+                spool
+                    .call(&name(s))
+                    .unwrap()
+                    .serve_or_wait(&dest, Duration::from_secs(60))
+                    .await,
+                "segment {s} served"
+            );
+            assert_eq!(fs::read(&dest).unwrap(), body(s));
+        }
+        assert_eq!(
+            (1..=6).map(gets).collect::<Vec<_>>(),
+            [0, 1, 1, 1, 1, 1],
+            "each file read once, by the worker"
+        );
+
+        // Recovery ends: the worker exits and removes the spool.
+        fs::remove_file(data_dir.join("recovery.signal")).unwrap();
+        tokio::time::timeout(Duration::from_secs(30), worker)
+            .await
+            .expect("the worker exits")
+            .unwrap()
+            .unwrap();
+        assert!(!spool_dir.exists());
+    }
+
+    /// A call waits only while the worker holds the file, and at most its
+    /// limit; a file recovery has reached is kept only for a waiting call.
+    #[tokio::test]
+    async fn a_call_waits_at_most_its_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Prefetch::open(&dir.path().join(SPOOL_DIR), "local \"/r\"").unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        // Nothing in flight: no wait.
+        let started = Instant::now();
+        assert!(
+            !spool
+                .call(&name(3))
+                .unwrap()
+                .serve_or_wait(&dest, Duration::from_secs(60))
+                .await
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+        // In flight for longer than the limit: the call gives up, and no
+        // longer says it waits.
+        let marker = spool.mark_in_flight(&name(3)).unwrap();
+        assert!(spool.in_flight(&name(3)));
+        let started = Instant::now();
+        assert!(
+            !spool
+                .call(&name(3))
+                .unwrap()
+                .serve_or_wait(&dest, Duration::from_millis(200))
+                .await
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        assert!(!spool.waiting_path(&name(3)).exists());
+        // Dropped: marker removed, so nothing is in flight.
+        drop(marker);
+        assert!(!spool.in_flight(&name(3)));
+        assert!(!spool.in_flight_path(&name(3)).exists());
+        // History files never wait.
+        assert!(
+            !spool
+                .call("00000002.history")
+                .unwrap()
+                .serve_or_wait(&dest, Duration::from_secs(60))
+                .await
+        );
     }
 }

@@ -275,6 +275,11 @@ pub const PREFETCH_WORKER_FLAG: &str = "--internal-prefetch-worker";
 /// How long a prefetch worker waits for recovery to ask for more.
 const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
+/// How long a call waits for a file the prefetch worker is fetching
+/// before fetching it itself (a normal fetch takes well under a second).
+const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+const PREFETCH_WAIT_STANDBY: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// The prefetch spool: beside `%p` (in pg_wal), so serving is a rename on
 /// one file system even when pg_wal is elsewhere.
 fn prefetch_dir(dest: &std::path::Path) -> PathBuf {
@@ -283,18 +288,9 @@ fn prefetch_dir(dest: &std::path::Path) -> PathBuf {
         .join(crate::archive::prefetch::SPOOL_DIR)
 }
 
-/// After serving segment `name`: tell the worker to go on after it, and
-/// start one if none runs. Failures only cost speed, so they are logged.
-fn keep_prefetching(p: &crate::archive::prefetch::Prefetch, name: &str) {
-    if name.len() != 24 {
-        return;
-    }
-    if let Err(e) = p.want(&crate::archive::prefetch::Want {
-        name: name.to_string(),
-    }) {
-        tracing::warn!(error = %e, "cannot update the prefetch spool");
-        return;
-    }
+/// Starts a prefetch worker if none runs. Failures only cost speed, so
+/// they are logged.
+fn ensure_prefetch_worker(p: &crate::archive::prefetch::Prefetch) {
     if !p.worker_running() {
         if let Err(e) = start_detached(PREFETCH_WORKER_FLAG, &p.log_path()).map(drop) {
             tracing::warn!(error = %e, "cannot start the prefetch worker");
@@ -379,10 +375,25 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
     if let Some(p) = &prefetch {
         // The worker learns of the new position first, so a file it has in
         // flight for an old one is dropped rather than stored.
-        keep_prefetching(p, &args.name);
-        if p.serve(&args.name, &dest) {
-            tracing::info!(wal = %args.name, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
-            return Exit::Ok;
+        match p.call(&args.name) {
+            Ok(call) => {
+                if args.name.len() == 24 {
+                    ensure_prefetch_worker(p);
+                }
+                // A file the worker is fetching is waited for, not fetched
+                // twice; briefly in standby mode, where the startup
+                // process must get back to streaming.
+                let wait = if standby {
+                    PREFETCH_WAIT_STANDBY
+                } else {
+                    PREFETCH_WAIT
+                };
+                if call.serve_or_wait(&dest, wait).await {
+                    tracing::info!(wal = %args.name, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
+                    return Exit::Ok;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "cannot update the prefetch spool"),
         }
     }
     match archive::fetch_any(&repos, &args.name, &dest, opts).await {

@@ -23,6 +23,9 @@ pub enum Op {
     Delete,
 }
 
+/// A key prefix and the semaphore its reads wait on.
+type PrefixGate = (String, Arc<tokio::sync::Semaphore>);
+
 #[derive(Debug, Clone)]
 pub struct FaultyStore<S> {
     inner: S,
@@ -30,6 +33,11 @@ pub struct FaultyStore<S> {
     faults: Arc<Mutex<HashMap<Op, (u32, bool)>>>,
     /// When set, each commit first waits for (and uses up) one permit.
     commit_gate: Arc<Mutex<Option<Arc<tokio::sync::Semaphore>>>>,
+    /// When set, each `get` of a key under the prefix first waits for (and
+    /// uses up) one permit.
+    get_gate: Arc<Mutex<Option<PrefixGate>>>,
+    /// How many times `get` was called, per key.
+    gets: Arc<Mutex<HashMap<String, u32>>>,
 }
 
 impl<S: ObjectStore + Clone + 'static> FaultyStore<S> {
@@ -38,7 +46,21 @@ impl<S: ObjectStore + Clone + 'static> FaultyStore<S> {
             inner,
             faults: Arc::default(),
             commit_gate: Arc::default(),
+            get_gate: Arc::default(),
+            gets: Arc::default(),
         }
+    }
+
+    /// Makes every later `get` of a key under `prefix` wait for a permit
+    /// of `gate` (a slow read).
+    pub fn gate_gets(&self, prefix: &str, gate: Arc<tokio::sync::Semaphore>) {
+        *self.get_gate.lock().unwrap_or_else(|e| e.into_inner()) = Some((prefix.to_string(), gate));
+    }
+
+    /// How many times `get` was called for `key`, held or not.
+    pub fn gets_of(&self, key: &str) -> u32 {
+        let gets = self.gets.lock().unwrap_or_else(|e| e.into_inner());
+        gets.get(key).copied().unwrap_or(0)
     }
 
     /// Makes every later commit wait for a permit of `gate` (a put whose
@@ -83,6 +105,24 @@ impl<S: ObjectStore + Clone + 'static> FaultyStore<S> {
 #[async_trait]
 impl<S: ObjectStore + Clone + 'static> ObjectStore for FaultyStore<S> {
     async fn get(&self, key: &Key) -> Result<ObjectReader> {
+        *self
+            .gets
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(key.as_str().to_string())
+            .or_default() += 1;
+        let gate = self
+            .get_gate
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+            .filter(|(prefix, _)| key.as_str().starts_with(prefix.as_str()))
+            .map(|(_, gate)| gate);
+        if let Some(gate) = gate {
+            if let Ok(permit) = gate.acquire().await {
+                permit.forget();
+            }
+        }
         self.check(Op::Get, key.as_str())?;
         self.inner.get(key).await
     }
