@@ -33,6 +33,9 @@ const DIR_MODE: u32 = 0o700;
 
 static TEMP_COUNTER: AtomicU64 = AtomicU64::new(0);
 
+/// Objects up to this size are read whole when opened.
+const SMALL_OBJECT_BYTES: u64 = 256 << 10;
+
 #[derive(Debug, Clone)]
 pub struct LocalStore {
     root: PathBuf,
@@ -451,10 +454,21 @@ mod sweep_tests {
 #[async_trait]
 impl ObjectStore for LocalStore {
     async fn get(&self, key: &Key) -> Result<ObjectReader> {
-        let file = tokio::fs::File::open(self.path(key))
-            .await
-            .map_err(|e| io_err("open", key, e))?;
-        Ok(Box::pin(file))
+        // Opened here: an open (or a miss, the common answer for `.history`
+        // files) costs less than handing it to the blocking pool, whose
+        // first use starts a thread.
+        let mut file = File::open(self.path(key)).map_err(|e| io_err("open", key, e))?;
+        let len = file.metadata().map_err(|e| io_err("stat", key, e))?.len();
+        if len <= SMALL_OBJECT_BYTES {
+            // A small object (the repository header, a history file, a
+            // summary) is read whole at once, not in a series of growing
+            // reads each on the blocking pool.
+            let mut buf = Vec::with_capacity(len as usize);
+            file.read_to_end(&mut buf)
+                .map_err(|e| io_err("read", key, e))?;
+            return Ok(Box::pin(std::io::Cursor::new(buf)));
+        }
+        Ok(Box::pin(tokio::fs::File::from_std(file)))
     }
 
     async fn get_range(&self, key: &Key, offset: u64, len: u64) -> Result<Bytes> {
