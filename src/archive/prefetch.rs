@@ -14,10 +14,11 @@
 //!   and `.backup` files are never prefetched or served from the spool.
 //! - Bounded: at most `restore_prefetch` files and `restore_prefetch_bytes`
 //!   bytes in the spool, [`PREFETCH_JOBS`] fetched at once.
-//! - One GET per file: while the worker fetches a file it holds an
-//!   exclusive `flock` on `.{name}.inflight`. A call whose file is not in
-//!   the spool but in flight says so (`.{name}.waiting`) and waits for the
-//!   lock to go, up to a limit, instead of fetching the file a second time
+//! - One GET per file, as a rule: while the worker fetches a file it holds
+//!   an exclusive `flock` on `.{name}.inflight`. Every call for a segment
+//!   says it waits (`.{name}.waiting`) before it moves the position, and a
+//!   call whose file is not in the spool but in flight waits for the lock
+//!   to go, up to a limit, instead of fetching the file a second time
 //!   beside the worker. The worker keeps a file that recovery has reached
 //!   only while a call waits for it. The kernel drops the lock of a killed
 //!   worker, so a marker left behind never makes a call wait.
@@ -350,8 +351,16 @@ async fn prefetch_loop(
     let mut pause_until = Instant::now();
     loop {
         if !in_recovery(data_dir) || last_change.elapsed() >= idle {
+            // Nothing of a fetch outlives the worker: the spool is removed
+            // next.
+            tasks.shutdown().await;
             return Ok(());
         }
+        // The spool is read before the position: a file a call takes in
+        // between is then seen behind the new position, never as missing
+        // ahead of the old one (which would fetch it again).
+        let can_start = tasks.len() < PREFETCH_JOBS && Instant::now() >= pause_until;
+        let held_now = can_start.then(|| spool.held());
         let want = spool.read_want();
         if want != last_want {
             last_want.clone_from(&want);
@@ -360,8 +369,7 @@ async fn prefetch_loop(
         let asked = want.as_ref().and_then(position);
         // Start the files after the one asked for that the spool lacks, as
         // many as the jobs, the count and the byte bound leave room for.
-        if let Some((timeline, asked)) = asked.filter(|_| Instant::now() >= pause_until) {
-            let (held, bytes) = spool.held();
+        if let (Some((timeline, asked)), Some((held, bytes))) = (asked, held_now) {
             let taken = bytes + in_flight.len() as u64 * size.bytes();
             let mut room = max_bytes.saturating_sub(taken) / size.bytes();
             for i in 1..=count {
@@ -402,7 +410,13 @@ async fn prefetch_loop(
                 continue;
             }
         };
-        let (timeline, segment, name, tmp, outcome, marker) = joined.map_err(io::Error::other)?;
+        let (timeline, segment, name, tmp, outcome, marker) = match joined {
+            Ok(done) => done,
+            Err(e) => {
+                tasks.shutdown().await;
+                return Err(io::Error::other(e));
+            }
+        };
         in_flight.retain(|n| *n != name);
         match outcome {
             Ok(FetchOutcome::Restored(_)) => {
@@ -419,8 +433,11 @@ async fn prefetch_loop(
                                 && (segment > s
                                     || (segment == s && spool.waiting_path(&name).exists()))
                         });
-                if !(still_wanted && fs::rename(&tmp, spool.dir().join(&name)).is_ok()) {
+                if !still_wanted {
                     let _ = fs::remove_file(&tmp);
+                } else if fs::rename(&tmp, spool.dir().join(&name)).is_err() {
+                    let _ = fs::remove_file(&tmp);
+                    pause_until = Instant::now() + Duration::from_millis(200);
                 }
             }
             Ok(FetchOutcome::NotFound) | Err(_) => {
@@ -593,7 +610,7 @@ mod flight_tests {
     }
 
     /// A call waits only while the worker holds the file, and at most its
-    /// limit; a file recovery has reached is kept only for a waiting call.
+    /// limit; a marker nobody holds locked makes no call wait.
     #[tokio::test]
     async fn a_call_waits_at_most_its_limit() {
         let dir = tempfile::tempdir().unwrap();
