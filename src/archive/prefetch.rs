@@ -44,6 +44,14 @@ pub const SPOOL_DIR: &str = "walvault_prefetch";
 /// Files the worker fetches at once.
 pub const PREFETCH_JOBS: usize = 4;
 
+/// How long a call waits for a file the worker is fetching before it
+/// fetches the file itself (a normal fetch takes well under a second);
+/// briefly in standby mode, where the startup process must get back to
+/// streaming.
+pub fn wait_limit(standby: bool) -> Duration {
+    Duration::from_secs(if standby { 2 } else { 60 })
+}
+
 /// What the last call asked for (a segment name): the worker fetches the
 /// segments after it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -151,7 +159,7 @@ impl Prefetch {
             return Ok(Call {
                 spool: self,
                 name: name.to_string(),
-                _waiting: None,
+                waiting: None,
             });
         }
         let waiting = self.waiting_path(name);
@@ -163,7 +171,7 @@ impl Prefetch {
         Ok(Call {
             spool: self,
             name: name.to_string(),
-            _waiting: Some(waiting),
+            waiting: Some(waiting),
         })
     }
     /// For a call asking for `name`: drops whatever no longer matches (other
@@ -247,10 +255,17 @@ impl Drop for InFlight {
 pub struct Call<'a> {
     spool: &'a Prefetch,
     name: String,
-    _waiting: Option<RemoveOnDrop>,
+    /// Set for a segment: a call that says it waits, and moves the
+    /// worker's position.
+    waiting: Option<RemoveOnDrop>,
 }
 
 impl Call<'_> {
+    /// Whether this call is for a segment (the only files prefetched).
+    pub fn is_segment(&self) -> bool {
+        self.waiting.is_some()
+    }
+
     /// Serves the file from the spool; when it is not there but the worker
     /// is fetching it, waits up to `limit` for the worker to finish and
     /// serves it then. False when the caller must fetch it itself.
@@ -259,7 +274,7 @@ impl Call<'_> {
         if spool.serve(name, dest) {
             return true;
         }
-        if self._waiting.is_none() || limit.is_zero() {
+        if self.waiting.is_none() || limit.is_zero() {
             return false;
         }
         let deadline = Instant::now() + limit;
@@ -607,6 +622,13 @@ mod flight_tests {
             .unwrap()
             .unwrap();
         assert!(!spool_dir.exists());
+    }
+
+    /// The limits README.md gives.
+    #[test]
+    fn waits_are_what_readme_says() {
+        assert_eq!(wait_limit(false), Duration::from_secs(60));
+        assert_eq!(wait_limit(true), Duration::from_secs(2));
     }
 
     /// A call waits only while the worker holds the file, and at most its

@@ -275,11 +275,6 @@ pub const PREFETCH_WORKER_FLAG: &str = "--internal-prefetch-worker";
 /// How long a prefetch worker waits for recovery to ask for more.
 const PREFETCH_IDLE: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// How long a call waits for a file the prefetch worker is fetching
-/// before fetching it itself (a normal fetch takes well under a second).
-const PREFETCH_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
-const PREFETCH_WAIT_STANDBY: std::time::Duration = std::time::Duration::from_secs(2);
-
 /// The prefetch spool: beside `%p` (in pg_wal), so serving is a rename on
 /// one file system even when pg_wal is elsewhere.
 fn prefetch_dir(dest: &std::path::Path) -> PathBuf {
@@ -377,17 +372,12 @@ pub async fn run_fetch(program: &str, global: &GlobalArgs, args: &FetchArgs) -> 
         // flight for an old one is dropped rather than stored.
         match p.call(&args.name) {
             Ok(call) => {
-                if args.name.len() == 24 {
+                if call.is_segment() {
                     ensure_prefetch_worker(p);
                 }
                 // A file the worker is fetching is waited for, not fetched
-                // twice; briefly in standby mode, where the startup
-                // process must get back to streaming.
-                let wait = if standby {
-                    PREFETCH_WAIT_STANDBY
-                } else {
-                    PREFETCH_WAIT
-                };
+                // twice.
+                let wait = crate::archive::prefetch::wait_limit(standby);
                 if call.serve_or_wait(&dest, wait).await {
                     tracing::info!(wal = %args.name, ms = started.elapsed().as_millis() as u64, "restored from the prefetch spool");
                     return Exit::Ok;
