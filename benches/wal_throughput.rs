@@ -790,57 +790,19 @@ fn configurations<'a>(
     // history file the archive does not have (what recovery asks first).
     if let Some(pgdata) = &bench.async_pgdata {
         let repo = root.join("repo-noop");
-        let spool = root.join("repo-noop-spool");
-        let (repo_setup, spool_setup, spool_call) = (repo.clone(), spool.clone(), spool.clone());
-        let last = bench
-            .segments
-            .last()
-            .map(|s| s.name.clone())
-            .unwrap_or_default();
-        configs.push(Config {
-            label: "walvault-push async, file already done (no-op)",
-            kind: Kind::Startup,
-            dir: Some(repo.clone()),
-            template: Some(bench.walvault_template.clone()),
-            setup: Some(Box::new(move || {
-                // Untimed: every segment ready, one call for the last one
-                // (the worker pushes them all, it returns when its own is
-                // done), then the worker stopped: every done record stays.
-                let _ = fs::remove_dir_all(&spool_setup);
-                fs::create_dir_all(&spool_setup).expect("create spool");
-                bench.mark_all_ready();
-                run_ok(
-                    walvault_command(push_bin)
-                        .arg("--repo")
-                        .arg(&repo_setup)
-                        .arg("--archive-async")
-                        .arg("--spool-path")
-                        .arg(&spool_setup)
-                        .arg(format!("pg_wal/{last}"))
-                        .current_dir(pgdata),
-                );
-                stop_workers(&[
-                    "--internal-async-worker",
-                    &spool_setup.display().to_string(),
-                ]);
-            })),
-            after: None,
-            teardown: Some(Box::new(move || {
-                stop_workers(&["--internal-async-worker", &spool.display().to_string()]);
-                None
-            })),
-            make: Box::new(move |seg: &Segment| {
+        let base_repo = repo.clone();
+        configs.push(walvault_noop_push_row(
+            bench,
+            "walvault-push async, file already done (no-op)",
+            (repo, bench.walvault_template.clone()),
+            root.join("repo-noop-spool"),
+            pgdata,
+            move || {
                 let mut cmd = walvault_command(push_bin);
-                cmd.arg("--repo")
-                    .arg(&repo)
-                    .arg("--archive-async")
-                    .arg("--spool-path")
-                    .arg(&spool_call)
-                    .arg(format!("pg_wal/{}", seg.name))
-                    .current_dir(pgdata);
+                cmd.arg("--repo").arg(&base_repo);
                 cmd
-            }),
-        });
+            },
+        ));
     }
     {
         let repo = root.join("repo");
@@ -1062,6 +1024,71 @@ fn walvault_async_row<'a>(
                 .arg("--spool-path")
                 .arg(&spool)
                 .args(["--archive-jobs", jobs])
+                .arg(format!("pg_wal/{}", seg.name))
+                .current_dir(pgdata);
+            cmd
+        }),
+    }
+}
+
+/// The row of no-op asynchronous pushes: every call is for a file the
+/// worker has already stored (its done record is in the spool, as when
+/// PostgreSQL calls for a file the worker pushed ahead). `base` is
+/// walvault-push with its repository.
+fn walvault_noop_push_row<'a>(
+    bench: &'a Bench,
+    label: &'static str,
+    (dir, template): (PathBuf, PathBuf),
+    spool: PathBuf,
+    pgdata: &'a Path,
+    base: impl Fn() -> Command + 'a,
+) -> Config<'a> {
+    let base = std::rc::Rc::new(base);
+    let base_setup = base.clone();
+    let (spool_setup, spool_teardown) = (spool.clone(), spool.clone());
+    let last = bench
+        .segments
+        .last()
+        .map(|s| s.name.clone())
+        .unwrap_or_default();
+    Config {
+        label,
+        kind: Kind::Startup,
+        dir: Some(dir),
+        template: Some(template),
+        setup: Some(Box::new(move || {
+            // Untimed: every segment ready, one call for the last one (the
+            // worker pushes them all, it returns when its own is done),
+            // then the worker stopped: every done record stays.
+            let _ = fs::remove_dir_all(&spool_setup);
+            fs::create_dir_all(&spool_setup).expect("create spool");
+            bench.mark_all_ready();
+            run_ok(
+                base_setup()
+                    .arg("--archive-async")
+                    .arg("--spool-path")
+                    .arg(&spool_setup)
+                    .arg(format!("pg_wal/{last}"))
+                    .current_dir(pgdata),
+            );
+            stop_workers(&[
+                "--internal-async-worker",
+                &spool_setup.display().to_string(),
+            ]);
+        })),
+        after: None,
+        teardown: Some(Box::new(move || {
+            stop_workers(&[
+                "--internal-async-worker",
+                &spool_teardown.display().to_string(),
+            ]);
+            None
+        })),
+        make: Box::new(move |seg: &Segment| {
+            let mut cmd = base();
+            cmd.arg("--archive-async")
+                .arg("--spool-path")
+                .arg(&spool)
                 .arg(format!("pg_wal/{}", seg.name))
                 .current_dir(pgdata);
             cmd

@@ -379,6 +379,16 @@ pub fn configurations<'a>(
                 move || walvault(prefix),
             ));
         }
+        // No-op calls on S3: the foreground reads its done record and
+        // never reaches S3 (nor builds an S3 client).
+        configs.push(walvault_noop_push_row(
+            bench,
+            "walvault-push async, file already done (no-op), S3",
+            (s3.s3.prefix_dir("wv-noop"), s3.s3.prefix_dir("wv.template")),
+            bench.root.join("wv-noop-spool"),
+            async_pgdata,
+            move || walvault("wv-noop"),
+        ));
         if let Some(pgbr) = pgbackrest {
             configs.push(pgbackrest_async_row(
                 bench,

@@ -129,7 +129,11 @@ impl S3Settings {
 
 #[derive(Debug, Clone)]
 pub struct S3Store {
-    client: Client,
+    /// Built on first use: building it loads the system's certificate
+    /// store (several milliseconds), which a call that never reaches S3
+    /// (an asynchronous push whose file the worker has stored) must not
+    /// pay.
+    client: std::sync::OnceLock<Client>,
     settings: S3Settings,
     /// Set when the repository header records that this server does not
     /// honour `If-None-Match: *` ([`CreateOnly::HeadCheck`]).
@@ -145,7 +149,7 @@ impl S3Store {
         full_prefix: &str,
         delimiter: Option<&str>,
     ) -> aws_sdk_s3::operation::list_objects_v2::paginator::ListObjectsV2Paginator {
-        self.client
+        self.client()
             .list_objects_v2()
             .bucket(&self.settings.bucket)
             .prefix(full_prefix)
@@ -170,7 +174,7 @@ impl S3Store {
     async fn probe_multipart(&self, object_key: &str) -> Result<&'static str> {
         let key = Key(object_key.to_string());
         let upload = self
-            .client
+            .client()
             .create_multipart_upload()
             .bucket(&self.settings.bucket)
             .key(object_key)
@@ -187,7 +191,7 @@ impl S3Store {
         };
         let abort = || async {
             let _ = self
-                .client
+                .client()
                 .abort_multipart_upload()
                 .bucket(&self.settings.bucket)
                 .key(object_key)
@@ -196,7 +200,7 @@ impl S3Store {
                 .await;
         };
         let part = match self
-            .client
+            .client()
             .upload_part()
             .bucket(&self.settings.bucket)
             .key(object_key)
@@ -217,7 +221,7 @@ impl S3Store {
             .set_e_tag(part.e_tag().map(str::to_string))
             .build();
         let completed = self
-            .client
+            .client()
             .complete_multipart_upload()
             .bucket(&self.settings.bucket)
             .key(object_key)
@@ -252,60 +256,17 @@ impl S3Store {
                 settings.part_size_bytes
             )));
         }
-        let region = settings
-            .region
-            .clone()
-            .or_else(|| std::env::var("AWS_REGION").ok())
-            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
-            .filter(|r| !r.is_empty())
-            .unwrap_or_else(|| "us-east-1".to_string());
-        let retry = RetryConfig::standard()
-            .with_max_attempts(settings.max_attempts.max(1))
-            .with_initial_backoff(Duration::from_millis(200))
-            .with_max_backoff(Duration::from_secs(5));
-        // Stalls are caught by the read timeout (no answer) and by
-        // stalled-stream protection (a body that stops moving, up or
-        // down), each after `request_timeout`. The attempt and operation
-        // timeouts are backstops sized for the largest request (a part or
-        // a single PUT) on a slow link, so they never cut a slow but
-        // moving upload.
-        let attempt = settings.attempt_timeout();
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(settings.connect_timeout)
-            .read_timeout(settings.request_timeout)
-            .operation_attempt_timeout(attempt)
-            .operation_timeout(attempt * S3Settings::OPERATION_TIMEOUT_FACTOR)
-            .build();
-        let mut builder = aws_sdk_s3::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new(region))
-            .credentials_provider(credentials_provider(settings.static_credentials.clone()))
-            .retry_config(retry)
-            .timeout_config(timeouts)
-            .stalled_stream_protection(
-                aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
-                    .upload_enabled(true)
-                    .download_enabled(true)
-                    .grace_period(settings.request_timeout)
-                    .build(),
-            )
-            .force_path_style(settings.path_style)
-            // walvault checksums every object itself; S3-compatible servers
-            // differ in their support of the newer flexible checksums.
-            .request_checksum_calculation(
-                aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired,
-            )
-            .response_checksum_validation(
-                aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired,
-            );
-        if let Some(endpoint) = &settings.endpoint {
-            builder = builder.endpoint_url(endpoint);
-        }
         Ok(S3Store {
-            client: Client::from_conf(builder.build()),
+            client: std::sync::OnceLock::new(),
             head_check: Default::default(),
             settings,
         })
+    }
+
+    /// The SDK client, built on first use (no network traffic happens
+    /// here either).
+    fn client(&self) -> &Client {
+        self.client.get_or_init(|| build_client(&self.settings))
     }
 
     fn object_key(&self, key: &Key) -> String {
@@ -315,6 +276,56 @@ impl S3Store {
             format!("{}/{}", self.settings.prefix, key)
         }
     }
+}
+
+/// The SDK client for `settings`.
+fn build_client(settings: &S3Settings) -> Client {
+    let region = settings
+        .region
+        .clone()
+        .or_else(|| std::env::var("AWS_REGION").ok())
+        .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+        .filter(|r| !r.is_empty())
+        .unwrap_or_else(|| "us-east-1".to_string());
+    let retry = RetryConfig::standard()
+        .with_max_attempts(settings.max_attempts.max(1))
+        .with_initial_backoff(Duration::from_millis(200))
+        .with_max_backoff(Duration::from_secs(5));
+    // Stalls are caught by the read timeout (no answer) and by
+    // stalled-stream protection (a body that stops moving, up or
+    // down), each after `request_timeout`. The attempt and operation
+    // timeouts are backstops sized for the largest request (a part or
+    // a single PUT) on a slow link, so they never cut a slow but
+    // moving upload.
+    let attempt = settings.attempt_timeout();
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(settings.connect_timeout)
+        .read_timeout(settings.request_timeout)
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt * S3Settings::OPERATION_TIMEOUT_FACTOR)
+        .build();
+    let mut builder = aws_sdk_s3::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .credentials_provider(credentials_provider(settings.static_credentials.clone()))
+        .retry_config(retry)
+        .timeout_config(timeouts)
+        .stalled_stream_protection(
+            aws_sdk_s3::config::StalledStreamProtectionConfig::enabled()
+                .upload_enabled(true)
+                .download_enabled(true)
+                .grace_period(settings.request_timeout)
+                .build(),
+        )
+        .force_path_style(settings.path_style)
+        // walvault checksums every object itself; S3-compatible servers
+        // differ in their support of the newer flexible checksums.
+        .request_checksum_calculation(aws_sdk_s3::config::RequestChecksumCalculation::WhenRequired)
+        .response_checksum_validation(aws_sdk_s3::config::ResponseChecksumValidation::WhenRequired);
+    if let Some(endpoint) = &settings.endpoint {
+        builder = builder.endpoint_url(endpoint);
+    }
+    Client::from_conf(builder.build())
 }
 
 /// Whether this looks like an EC2 instance, where instance metadata can
@@ -469,7 +480,7 @@ where
 impl ObjectStore for S3Store {
     async fn get(&self, key: &Key) -> Result<ObjectReader> {
         let out = self
-            .client
+            .client()
             .get_object()
             .bucket(&self.settings.bucket)
             .key(self.object_key(key))
@@ -484,7 +495,7 @@ impl ObjectStore for S3Store {
             return Ok(Bytes::new());
         }
         let res = self
-            .client
+            .client()
             .get_object()
             .bucket(&self.settings.bucket)
             .key(self.object_key(key))
@@ -517,7 +528,7 @@ impl ObjectStore for S3Store {
 
     async fn head(&self, key: &Key) -> Result<ObjectMeta> {
         let out = self
-            .client
+            .client()
             .head_object()
             .bucket(&self.settings.bucket)
             .key(self.object_key(key))
@@ -604,7 +615,7 @@ impl ObjectStore for S3Store {
 
     async fn delete(&self, key: &Key) -> Result<()> {
         match self
-            .client
+            .client()
             .delete_object()
             .bucket(&self.settings.bucket)
             .key(self.object_key(key))
@@ -651,7 +662,7 @@ impl ObjectStore for S3Store {
         );
         let body: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
         let put = self
-            .client
+            .client()
             .put_object()
             .bucket(&s.bucket)
             .key(&key)
@@ -660,7 +671,7 @@ impl ObjectStore for S3Store {
             .await;
         if put.is_ok() {
             let got = self
-                .client
+                .client()
                 .get_object()
                 .bucket(&s.bucket)
                 .key(&key)
@@ -682,7 +693,7 @@ impl ObjectStore for S3Store {
                 Err(e) => Finding::new("range requests", Verdict::Fail, e.to_string()),
             });
             let _ = self
-                .client
+                .client()
                 .delete_object()
                 .bucket(&s.bucket)
                 .key(&key)
@@ -690,7 +701,7 @@ impl ObjectStore for S3Store {
                 .await;
         }
         let versioning = self
-            .client
+            .client()
             .get_bucket_versioning()
             .bucket(&s.bucket)
             .send()
@@ -711,7 +722,7 @@ impl ObjectStore for S3Store {
             ),
         });
         let lock = self
-            .client
+            .client()
             .get_object_lock_configuration()
             .bucket(&s.bucket)
             .send()
@@ -746,7 +757,7 @@ impl ObjectStore for S3Store {
         let object_key = self.object_key(&key);
         let status_of = http_status;
         let single = |body: &'static [u8]| {
-            self.client
+            self.client()
                 .put_object()
                 .bucket(&self.settings.bucket)
                 .key(&object_key)
@@ -766,7 +777,7 @@ impl ObjectStore for S3Store {
                 cleanup().await;
                 return Err(err);
             }
-            self.client
+            self.client()
                 .put_object()
                 .bucket(&self.settings.bucket)
                 .key(&object_key)
@@ -821,7 +832,7 @@ impl ObjectStore for S3Store {
         let mut upload_marker: Option<String> = None;
         loop {
             let page = self
-                .client
+                .client()
                 .list_multipart_uploads()
                 .bucket(&self.settings.bucket)
                 .prefix(&prefix)
@@ -862,7 +873,7 @@ impl ObjectStore for S3Store {
                     continue;
                 }
                 let aborted = self
-                    .client
+                    .client()
                     .abort_multipart_upload()
                     .bucket(&self.settings.bucket)
                     .key(key)
@@ -912,7 +923,7 @@ struct S3Writer {
 
 impl S3Writer {
     fn client(&self) -> &Client {
-        &self.store.client
+        self.store.client()
     }
 
     fn bucket(&self) -> &str {
@@ -1264,6 +1275,23 @@ pub fn plan_iam_policy(s: &S3Settings) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Opening a store builds no client: building one loads the system's
+    /// certificate store, which the asynchronous push's fast answer (its
+    /// file already stored) must not pay for.
+    #[test]
+    fn the_client_is_built_on_first_use() {
+        let store = S3Store::new(S3Settings::from_url("s3://b/p").unwrap()).unwrap();
+        assert!(store.client.get().is_none());
+        assert!(
+            store.describe().contains("s3://b/p"),
+            "{}",
+            store.describe()
+        );
+        assert!(store.client.get().is_none());
+        let _ = store.client();
+        assert!(store.client.get().is_some());
+    }
 
     /// The attempt backstop grows with the largest request, so a slow
     /// but moving single PUT is never cut sooner than a part was.
