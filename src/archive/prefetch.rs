@@ -45,12 +45,35 @@ pub const SPOOL_DIR: &str = "walvault_prefetch";
 pub const PREFETCH_JOBS: usize = 4;
 
 /// How long a call waits for a file the worker is fetching before it
-/// fetches the file itself (a normal fetch takes well under a second);
-/// briefly in standby mode, where the startup process must get back to
-/// streaming.
-pub fn wait_limit(standby: bool) -> Duration {
-    Duration::from_secs(if standby { 2 } else { 60 })
+/// fetches the file itself: in all, and while the file does not grow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WaitLimit {
+    pub total: Duration,
+    /// A worker whose request has stalled (a repository that stopped
+    /// answering) does not hold the call for all of `total`.
+    pub without_progress: Duration,
 }
+
+/// The limits of [`WaitLimit`]: a normal fetch takes well under a
+/// second, so a call waits up to 60 s, or 5 s without the file growing;
+/// briefly (2 s) in standby mode, where the startup process must get back
+/// to streaming.
+pub fn wait_limit(standby: bool) -> WaitLimit {
+    if standby {
+        WaitLimit {
+            total: Duration::from_secs(2),
+            without_progress: Duration::from_secs(2),
+        }
+    } else {
+        WaitLimit {
+            total: Duration::from_secs(60),
+            without_progress: Duration::from_secs(5),
+        }
+    }
+}
+
+/// How often a waiting call looks at how far the worker's file has come.
+const PROGRESS_CHECK: Duration = Duration::from_millis(100);
 
 /// What the last call asked for (a segment name): the worker fetches the
 /// segments after it.
@@ -108,6 +131,31 @@ impl Prefetch {
 
     fn waiting_path(&self, name: &str) -> PathBuf {
         self.dir.join(format!(".{name}.waiting"))
+    }
+
+    /// Where the worker fetches `name` to (the fetch itself writes a
+    /// temporary file beside it first, whose name starts with this one's
+    /// and a dot).
+    fn partial_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!(".{name}.prefetch"))
+    }
+
+    /// The bytes the worker has written of `name` so far: how a waiting
+    /// call sees progress.
+    fn fetched_bytes(&self, name: &str) -> u64 {
+        let partial = format!(".{name}.prefetch");
+        let temporary = format!(".{partial}");
+        fs::read_dir(&self.dir)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name();
+                let n = n.to_string_lossy();
+                n == partial.as_str() || n.starts_with(&temporary)
+            })
+            .map(|e| e.metadata().map(|m| m.len()).unwrap_or(0))
+            .sum()
     }
 
     /// For the worker: marks `name` as being fetched until the returned
@@ -267,21 +315,37 @@ impl Call<'_> {
     }
 
     /// Serves the file from the spool; when it is not there but the worker
-    /// is fetching it, waits up to `limit` for the worker to finish and
+    /// is fetching it, waits for the worker to finish (within `limit`) and
     /// serves it then. False when the caller must fetch it itself.
-    pub async fn serve_or_wait(self, dest: &Path, limit: Duration) -> bool {
+    pub async fn serve_or_wait(self, dest: &Path, limit: WaitLimit) -> bool {
         let (spool, name) = (self.spool, self.name.as_str());
         if spool.serve(name, dest) {
             return true;
         }
-        if self.waiting.is_none() || limit.is_zero() {
+        if self.waiting.is_none() || limit.total.is_zero() {
             return false;
         }
-        let deadline = Instant::now() + limit;
+        let started = Instant::now();
+        let (mut bytes, mut grew, mut checked) = (spool.fetched_bytes(name), started, started);
         while spool.in_flight(name) {
-            if Instant::now() >= deadline {
-                tracing::warn!(wal = name, "the prefetch worker is still fetching this file after {limit:?}; fetching it here");
+            let now = Instant::now();
+            if now >= started + limit.total {
+                tracing::warn!(
+                    wal = name,
+                    "the prefetch worker is still fetching this file after {:?}; fetching it here",
+                    limit.total
+                );
                 return false;
+            }
+            if now >= checked + PROGRESS_CHECK {
+                checked = now;
+                let fetched = spool.fetched_bytes(name);
+                if fetched != bytes {
+                    (bytes, grew) = (fetched, now);
+                } else if now >= grew + limit.without_progress {
+                    tracing::warn!(wal = name, "the prefetch worker's fetch of this file has not moved for {:?}; fetching it here", limit.without_progress);
+                    return false;
+                }
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -398,7 +462,7 @@ async fn prefetch_loop(
                 }
                 room -= 1;
                 let repos = repos.clone();
-                let tmp = spool.dir().join(format!(".{name}.prefetch"));
+                let tmp = spool.partial_path(&name);
                 // Without a marker calls cannot wait for the file: slower,
                 // never wrong.
                 let marker = spool.mark_in_flight(&name).ok();
@@ -576,7 +640,7 @@ mod flight_tests {
             let (spool, dest) = (spool.clone(), dest.clone());
             tokio::spawn(async move {
                 let call = spool.call(&name(2)).unwrap();
-                call.serve_or_wait(&dest, Duration::from_secs(60)).await
+                call.serve_or_wait(&dest, wait_limit(false)).await
             })
         };
         wait_until("the call to say it waits", || {
@@ -602,7 +666,7 @@ mod flight_tests {
                 spool
                     .call(&name(s))
                     .unwrap()
-                    .serve_or_wait(&dest, Duration::from_secs(60))
+                    .serve_or_wait(&dest, wait_limit(false))
                     .await,
                 "segment {s} served"
             );
@@ -627,8 +691,121 @@ mod flight_tests {
     /// The limits README.md gives.
     #[test]
     fn waits_are_what_readme_says() {
-        assert_eq!(wait_limit(false), Duration::from_secs(60));
-        assert_eq!(wait_limit(true), Duration::from_secs(2));
+        assert_eq!(
+            wait_limit(false),
+            WaitLimit {
+                total: Duration::from_secs(60),
+                without_progress: Duration::from_secs(5)
+            }
+        );
+        assert_eq!(wait_limit(true).total, Duration::from_secs(2));
+        assert!(wait_limit(true).without_progress <= wait_limit(true).total);
+    }
+
+    fn limit(total: Duration, without_progress: Duration) -> WaitLimit {
+        WaitLimit {
+            total,
+            without_progress,
+        }
+    }
+
+    /// A call gives up on a worker whose fetch has not moved for
+    /// `without_progress`, keeps waiting for one whose file grows, and
+    /// stops waiting when the worker dies.
+    #[tokio::test]
+    async fn a_call_waits_while_the_worker_makes_progress() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Prefetch::open(&dir.path().join(SPOOL_DIR), "local \"/r\"").unwrap();
+        let dest = dir.path().join("RECOVERYXLOG");
+        let short = limit(Duration::from_secs(60), Duration::from_millis(300));
+
+        // Stalled: nothing written at all (a request with no answer).
+        let marker = spool.mark_in_flight(&name(4)).unwrap();
+        let started = Instant::now();
+        assert!(
+            !spool
+                .call(&name(4))
+                .unwrap()
+                .serve_or_wait(&dest, short)
+                .await
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        // Stalled part way: the fetch's temporary file stops growing.
+        let temporary = spool.dir().join(format!(
+            ".{}.walvault-1.tmp",
+            spool
+                .partial_path(&name(4))
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+        ));
+        fs::write(&temporary, b"first bytes").unwrap();
+        assert_eq!(spool.fetched_bytes(&name(4)), 11);
+        let started = Instant::now();
+        assert!(
+            !spool
+                .call(&name(4))
+                .unwrap()
+                .serve_or_wait(&dest, short)
+                .await
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+
+        // Moving: the file grows every 50 ms for a second, three times
+        // `without_progress`, then the worker keeps it and lets go.
+        let (spool_dir, segment) = (spool.dir().to_path_buf(), name(4));
+        let worker = std::thread::spawn(move || {
+            for _ in 0..20 {
+                std::thread::sleep(Duration::from_millis(50));
+                let mut f = fs::OpenOptions::new()
+                    .append(true)
+                    .open(&temporary)
+                    .unwrap();
+                std::io::Write::write_all(&mut f, b"more").unwrap();
+            }
+            fs::rename(&temporary, spool_dir.join(&segment)).unwrap();
+            drop(marker);
+        });
+        let started = Instant::now();
+        assert!(
+            spool
+                .call(&name(4))
+                .unwrap()
+                .serve_or_wait(&dest, short)
+                .await
+        );
+        assert!(started.elapsed() >= Duration::from_millis(900));
+        assert_eq!(fs::read(&dest).unwrap().len(), 11 + 20 * 4);
+        worker.join().unwrap();
+
+        // A worker killed while a call waits: its lock goes with it, the
+        // marker stays, and the call stops waiting at once.
+        let marker = spool.in_flight_path(&name(5));
+        let held = fs::File::create(&marker).unwrap();
+        crate::storage::local::lock_exclusive(&held).unwrap();
+        let killed = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(held);
+        });
+        let started = Instant::now();
+        assert!(
+            !spool
+                .call(&name(5))
+                .unwrap()
+                .serve_or_wait(&dest, wait_limit(false))
+                .await
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+        assert!(marker.exists());
+        killed.join().unwrap();
     }
 
     /// A call waits only while the worker holds the file, and at most its
@@ -644,7 +821,7 @@ mod flight_tests {
             !spool
                 .call(&name(3))
                 .unwrap()
-                .serve_or_wait(&dest, Duration::from_secs(60))
+                .serve_or_wait(&dest, wait_limit(false))
                 .await
         );
         assert!(started.elapsed() < Duration::from_secs(5));
@@ -657,7 +834,10 @@ mod flight_tests {
             !spool
                 .call(&name(3))
                 .unwrap()
-                .serve_or_wait(&dest, Duration::from_millis(200))
+                .serve_or_wait(
+                    &dest,
+                    limit(Duration::from_millis(200), Duration::from_secs(60))
+                )
                 .await
         );
         assert!(started.elapsed() >= Duration::from_millis(200));
@@ -671,7 +851,7 @@ mod flight_tests {
             !spool
                 .call("00000002.history")
                 .unwrap()
-                .serve_or_wait(&dest, Duration::from_secs(60))
+                .serve_or_wait(&dest, wait_limit(false))
                 .await
         );
     }
