@@ -84,7 +84,7 @@ pub struct GlobalArgs {
     #[arg(long, env = "WALVAULT_SPOOL_PATH", global = true, value_name = "DIR")]
     pub spool_path: Option<PathBuf>,
 
-    /// Files the asynchronous worker compresses at once (half as many more may be finishing their upload or fsync) [default: 2]
+    /// Files the asynchronous worker compresses at once (as many more may be finishing their upload or fsync) [default: 2]
     #[arg(long, env = "WALVAULT_ARCHIVE_JOBS", global = true, value_name = "N")]
     pub archive_jobs: Option<usize>,
 

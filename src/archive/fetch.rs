@@ -288,7 +288,9 @@ async fn fetch_once(
     Ok(info)
 }
 
-fn temp_path(dest: &Path) -> PathBuf {
+/// Where a fetch into `dest` writes before it renames (the prefetch
+/// worker's calls watch it grow).
+pub(crate) fn temp_path(dest: &Path) -> PathBuf {
     let name = dest.file_name().and_then(|n| n.to_str()).unwrap_or("wal");
     dest.with_file_name(format!(".{name}.walvault-{}.tmp", std::process::id()))
 }

@@ -735,14 +735,9 @@ mod flight_tests {
             "{waited:?}"
         );
         // Stalled part way: the fetch's temporary file stops growing.
-        let temporary = spool.dir().join(format!(
-            ".{}.walvault-1.tmp",
-            spool
-                .partial_path(&name(4))
-                .file_name()
-                .unwrap()
-                .to_string_lossy()
-        ));
+        // Named as the fetch names it (this process's id stands in for
+        // the worker's).
+        let temporary = crate::archive::fetch::temp_path(&spool.partial_path(&name(4)));
         fs::write(&temporary, b"first bytes").unwrap();
         assert_eq!(spool.fetched_bytes(&name(4)), 11);
         let started = Instant::now();

@@ -310,11 +310,13 @@ pub fn measure_backlog(data_dir: &Path) -> io::Result<Backlog> {
 pub const WORKER_MEMORY_BUDGET: usize = 48 << 20;
 
 /// How many files the worker has in flight with `jobs` compressing at
-/// once: half as many more may be finishing their put (README and
-/// docs/ARCHITECTURE.md say so; each file in flight to S3 holds its
-/// compressed bytes).
+/// once: as many more may be finishing their put (README and
+/// docs/ARCHITECTURE.md say so). An upload to S3 can take as long as a
+/// compression, so with fewer a core would wait for one; each file in
+/// flight to S3 holds its compressed bytes, which the memory budget
+/// bounds.
 fn in_flight_limit(jobs: usize) -> usize {
-    jobs + jobs.div_ceil(2)
+    2 * jobs
 }
 
 /// How the worker classifies a push failure for the foreground (the cli's
@@ -336,7 +338,7 @@ pub async fn run_worker(
         return Ok(());
     };
     tracing::info!(spool = %spool.dir().display(), jobs, "async archive worker started");
-    // `jobs` files are compressed at once, and half as many more may be
+    // `jobs` files are compressed at once, and as many more may be
     // finishing (their fsync or last upload request) meanwhile, so the
     // cores do not wait on the disk or the network; all of them within
     // the worker's memory budget.
@@ -448,8 +450,8 @@ mod tests {
     }
 
     #[test]
-    fn half_as_many_more_files_finish_as_compress() {
-        assert_eq!([1, 2, 3, 4, 64].map(in_flight_limit), [2, 3, 5, 6, 96]);
+    fn as_many_more_files_finish_as_compress() {
+        assert_eq!([1, 2, 3, 4, 64].map(in_flight_limit), [2, 4, 6, 8, 128]);
     }
 
     /// README: on S3 the default budget lets two 16 MiB segments start
