@@ -748,13 +748,18 @@ mod flight_tests {
                 .serve_or_wait(&dest, short)
                 .await
         );
-        assert!(started.elapsed() < Duration::from_secs(5));
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
 
-        // Moving: the file grows every 50 ms for a second, three times
-        // `without_progress`, then the worker keeps it and lets go.
-        let (spool_dir, segment) = (spool.dir().to_path_buf(), name(4));
+        // Moving: the file grows every 50 ms for 1.5 s, longer than
+        // `without_progress`; then the fetch renames it to the worker's
+        // name, and the worker keeps it under its own and lets go.
+        let (partial, kept) = (spool.partial_path(&name(4)), spool.dir().join(name(4)));
         let worker = std::thread::spawn(move || {
-            for _ in 0..20 {
+            for _ in 0..30 {
                 std::thread::sleep(Duration::from_millis(50));
                 let mut f = fs::OpenOptions::new()
                     .append(true)
@@ -762,19 +767,22 @@ mod flight_tests {
                     .unwrap();
                 std::io::Write::write_all(&mut f, b"more").unwrap();
             }
-            fs::rename(&temporary, spool_dir.join(&segment)).unwrap();
+            fs::rename(&temporary, &partial).unwrap();
+            std::thread::sleep(Duration::from_millis(50));
+            fs::rename(&partial, &kept).unwrap();
             drop(marker);
         });
         let started = Instant::now();
+        let moving = limit(Duration::from_secs(60), Duration::from_secs(1));
         assert!(
             spool
                 .call(&name(4))
                 .unwrap()
-                .serve_or_wait(&dest, short)
+                .serve_or_wait(&dest, moving)
                 .await
         );
-        assert!(started.elapsed() >= Duration::from_millis(900));
-        assert_eq!(fs::read(&dest).unwrap().len(), 11 + 20 * 4);
+        assert!(started.elapsed() >= Duration::from_millis(1400));
+        assert_eq!(fs::read(&dest).unwrap().len(), 11 + 30 * 4);
         worker.join().unwrap();
 
         // A worker killed while a call waits: its lock goes with it, the

@@ -132,8 +132,9 @@ pub struct S3Store {
     /// Built on first use: building it loads the system's certificate
     /// store (several milliseconds), which a call that never reaches S3
     /// (an asynchronous push whose file the worker has stored) must not
-    /// pay.
-    client: std::sync::OnceLock<Client>,
+    /// pay. Shared by clones (a writer clones the store), so one process
+    /// builds one client.
+    client: std::sync::Arc<std::sync::OnceLock<Client>>,
     settings: S3Settings,
     /// Set when the repository header records that this server does not
     /// honour `If-None-Match: *` ([`CreateOnly::HeadCheck`]).
@@ -257,7 +258,7 @@ impl S3Store {
             )));
         }
         Ok(S3Store {
-            client: std::sync::OnceLock::new(),
+            client: Default::default(),
             head_check: Default::default(),
             settings,
         })
@@ -1289,7 +1290,9 @@ mod tests {
             store.describe()
         );
         assert!(store.client.get().is_none());
-        let _ = store.client();
+        // A clone made before first use (a writer's) shares the client.
+        let clone = store.clone();
+        let _ = clone.client();
         assert!(store.client.get().is_some());
     }
 

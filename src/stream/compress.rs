@@ -51,8 +51,11 @@ impl Context {
         let mut context = Context(cctx);
         context.set(zstd_sys::ZSTD_cParameter::ZSTD_c_compressionLevel, level)?;
         // ZSTD_c_blockSplitterLevel (zstd.h: ZSTD_c_experimentalParam20):
-        // 1 never splits ahead of compressing.
-        context.set(zstd_sys::ZSTD_cParameter::ZSTD_c_experimentalParam20, 1)?;
+        // 1 never splits ahead of compressing. A zstd before 1.5.7 (linked
+        // from the system) has neither the splitter nor the parameter.
+        if splitter_known() {
+            context.set(zstd_sys::ZSTD_cParameter::ZSTD_c_experimentalParam20, 1)?;
+        }
         if workers > 0 {
             // Without zstd's multithreading this fails: carry on with one
             // thread rather than fail a push.
@@ -98,6 +101,15 @@ impl Context {
         unsafe { out.set_len(out.len() + dst.pos) };
         Ok(hint)
     }
+}
+
+/// Whether the linked zstd has the block pre-splitter and numbers its
+/// level as zstd.h 1.5.7 does (experimental parameters are numbered per
+/// release).
+fn splitter_known() -> bool {
+    // SAFETY: no preconditions.
+    let version = unsafe { zstd_sys::ZSTD_versionNumber() };
+    (10507..10600).contains(&version)
 }
 
 impl Drop for Context {
@@ -486,6 +498,12 @@ mod tests {
         use zstd_sys::ZSTD_cParameter::{
             ZSTD_c_compressionLevel, ZSTD_c_experimentalParam20, ZSTD_c_nbWorkers,
         };
+        // The zstd this crate builds is the one the setting is for: a new
+        // one makes this fail, and its parameter's number must be checked
+        // in zstd.h before `splitter_known` admits it.
+        assert!(splitter_known(), "zstd {}", unsafe {
+            zstd_sys::ZSTD_versionNumber()
+        });
         let streaming = Compressor::new(3, 2).unwrap();
         let context = streaming.context.as_ref().unwrap();
         assert_eq!(parameter(context, ZSTD_c_experimentalParam20), 1);
