@@ -41,6 +41,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+#[path = "support/certs.rs"]
+mod certs;
 #[path = "support/s3.rs"]
 mod s3;
 #[path = "support/sustained.rs"]

@@ -9,6 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use super::certs;
 use super::*;
 
 pub const ACCESS_KEY: &str = "walvaultbench";
@@ -112,10 +113,8 @@ pub struct S3Tls {
 impl S3Tls {
     /// Starts s3s-fs and stunnel, or says what is missing.
     pub fn start(root: &Path) -> Result<S3Tls, String> {
-        let stunnel = ["stunnel4", "stunnel"]
-            .into_iter()
-            .find(|p| on_path(p))
-            .ok_or("stunnel is not installed (apt-get install stunnel4)")?;
+        let stunnel =
+            certs::stunnel().ok_or("stunnel is not installed (apt-get install stunnel4)")?;
         if !on_path("openssl") {
             return Err("openssl is not installed".into());
         }
@@ -124,62 +123,8 @@ impl S3Tls {
         }
         let s3 = start_s3(root);
         let tls = root.join("tls");
-        fs::create_dir_all(&tls).expect("create tls directory");
-        let ca = tls.join("ca.pem");
-        let (cert, key) = (tls.join("cert.pem"), tls.join("key.pem"));
-        let ext = tls.join("ext.cnf");
-        fs::write(
-            &ext,
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
-        )
-        .expect("write ext.cnf");
-        let openssl = |args: &[&str]| {
-            run_ok(Command::new("openssl").args(args).current_dir(&tls));
-        };
-        openssl(&[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "ca.key",
-            "-out",
-            "ca.pem",
-            "-subj",
-            "/CN=walvault-bench-ca",
-            "-days",
-            "2",
-        ]);
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "key.pem",
-            "-out",
-            "leaf.csr",
-            "-subj",
-            "/CN=localhost",
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            "leaf.csr",
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca.key",
-            "-CAcreateserial",
-            "-out",
-            "cert.pem",
-            "-days",
-            "2",
-            "-extfile",
-            "ext.cnf",
-        ]);
+        let made = certs::make(&tls, "walvault-bench-ca");
+        let ca = made.ca.clone();
         {
             use std::os::unix::fs::PermissionsExt;
             // pgBackRest runs as postgres and reads the CA.
@@ -187,17 +132,7 @@ impl S3Tls {
             fs::set_permissions(&tls, fs::Permissions::from_mode(0o755)).expect("chmod tls");
         }
         let port = free_port();
-        let conf = tls.join("stunnel.conf");
-        fs::write(
-            &conf,
-            format!(
-                "foreground = yes\npid =\n[s3]\naccept = 127.0.0.1:{port}\nconnect = 127.0.0.1:{}\ncert = {}\nkey = {}\n",
-                s3.port,
-                cert.display(),
-                key.display()
-            ),
-        )
-        .expect("write stunnel.conf");
+        let conf = certs::stunnel_conf(&tls, port, s3.port, &made);
         let child = serve(
             Command::new(stunnel).arg(&conf),
             &tls.join("stunnel.log"),

@@ -13,6 +13,7 @@
 pub mod pg;
 pub mod proxy;
 pub mod s3;
+pub mod tls;
 pub mod wal;
 
 use std::path::{Path, PathBuf};
