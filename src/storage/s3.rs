@@ -327,9 +327,11 @@ fn build_client(settings: &S3Settings) -> Client {
     if let Some(endpoint) = &settings.endpoint {
         builder = builder.endpoint_url(endpoint);
     }
+    let set = |names: &[&str]| names.iter().any(|n| std::env::var_os(n).is_some());
     let trust = plan_trust(
         settings.endpoint.as_deref(),
-        std::env::var_os("SSL_CERT_FILE").is_some() || std::env::var_os("SSL_CERT_DIR").is_some(),
+        set(&["SSL_CERT_FILE", "SSL_CERT_DIR"]),
+        set(&["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"]),
         |p| Path::new(p).is_file(),
     );
     builder = builder.http_client(http_client(trust));
@@ -339,21 +341,26 @@ fn build_client(settings: &S3Settings) -> Client {
 /// The certificates the S3 client trusts.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Trust {
-    /// None: a plain `http://` endpoint has no TLS to verify.
+    /// None: a plain `http://` endpoint, reached without a proxy (which
+    /// could be `https://`), has no TLS to verify.
     Nothing,
     /// The system's store as rustls-native-certs loads it: the files
     /// `SSL_CERT_FILE` and `SSL_CERT_DIR` name when either is set, else
     /// the system's bundle and its directory of certificates.
     Native,
     /// One bundle file, the system's. Debian's directory holds the same
-    /// certificates as its bundle, once by name and once by hash, so
-    /// reading both (as `Native` does without the variables) parses each
-    /// certificate three times: 6–7 ms of every call that reaches S3.
+    /// certificates as its bundle, so reading both (as `Native` does
+    /// without the variables) parses each one twice and opens about 290
+    /// files: 6–7 ms of every call that reaches S3. A certificate that is
+    /// only in the directory (hashed there by hand, not added with
+    /// `update-ca-certificates`) needs `SSL_CERT_DIR`.
     Bundle(&'static str),
 }
 
-/// Where distributions keep the bundle of their trusted certificates
-/// (what OpenSSL reads as its default file).
+/// Where Linux distributions keep the bundle of their trusted
+/// certificates (what OpenSSL reads as its default file). Elsewhere (a
+/// Mac's keychain) the native store is the system's.
+#[cfg(target_os = "linux")]
 const SYSTEM_BUNDLES: [&str; 5] = [
     "/etc/ssl/certs/ca-certificates.crt",
     "/etc/pki/tls/certs/ca-bundle.crt",
@@ -361,16 +368,24 @@ const SYSTEM_BUNDLES: [&str; 5] = [
     "/etc/pki/ca-trust/extracted/pem/tls-ca-bundle.pem",
     "/etc/ssl/cert.pem",
 ];
+#[cfg(not(target_os = "linux"))]
+const SYSTEM_BUNDLES: [&str; 0] = [];
 
 /// What the client trusts for `endpoint` (`None`: AWS, over HTTPS), with
-/// `SSL_CERT_FILE` or `SSL_CERT_DIR` set or not, on a machine where
-/// `exists` tells which files there are.
-fn plan_trust(endpoint: Option<&str>, env_set: bool, exists: impl Fn(&str) -> bool) -> Trust {
+/// `SSL_CERT_FILE` or `SSL_CERT_DIR` set or not, and a proxy for plain
+/// HTTP set or not, on a machine where `exists` tells which files there
+/// are.
+fn plan_trust(
+    endpoint: Option<&str>,
+    env_set: bool,
+    proxied: bool,
+    exists: impl Fn(&str) -> bool,
+) -> Trust {
     let plain = endpoint.is_some_and(|e| {
         e.get(..7)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"))
     });
-    if plain {
+    if plain && !proxied {
         return Trust::Nothing;
     }
     if env_set {
@@ -382,19 +397,37 @@ fn plan_trust(endpoint: Option<&str>, env_set: bool, exists: impl Fn(&str) -> bo
         .map_or(Trust::Native, Trust::Bundle)
 }
 
+/// Whether every entry of a PEM bundle is a certificate rustls takes as
+/// a trust anchor, and there is one at least: aws-smithy-http-client
+/// panics on the first one it cannot parse.
+fn bundle_is_clean(pem: &[u8]) -> bool {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(pem) {
+        let Ok(cert) = cert else { return false };
+        if roots.add(cert).is_err() {
+            return false;
+        }
+    }
+    !roots.is_empty()
+}
+
 /// The SDK's default HTTPS client (rustls over aws-lc, proxies from the
-/// environment), trusting `trust`.
+/// environment), trusting `trust`: what aws-smithy-runtime's
+/// `default_https_client` builds (1.16), with a trust store of ours.
 fn http_client(trust: Trust) -> aws_sdk_s3::config::SharedHttpClient {
     use aws_smithy_http_client::proxy::ProxyConfig;
     use aws_smithy_http_client::tls::{self, TrustStore};
     let store = match trust {
         Trust::Nothing => TrustStore::empty(),
         Trust::Native => TrustStore::default(),
-        // Unreadable now (it existed a moment ago): the system's store
-        // as rustls-native-certs finds it.
+        // Unreadable now (it existed a moment ago), or with an entry the
+        // client would panic on (rustls-native-certs skips those): the
+        // system's store as rustls-native-certs finds it.
         Trust::Bundle(path) => match std::fs::read(path) {
-            Ok(pem) => TrustStore::empty().with_pem_certificate(pem),
-            Err(_) => TrustStore::default(),
+            Ok(pem) if bundle_is_clean(&pem) => TrustStore::empty().with_pem_certificate(pem),
+            _ => TrustStore::default(),
         },
     };
     let context = tls::TlsContext::builder()
@@ -1399,28 +1432,60 @@ mod tests {
         let debian = |p: &str| p == "/etc/ssl/certs/ca-certificates.crt";
         let redhat = |p: &str| p == "/etc/pki/tls/certs/ca-bundle.crt";
         let none = |_: &str| false;
+        let plan = |endpoint, env_set, proxied, exists: &dyn Fn(&str) -> bool| {
+            plan_trust(endpoint, env_set, proxied, exists)
+        };
         assert_eq!(
-            plan_trust(Some("http://127.0.0.1:9000"), true, debian),
+            plan(Some("http://127.0.0.1:9000"), true, false, &debian),
             Trust::Nothing
         );
         assert_eq!(
-            plan_trust(Some("HTTP://minio:9000"), false, debian),
+            plan(Some("HTTP://minio:9000"), false, false, &debian),
             Trust::Nothing
         );
+        // A proxy may speak TLS itself.
         assert_eq!(
-            plan_trust(Some("https://minio:9000"), true, debian),
-            Trust::Native
-        );
-        assert_eq!(
-            plan_trust(Some("https://minio:9000"), false, debian),
+            plan(Some("http://minio:9000"), false, true, &debian),
             Trust::Bundle("/etc/ssl/certs/ca-certificates.crt")
         );
         assert_eq!(
-            plan_trust(None, false, redhat),
+            plan(Some("https://minio:9000"), true, false, &debian),
+            Trust::Native
+        );
+        assert_eq!(
+            plan(Some("https://minio:9000"), false, false, &debian),
+            Trust::Bundle("/etc/ssl/certs/ca-certificates.crt")
+        );
+        assert_eq!(
+            plan(None, false, false, &redhat),
             Trust::Bundle("/etc/pki/tls/certs/ca-bundle.crt")
         );
-        assert_eq!(plan_trust(None, false, none), Trust::Native);
-        assert_eq!(plan_trust(Some("httpx://odd"), false, none), Trust::Native);
+        assert_eq!(plan(None, false, false, &none), Trust::Native);
+        assert_eq!(
+            plan(Some("httpx://odd"), false, false, &none),
+            Trust::Native
+        );
+    }
+
+    /// The bundle is handed over only when the client can take all of it.
+    #[test]
+    fn only_a_clean_bundle_is_handed_over() {
+        let system = std::fs::read("/etc/ssl/certs/ca-certificates.crt")
+            .expect("Debian's bundle (package ca-certificates)");
+        assert!(bundle_is_clean(&system));
+        assert!(!bundle_is_clean(b""));
+        // A local CA appended with a damaged body.
+        let mut damaged = system.clone();
+        damaged.extend_from_slice(
+            b"-----BEGIN CERTIFICATE-----\nMIIBnotbase64!!\n-----END CERTIFICATE-----\n",
+        );
+        assert!(!bundle_is_clean(&damaged));
+        // Well-formed base64 that is no certificate.
+        let mut not_a_cert = system;
+        not_a_cert.extend_from_slice(
+            b"-----BEGIN CERTIFICATE-----\nAAAAAAAAAAAAAAAA\n-----END CERTIFICATE-----\n",
+        );
+        assert!(!bundle_is_clean(&not_a_cert));
     }
 
     /// The attempt backstop grows with the largest request, so a slow

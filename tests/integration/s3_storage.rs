@@ -237,6 +237,16 @@ fn s3_over_https_verifies_the_servers_certificate() {
         c.envs(server.env())
             .env("WALVAULT_S3_ENDPOINT", &endpoint)
             .env_remove("SSL_CERT_DIR");
+        for proxy in [
+            "HTTPS_PROXY",
+            "https_proxy",
+            "HTTP_PROXY",
+            "http_proxy",
+            "ALL_PROXY",
+            "all_proxy",
+        ] {
+            c.env_remove(proxy);
+        }
         if trust_ca {
             c.env("SSL_CERT_FILE", &tls.ca);
         } else {
