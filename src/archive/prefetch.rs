@@ -709,6 +709,31 @@ mod flight_tests {
         }
     }
 
+    /// A call for segment `n` gives up (the caller fetches the file
+    /// itself) after at least `at_least`, and well before 5 s.
+    async fn gives_up_after(
+        spool: &Prefetch,
+        n: u64,
+        dest: &Path,
+        limit: WaitLimit,
+        at_least: Duration,
+    ) {
+        let started = Instant::now();
+        assert!(
+            !spool
+                .call(&name(n))
+                .unwrap()
+                .serve_or_wait(dest, limit)
+                .await,
+            "gave up"
+        );
+        let waited = started.elapsed();
+        assert!(
+            waited >= at_least && waited < Duration::from_secs(5),
+            "{waited:?}"
+        );
+    }
+
     /// A call gives up on a worker whose fetch has not moved for
     /// `without_progress`, keeps waiting for one whose file grows, and
     /// stops waiting when the worker dies.
@@ -721,38 +746,14 @@ mod flight_tests {
 
         // Stalled: nothing written at all (a request with no answer).
         let marker = spool.mark_in_flight(&name(4)).unwrap();
-        let started = Instant::now();
-        assert!(
-            !spool
-                .call(&name(4))
-                .unwrap()
-                .serve_or_wait(&dest, short)
-                .await
-        );
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
-            "{waited:?}"
-        );
+        gives_up_after(&spool, 4, &dest, short, Duration::from_millis(300)).await;
         // Stalled part way: the fetch's temporary file stops growing.
         // Named as the fetch names it (this process's id stands in for
         // the worker's).
         let temporary = crate::archive::fetch::temp_path(&spool.partial_path(&name(4)));
         fs::write(&temporary, b"first bytes").unwrap();
         assert_eq!(spool.fetched_bytes(&name(4)), 11);
-        let started = Instant::now();
-        assert!(
-            !spool
-                .call(&name(4))
-                .unwrap()
-                .serve_or_wait(&dest, short)
-                .await
-        );
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_millis(300) && waited < Duration::from_secs(5),
-            "{waited:?}"
-        );
+        gives_up_after(&spool, 4, &dest, short, Duration::from_millis(300)).await;
 
         // Moving: the file grows every 50 ms for 1.5 s, longer than
         // `without_progress`; then the fetch renames it to the worker's
@@ -794,19 +795,14 @@ mod flight_tests {
             std::thread::sleep(Duration::from_millis(300));
             drop(held);
         });
-        let started = Instant::now();
-        assert!(
-            !spool
-                .call(&name(5))
-                .unwrap()
-                .serve_or_wait(&dest, wait_limit(false))
-                .await
-        );
-        let waited = started.elapsed();
-        assert!(
-            waited >= Duration::from_millis(250) && waited < Duration::from_secs(5),
-            "{waited:?}"
-        );
+        gives_up_after(
+            &spool,
+            5,
+            &dest,
+            wait_limit(false),
+            Duration::from_millis(250),
+        )
+        .await;
         assert!(marker.exists());
         killed.join().unwrap();
     }
