@@ -268,7 +268,7 @@ async fn fetch_once(
         .map_err(|e| Attempt::Object(e.into()))?;
     let tmp = temp_path(dest);
     let mut file = create_temp(&tmp).map_err(|e| Attempt::Destination(tmp.clone(), e))?;
-    let guard = RemoveOnDrop(Some(tmp.clone()));
+    let guard = super::RemoveOnDrop::new(tmp.clone());
     // Locked while this process lives; fetches killed with -9 leave
     // unlocked temporary files, which the next fetch removes.
     crate::storage::local::lock_exclusive(&file)
@@ -303,22 +303,6 @@ fn create_temp(path: &Path) -> io::Result<File> {
         .truncate(true)
         .mode(0o600)
         .open(path)
-}
-
-struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(path);
-        }
-    }
 }
 
 /// Repositories for the tests of push, fetch and prefetch.

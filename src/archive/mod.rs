@@ -12,6 +12,29 @@ pub use push::{push, push_all, PushError, PushOutcome};
 
 use crate::repo::Repository;
 
+/// Removes a file when dropped, unless disarmed: a fetch's temporary file
+/// until it is renamed into place, the prefetch spool's markers.
+pub(crate) struct RemoveOnDrop(Option<std::path::PathBuf>);
+
+impl RemoveOnDrop {
+    pub(crate) fn new(path: std::path::PathBuf) -> RemoveOnDrop {
+        RemoveOnDrop(Some(path))
+    }
+
+    /// Keeps the file.
+    pub(crate) fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
 /// One repository that push and fetch work with.
 #[derive(Debug, Clone)]
 pub struct Member {

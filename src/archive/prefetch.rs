@@ -28,6 +28,7 @@
 //! - The worker exits when recovery has ended (no `recovery.signal` or
 //!   `standby.signal`) or after an idle time, and removes the spool.
 
+use super::RemoveOnDrop;
 use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -169,7 +170,10 @@ impl Prefetch {
         crate::storage::local::lock_exclusive(&file)?;
         let path = self.in_flight_path(name);
         fs::rename(&tmp, &path)?;
-        Ok(InFlight { path, _file: file })
+        Ok(InFlight {
+            _marker: RemoveOnDrop::new(path),
+            _file: file,
+        })
     }
 
     /// Whether a live worker is fetching `name` now.
@@ -212,7 +216,7 @@ impl Prefetch {
         }
         let waiting = self.waiting_path(name);
         fs::write(&waiting, b"")?;
-        let waiting = RemoveOnDrop(waiting);
+        let waiting = RemoveOnDrop::new(waiting);
         self.want(&Want {
             name: name.to_string(),
         })?;
@@ -289,14 +293,9 @@ impl Prefetch {
 /// A file the worker is fetching: its locked marker, removed and then
 /// unlocked when dropped (after the keep-or-discard decision).
 struct InFlight {
-    path: PathBuf,
+    // Fields drop in this order: the marker goes, then the lock.
+    _marker: RemoveOnDrop,
     _file: fs::File,
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.path);
-    }
 }
 
 /// A call for one file, from [`Prefetch::call`].
@@ -350,14 +349,6 @@ impl Call<'_> {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         spool.serve(name, dest)
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = fs::remove_file(&self.0);
     }
 }
 
