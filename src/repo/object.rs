@@ -375,9 +375,16 @@ pub fn worst_case_bytes(len: u64, compress: CompressSettings, holds_body: bool) 
     working_bytes(compress).saturating_add(body)
 }
 
-/// The capacity of a chunk of compressed output: a little over
-/// [`CHUNK_BYTES`], as a step may end a block past it.
-const CHUNK_CAPACITY: usize = CHUNK_BYTES + CHUNK_BYTES / 8;
+/// The most one step of at most [`CHUNK_BYTES`] of input adds to the
+/// compressed output, with a margin: zstd's bound for the step (1/128
+/// over), a block it may still hold from the step before (128 KiB), and
+/// the room `Compressor` makes before each call to zstd (128 KiB).
+const STEP_ROOM: usize = CHUNK_BYTES + CHUNK_BYTES / 2;
+
+/// The capacity of a chunk of compressed output. A chunk is handed over
+/// once another step might not fit ([`Body::flush_full`]), so it never
+/// grows: what it touches stays under [`STEP_ROOM`] plus half a MiB.
+const CHUNK_CAPACITY: usize = 2 * CHUNK_BYTES;
 
 /// How many spare chunks are kept for reuse, at most.
 const SPARE_CHUNKS_MAX: usize = 4;
@@ -386,42 +393,81 @@ const SPARE_CHUNKS_MAX: usize = 4;
 /// next body instead of freed. The allocator hands large freed blocks
 /// back to the kernel, so an async worker pushing file after file got
 /// every chunk as fresh pages: on less compressible WAL a page fault for
-/// each 4 KiB it stored. At most [`SPARE_CHUNKS_MAX`] wait here, so what
-/// an idle process keeps is bounded (about 4.5 MiB; 9 at most).
-static SPARE_CHUNKS: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
+/// each 4 KiB it stored. At most [`SPARE_CHUNKS_MAX`] wait here, each of
+/// [`CHUNK_CAPACITY`] (2 MiB), so an idle process keeps 8 MiB at most.
+static SPARE_CHUNKS: Spares = Spares::new(SPARE_CHUNKS_MAX);
+
+/// A bounded stack of empty output buffers.
+struct Spares {
+    buffers: std::sync::Mutex<Vec<Vec<u8>>>,
+    max: usize,
+}
+
+impl Spares {
+    const fn new(max: usize) -> Spares {
+        Spares {
+            buffers: std::sync::Mutex::new(Vec::new()),
+            max,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Vec<u8>>> {
+        // Nothing panics while the lock is held.
+        self.buffers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// An empty buffer for compressed output: a spare one if there is one.
+    fn take(&self) -> Vec<u8> {
+        let spare = self.lock().pop();
+        spare.unwrap_or_else(|| Vec::with_capacity(CHUNK_CAPACITY))
+    }
+
+    /// Keeps `buf`, emptied, unless there are enough spares or it grew
+    /// past a chunk's capacity.
+    fn give(&self, mut buf: Vec<u8>) {
+        if buf.capacity() > CHUNK_CAPACITY {
+            return;
+        }
+        buf.clear();
+        let mut buffers = self.lock();
+        if buffers.len() < self.max {
+            buffers.push(buf);
+        }
+    }
+}
 
 /// An empty buffer for compressed output: a spare one if there is one.
 fn spare_chunk() -> Vec<u8> {
-    let spare = SPARE_CHUNKS
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .pop();
-    spare.unwrap_or_else(|| Vec::with_capacity(CHUNK_CAPACITY))
+    SPARE_CHUNKS.take()
 }
 
-/// A chunk handed to a writer; when the writer drops it, its buffer
-/// becomes a spare (unless there are enough, or it grew large).
-struct SpareChunk(Vec<u8>);
+/// A chunk handed to a writer as `Bytes`; once the writer and every
+/// clone or slice of it are done, its buffer goes back to its spares.
+struct SpareChunk {
+    buf: Vec<u8>,
+    spares: &'static Spares,
+}
+
+impl SpareChunk {
+    fn bytes(buf: Vec<u8>) -> Bytes {
+        Bytes::from_owner(SpareChunk {
+            buf,
+            spares: &SPARE_CHUNKS,
+        })
+    }
+}
 
 impl AsRef<[u8]> for SpareChunk {
     fn as_ref(&self) -> &[u8] {
-        &self.0
+        &self.buf
     }
 }
 
 impl Drop for SpareChunk {
     fn drop(&mut self) {
-        let mut buf = std::mem::take(&mut self.0);
-        if buf.capacity() > 2 * CHUNK_CAPACITY {
-            return;
-        }
-        buf.clear();
-        let mut spares = SPARE_CHUNKS
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if spares.len() < SPARE_CHUNKS_MAX {
-            spares.push(buf);
-        }
+        self.spares.give(std::mem::take(&mut self.buf));
     }
 }
 
@@ -445,12 +491,13 @@ impl Body {
         &mut self.out
     }
 
-    /// Hands a full chunk to the writer.
+    /// Hands the chunk to the writer if the next step (at most
+    /// [`CHUNK_BYTES`] of input) might not fit in it.
     async fn flush_full(&mut self, writer: &mut dyn ObjectWriter) -> Result<(), ObjectError> {
-        if self.out.len() >= CHUNK_BYTES {
+        if self.out.len() > CHUNK_CAPACITY - STEP_ROOM {
             self.size += self.out.len() as u64;
             let chunk = std::mem::replace(&mut self.out, spare_chunk());
-            writer.write(Bytes::from_owner(SpareChunk(chunk))).await?;
+            writer.write(SpareChunk::bytes(chunk)).await?;
         }
         Ok(())
     }
@@ -465,9 +512,7 @@ impl Body {
         let checksum = hasher.finish();
         self.out
             .extend_from_slice(&trailer(hasher.len(), self.size, &checksum));
-        writer
-            .write(Bytes::from_owner(SpareChunk(self.out)))
-            .await?;
+        writer.write(SpareChunk::bytes(self.out)).await?;
         Ok(ObjectInfo {
             raw_size: hasher.len(),
             checksum,
@@ -1142,30 +1187,43 @@ mod tests {
         futures_util::FutureExt::now_or_never(f).is_none()
     }
 
-    /// A chunk a writer is done with comes back empty for the next body;
-    /// the spares never exceed their bound, nor keep a buffer that grew
-    /// large. (Other tests share the spares, so only what holds whatever
-    /// they do is checked.)
+    /// A chunk's buffer comes back empty for the next body once every
+    /// `Bytes` of it is gone, never sooner; the spares stay within their
+    /// bound and refuse a buffer that grew large. (A pool of the test's
+    /// own: the process-wide one is shared with the tests running beside.)
     #[test]
-    fn spare_chunks_come_back_empty_and_stay_bounded() {
-        for _ in 0..3 * SPARE_CHUNKS_MAX {
-            let mut chunk = spare_chunk();
-            chunk.extend_from_slice(b"compressed bytes");
-            drop(Bytes::from_owner(SpareChunk(chunk)));
-            let next = spare_chunk();
-            assert!(next.is_empty());
-            assert!(next.capacity() <= 2 * CHUNK_CAPACITY);
-            drop(Bytes::from_owner(SpareChunk(next)));
-            assert!(SPARE_CHUNKS.lock().unwrap().len() <= SPARE_CHUNKS_MAX);
+    fn spare_chunks_come_back_empty_only_when_done_and_stay_bounded() {
+        let spares: &'static Spares = Box::leak(Box::new(Spares::new(2)));
+        let chunk = |buf: Vec<u8>| Bytes::from_owner(SpareChunk { buf, spares });
+
+        let mut buf = spares.take();
+        buf.extend_from_slice(b"compressed bytes");
+        let ptr = buf.as_ptr();
+        let whole = chunk(buf);
+        let tail = whole.slice(11..);
+        drop(whole);
+        // A slice still holds the buffer: it is not a spare yet.
+        assert!(spares.lock().is_empty());
+        let mut other = spares.take();
+        assert_ne!(other.as_ptr(), ptr);
+        other.extend_from_slice(b"other bytes");
+        assert_eq!(&tail[..], b"bytes");
+        drop(tail);
+        let again = spares.take();
+        assert_eq!(again.as_ptr(), ptr);
+        assert!(again.is_empty());
+
+        for _ in 0..5 {
+            drop(chunk(Vec::with_capacity(CHUNK_CAPACITY)));
         }
-        drop(Bytes::from_owner(SpareChunk(Vec::with_capacity(
-            4 * CHUNK_CAPACITY,
-        ))));
-        assert!(SPARE_CHUNKS
-            .lock()
-            .unwrap()
-            .iter()
-            .all(|spare| spare.is_empty() && spare.capacity() <= 2 * CHUNK_CAPACITY));
+        assert_eq!(spares.lock().len(), 2);
+        spares.lock().clear();
+        drop(chunk(Vec::with_capacity(CHUNK_CAPACITY + 1)));
+        assert!(spares.lock().is_empty());
+        drop(chunk(again));
+        assert_eq!(spares.lock().len(), 1);
+        // What README says the worker's spares hold at most.
+        assert!(SPARE_CHUNKS.max * CHUNK_CAPACITY <= 8 << 20);
     }
 
     /// A put waits for its worst case of memory, then for a slot; after
