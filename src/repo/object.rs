@@ -382,8 +382,11 @@ pub fn worst_case_bytes(len: u64, compress: CompressSettings, holds_body: bool) 
 const STEP_ROOM: usize = CHUNK_BYTES + CHUNK_BYTES / 2;
 
 /// The capacity of a chunk of compressed output. A chunk is handed over
-/// once another step might not fit ([`Body::flush_full`]), so it never
-/// grows: what it touches stays under [`STEP_ROOM`] plus half a MiB.
+/// once another step might not fit ([`Body::flush_full`]), so it does
+/// not grow: what it touches stays under [`STEP_ROOM`] plus half a MiB.
+/// With zstd's threads (`compress_threads`) it can: zstd hands over
+/// whole jobs of several MiB at once, and the spares refuse the grown
+/// buffer.
 const CHUNK_CAPACITY: usize = 2 * CHUNK_BYTES;
 
 /// How many spare chunks are kept for reuse, at most.
@@ -472,7 +475,7 @@ impl Drop for SpareChunk {
 }
 
 /// The body of an object on its way to a writer: compressed output is
-/// handed over in chunks of about [`CHUNK_BYTES`], and the trailer ends it.
+/// handed over in chunks of ½ to 2 MiB, and the trailer ends it.
 struct Body {
     out: Vec<u8>,
     size: u64,
@@ -1185,6 +1188,55 @@ mod tests {
     /// Whether a future has yet to finish (polled once).
     fn waits<F: std::future::Future + Unpin>(f: &mut F) -> bool {
         futures_util::FutureExt::now_or_never(f).is_none()
+    }
+
+    /// Output that hardly compresses (random bytes, which zstd stores
+    /// raw, and bytes of 128 values, stored at 7/8, so that two steps'
+    /// output stay in one chunk) never takes a chunk past its capacity,
+    /// streamed, stored (level 0) or compressed in place, up to the end
+    /// of the frame.
+    #[tokio::test]
+    async fn chunks_of_incompressible_output_never_grow() {
+        let store = MemoryStore::new();
+        let key = Key::new("obj/noise").unwrap();
+        let check = |body: &Body| assert!(body.out.capacity() <= CHUNK_CAPACITY);
+        for values in [256u64, 128] {
+            let mut state = 0x9e37_79b9_7f4a_7c15u64;
+            let data: Vec<u8> = (0..5 * CHUNK_BYTES + 12_345)
+                .map(|_| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    (state % values) as u8
+                })
+                .collect();
+            for level in [0, 3] {
+                let mut writer = store.put(&key, PutMode::Overwrite).await.unwrap();
+                let mut compressor = Compressor::new(level, 0).unwrap();
+                let mut body = Body::new();
+                for step in data.chunks(CHUNK_BYTES) {
+                    compressor.compress(step, body.out()).unwrap();
+                    check(&body);
+                    body.flush_full(writer.as_mut()).await.unwrap();
+                }
+                compressor.finish(body.out()).unwrap();
+                check(&body);
+                writer.abort().await;
+            }
+            let mut writer = store.put(&key, PutMode::Overwrite).await.unwrap();
+            let mut compressor = InPlaceCompressor::new(3, &data).unwrap();
+            let mut body = Body::new();
+            let mut end = 0;
+            while end < data.len() {
+                end = (end + CHUNK_BYTES).min(data.len());
+                compressor.compress_to(end, body.out()).unwrap();
+                check(&body);
+                body.flush_full(writer.as_mut()).await.unwrap();
+            }
+            compressor.finish(body.out()).unwrap();
+            check(&body);
+            writer.abort().await;
+        }
     }
 
     /// A chunk's buffer comes back empty for the next body once every

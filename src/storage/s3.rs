@@ -1318,6 +1318,9 @@ impl S3Writer {
 impl ObjectWriter for S3Writer {
     async fn write(&mut self, chunk: Bytes) -> Result<()> {
         self.buf.extend_from_slice(&chunk);
+        // Copied: the chunk's buffer can go back to its owner (the spare
+        // output buffers) before the part is sent.
+        drop(chunk);
         let part_size = self.store.settings.part_size_bytes;
         if self.upload_id.is_none() && self.buf.len() <= self.store.settings.single_put_max_bytes {
             // Still small enough for one PutObject at commit.
