@@ -1199,7 +1199,20 @@ mod tests {
     async fn chunks_of_incompressible_output_never_grow() {
         let store = MemoryStore::new();
         let key = Key::new("obj/noise").unwrap();
-        let check = |body: &Body| assert!(body.out.capacity() <= CHUNK_CAPACITY);
+        fn check(body: &Body) {
+            assert!(body.out.capacity() <= CHUNK_CAPACITY);
+        }
+        /// One step of compression, checked, then the chunk handed over
+        /// if the next step might not fit.
+        async fn step_and_flush(
+            body: &mut Body,
+            writer: &mut dyn ObjectWriter,
+            compress: impl FnOnce(&mut Vec<u8>),
+        ) {
+            compress(body.out());
+            check(body);
+            body.flush_full(writer).await.unwrap();
+        }
         for values in [256u64, 128] {
             let mut state = 0x9e37_79b9_7f4a_7c15u64;
             let data: Vec<u8> = (0..5 * CHUNK_BYTES + 12_345)
@@ -1215,9 +1228,8 @@ mod tests {
                 let mut compressor = Compressor::new(level, 0).unwrap();
                 let mut body = Body::new();
                 for step in data.chunks(CHUNK_BYTES) {
-                    compressor.compress(step, body.out()).unwrap();
-                    check(&body);
-                    body.flush_full(writer.as_mut()).await.unwrap();
+                    let compress = |out: &mut Vec<u8>| compressor.compress(step, out).unwrap();
+                    step_and_flush(&mut body, writer.as_mut(), compress).await;
                 }
                 compressor.finish(body.out()).unwrap();
                 check(&body);
@@ -1229,9 +1241,8 @@ mod tests {
             let mut end = 0;
             while end < data.len() {
                 end = (end + CHUNK_BYTES).min(data.len());
-                compressor.compress_to(end, body.out()).unwrap();
-                check(&body);
-                body.flush_full(writer.as_mut()).await.unwrap();
+                let compress = |out: &mut Vec<u8>| compressor.compress_to(end, out).unwrap();
+                step_and_flush(&mut body, writer.as_mut(), compress).await;
             }
             compressor.finish(body.out()).unwrap();
             check(&body);
