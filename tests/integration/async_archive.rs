@@ -420,3 +420,142 @@ fn prefetch_serves_the_next_segments_and_never_stale_ones() {
     std::fs::remove_file(data.join("recovery.signal")).unwrap();
     crate::harness::wait_for("the spool removed", 30, || !spool.exists());
 }
+
+/// Prefetching keeps fetch's exit codes: a corrupt object is never put in
+/// the spool, and the call for it stops recovery (128) outside standby
+/// mode and is an ordinary failure (6) in it, as without prefetching; a
+/// missing file is exit 1 and quiet. `kill -9` of the worker while it
+/// works loses nothing: the next calls are byte-identical all the same.
+#[test]
+fn prefetch_keeps_fetchs_exit_codes_and_survives_kill_9() {
+    let dir = TestDir::new("prefetch-codes");
+    let repo = dir.path().join("repo");
+    let size = WalSegmentSize::new(1 << 20).unwrap();
+    let data = fake_pgdata(dir.path(), SYSID, 1 << 20);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    let wal = dir.subdir("wal");
+    let segs: Vec<PathBuf> = (1..=7)
+        .map(|n| write_segment(&wal, SYSID, 1, n, size, n as u8))
+        .collect();
+    // The seventh is never archived: the end of the archive.
+    for seg in &segs[..6] {
+        let out = run(walvault("walvault-push")
+            .args(["--repo", repo.to_str().unwrap()])
+            .arg(seg));
+        assert_eq!(out.code, 0, "{}", out.stderr);
+    }
+    let name_of = |seg: &Path| seg.file_name().unwrap().to_str().unwrap().to_string();
+    let corrupt = name_of(&segs[3]);
+    let object = repo
+        .join("wal")
+        .join(&corrupt[..8])
+        .join(&corrupt[..16])
+        .join(&corrupt);
+    let mut bytes = std::fs::read(&object).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&object, &bytes).unwrap();
+
+    std::fs::create_dir_all(data.join("pg_wal")).unwrap();
+    std::fs::write(data.join("recovery.signal"), "").unwrap();
+    let spool = data.join("pg_wal/walvault_prefetch");
+    let dest = data.join("pg_wal/RECOVERYXLOG");
+    let fetch = |seg: &Path| {
+        let out = run(walvault("walvault-fetch")
+            .args(["--repo", repo.to_str().unwrap(), "--restore-prefetch", "3"])
+            .args([name_of(seg).as_str(), "pg_wal/RECOVERYXLOG"])
+            .current_dir(&data));
+        let restored = std::fs::read(&dest).ok();
+        // PostgreSQL moves %p away after each call.
+        let _ = std::fs::remove_file(&dest);
+        (out, restored)
+    };
+    let fetch_ok = |seg: &Path| {
+        let (out, restored) = fetch(seg);
+        assert_eq!(out.code, 0, "{}: {}", name_of(seg), out.stderr);
+        assert!(
+            restored == Some(std::fs::read(seg).unwrap()),
+            "{} byte-identical",
+            name_of(seg)
+        );
+    };
+    let in_spool = |seg: &Path| spool.join(name_of(seg)).exists();
+    let workers = || {
+        pids_mentioning(repo.to_str().unwrap())
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline"))
+                    .map(|c| String::from_utf8_lossy(&c).contains("--internal-prefetch-worker"))
+                    .unwrap_or(false)
+            })
+            .collect::<Vec<_>>()
+    };
+
+    fetch_ok(&segs[0]);
+    crate::harness::wait_for("segments 2 and 3 prefetched", 30, || {
+        in_spool(&segs[1]) && in_spool(&segs[2])
+    });
+    assert!(
+        !in_spool(&segs[3]),
+        "a corrupt object never enters the spool"
+    );
+    let killed = workers();
+    assert!(!killed.is_empty(), "a prefetch worker runs");
+    for pid in &killed {
+        // SAFETY: kill of a process this test started.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    fetch_ok(&segs[1]);
+    fetch_ok(&segs[2]);
+    assert!(
+        !in_spool(&segs[3]),
+        "a corrupt object never enters the spool"
+    );
+
+    // The corrupt one: as without prefetching, and no %p is left.
+    let (out, restored) = fetch(&segs[3]);
+    assert_eq!(out.code, 128, "stops recovery: {}", out.stderr);
+    assert!(
+        out.stderr.contains("corrupt") && out.stderr.contains(&corrupt),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("stops recovery"), "{}", out.stderr);
+    assert_eq!(restored, None, "no %p for a corrupt object");
+    // Prefetching goes on past it.
+    fetch_ok(&segs[4]);
+    fetch_ok(&segs[5]);
+    // The end of the archive: exit 1, quietly.
+    let (out, restored) = fetch(&segs[6]);
+    assert_eq!((out.code, out.stderr.as_str()), (1, ""));
+    assert_eq!(restored, None);
+
+    // Standby mode: the corrupt object is an ordinary failure (6), the
+    // missing one still 1.
+    std::fs::remove_file(data.join("recovery.signal")).unwrap();
+    std::fs::write(data.join("standby.signal"), "").unwrap();
+    let (out, restored) = fetch(&segs[3]);
+    assert_eq!(
+        out.code, 6,
+        "in standby mode an ordinary failure: {}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("standby mode"), "{}", out.stderr);
+    assert_eq!(restored, None);
+    let (out, _) = fetch(&segs[6]);
+    assert_eq!((out.code, out.stderr.as_str()), (1, ""));
+    assert!(
+        std::fs::read_dir(&spool)
+            .map(|d| d
+                .flatten()
+                .all(|e| e.file_name().to_string_lossy() != corrupt))
+            .unwrap_or(true),
+        "a corrupt object never enters the spool"
+    );
+
+    std::fs::remove_file(data.join("standby.signal")).unwrap();
+    crate::harness::wait_for("the spool removed", 30, || !spool.exists());
+    crate::harness::wait_for("the worker gone", 30, || workers().is_empty());
+}

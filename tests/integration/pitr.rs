@@ -681,3 +681,62 @@ fn ambiguous_targets_after_a_branch_are_refused() {
     assert_eq!(tl2["parent"], 1, "{tl2}");
     assert!(tl2["branch_point"].as_str().unwrap().contains('/'), "{tl2}");
 }
+
+/// A segment removed from the archive after a backup (a `find -delete`, a
+/// lifecycle rule): restoring to the end of the archive is refused before
+/// anything is written, naming the missing file and the next archived one
+/// (replay would stop there and lose what follows); a target before the
+/// gap is still planned; `status` is CRITICAL (exit 2) and names the
+/// segment.
+#[test]
+fn a_gap_in_the_archive_is_refused_and_reported() {
+    let setup = Setup::new("pitr-gap", Backend::Local);
+    let p = &setup.primary;
+    p.sql("CREATE TABLE t(id int)");
+    let label = setup.backup(p);
+    p.sql("INSERT INTO t VALUES (1)");
+    let before_gap = p.sql("SELECT pg_current_wal_lsn()");
+    p.switch_and_wait_archived(120);
+    p.sql("INSERT INTO t VALUES (2)");
+    let lost = p.switch_and_wait_archived(120);
+    p.sql("INSERT INTO t VALUES (3)");
+    let next = p.switch_and_wait_archived(120);
+    let repo = setup.local_repo.as_ref().unwrap();
+    let object = repo
+        .join("wal")
+        .join(&lost[..8])
+        .join(&lost[..16])
+        .join(&lost);
+    std::fs::remove_file(&object).unwrap();
+
+    let (out, pgdata) = setup.restore("gap", &[]);
+    assert_eq!(out.code, 8, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!(
+            "WAL file {lost} is missing from the archive, but later WAL on the restore path is archived"
+        )),
+        "{}",
+        out.stderr
+    );
+    assert!(out.stderr.contains("HINT: "), "{}", out.stderr);
+    assert!(
+        out.stderr.contains(&format!("(next: {next})")),
+        "{}",
+        out.stderr
+    );
+    assert!(!pgdata.exists(), "nothing was written");
+
+    let (out, pgdata) = setup.restore("before-gap", &["--target-lsn", &before_gap, "--dry-run"]);
+    assert_eq!(out.code, 0, "a target before the gap: {}", out.stderr);
+    assert!(!pgdata.exists());
+
+    let out = setup.walvault(&["status"]);
+    assert_eq!(out.code, 2, "{}{}", out.stdout, out.stderr);
+    let text = format!("{}{}", out.stdout, out.stderr);
+    assert!(
+        text.contains(&format!(
+            "WAL segment {lost} is missing from the archive: recovery from backup {label} stops before it"
+        )),
+        "{text}"
+    );
+}
