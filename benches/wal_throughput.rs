@@ -265,6 +265,32 @@ fn main() {
         }
     }
 
+    // Instructions of one synchronous push per tool, where valgrind is
+    // installed (WALVAULT_BENCH_INSTRUCTIONS=0 skips them): a measure of
+    // the work per byte that the machine's speed of the minute and the
+    // host's stolen time do not move.
+    let counted: Vec<(&str, u64)> = if on_path("valgrind")
+        && !std::env::var("WALVAULT_BENCH_INSTRUCTIONS").is_ok_and(|v| v == "0")
+    {
+        eprintln!("instruction counts (untimed, callgrind)");
+        configs
+            .iter()
+            .filter(|c| c.kind == Kind::Push && c.setup.is_none())
+            .filter(|c| {
+                [
+                    "walvault-push (zstd 3",
+                    "pgbackrest archive-push (zst 3)",
+                    "zstd -3 (CLI",
+                ]
+                .iter()
+                .any(|p| c.label.starts_with(p))
+            })
+            .filter_map(|c| bench.instructions(c).map(|n| (c.label, n)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+
     // Results.
     let mut out = String::new();
     out.push_str(&format!(
@@ -293,7 +319,10 @@ fn main() {
          MiB/s = MiB (2^20 bytes) of raw WAL / total wall time of a round's calls \
          (spawn to exit): the median round, and the slowest-fastest range. \
          Per-call times are over all rounds. The restore rows check and remove \
-         each restored file between calls, untimed. Peak RSS = largest ru_maxrss \
+         each restored file between calls, untimed. CPU ms/segment (push rows) = \
+         CPU time of the whole machine (every process, background workers \
+         included; time stolen by the host left out) from the first call's spawn \
+         to the last call's exit, median round, per segment. Peak RSS = largest ru_maxrss \
          of any one call. stored/raw = bytes in the repository / bytes of WAL.\n\n"
     ));
     for (kind, title) in [
@@ -335,6 +364,23 @@ fn main() {
         );
         out.push_str(&sampled_notes.join("\n"));
         out.push_str("\n\n");
+    }
+    if let Some(first) = bench.segments.first().filter(|_| !counted.is_empty()) {
+        out.push_str(&format!(
+            "### Instructions for one segment (valgrind's callgrind, untimed)\n\n\
+             The first segment ({} bytes), one call, in a fresh copy of the row's \
+             repository; every instruction of the process counted, start-up included.\n\n\
+             | configuration | instructions (millions) | per raw byte |\n|---|---:|---:|\n",
+            first.bytes
+        ));
+        for (label, n) in &counted {
+            out.push_str(&format!(
+                "| {label} | {:.0} | {:.1} |\n",
+                *n as f64 / 1e6,
+                *n as f64 / first.bytes as f64
+            ));
+        }
+        out.push('\n');
     }
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(out.as_bytes()).expect("write results");
@@ -494,6 +540,10 @@ struct Config<'a> {
 struct Results {
     /// Sum of the call times, per round.
     rounds: Vec<Duration>,
+    /// CPU time the whole machine spent from the first call's spawn to the
+    /// last call's exit (every process, steal left out), per round: with
+    /// a background worker, the foreground's own rusage misses its work.
+    cpu: Vec<Duration>,
     /// Every call's wall time, spawn to exit.
     calls: Vec<Duration>,
     peak_rss_kib: u64,
@@ -1185,13 +1235,9 @@ impl Bench {
         }
     }
 
-    /// Runs one configuration over every segment, one process at a time,
-    /// timing each call from spawn to exit and reaping it with `wait4` for
-    /// its peak RSS. Any failed call, or any restore that differs from the
-    /// original, fails the benchmark.
-    fn run_config(&self, config: &Config, results: &mut Results) {
-        let label = config.label;
-        eprintln!("running: {label}");
+    /// A row's repository (or restore directory) as each round starts:
+    /// a copy of its template, or empty.
+    fn reset(&self, config: &Config) {
         if let Some(dir) = &config.dir {
             if dir.exists() {
                 fs::remove_dir_all(dir).unwrap_or_else(|e| panic!("remove {}: {e}", dir.display()));
@@ -1204,6 +1250,59 @@ impl Bench {
                 ),
             };
         }
+    }
+
+    /// Instructions one call executes for the first segment, counted by
+    /// valgrind's callgrind (untimed, in a row's fresh repository): unlike
+    /// time, the same from run to run whatever else the machine is doing.
+    /// `None` where valgrind cannot run the call.
+    fn instructions(&self, config: &Config) -> Option<u64> {
+        let seg = self.segments.first()?;
+        self.reset(config);
+        let plain = (config.make)(seg);
+        let out_file = self.root.join("callgrind.out");
+        let _ = fs::remove_file(&out_file);
+        let mut cmd = Command::new("valgrind");
+        cmd.arg("--tool=callgrind")
+            .arg(format!("--callgrind-out-file={}", out_file.display()))
+            .arg(plain.get_program())
+            .args(plain.get_args());
+        for (key, value) in plain.get_envs() {
+            match value {
+                Some(value) => cmd.env(key, value),
+                None => cmd.env_remove(key),
+            };
+        }
+        if let Some(dir) = plain.get_current_dir() {
+            cmd.current_dir(dir);
+        }
+        let out = cmd.stdin(Stdio::null()).output().ok()?;
+        if !out.status.success() {
+            eprintln!(
+                "{}: under callgrind: {}\n{}",
+                config.label,
+                out.status,
+                String::from_utf8_lossy(&out.stderr)
+            );
+            return None;
+        }
+        fs::read_to_string(&out_file)
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("summary: "))?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Runs one configuration over every segment, one process at a time,
+    /// timing each call from spawn to exit and reaping it with `wait4` for
+    /// its peak RSS. Any failed call, or any restore that differs from the
+    /// original, fails the benchmark.
+    fn run_config(&self, config: &Config, results: &mut Results) {
+        let label = config.label;
+        eprintln!("running: {label}");
+        self.reset(config);
         if let Some(setup) = &config.setup {
             setup();
         }
@@ -1215,6 +1314,7 @@ impl Bench {
         unsafe { libc::sync() };
         let stderr_log = self.root.join("call.stderr");
         let mut total = Duration::ZERO;
+        let cpu_before = cpu_used();
         for seg in &self.segments {
             let mut cmd = (config.make)(seg);
             let (elapsed, status, rss_kib) = run_measured(&mut cmd, &stderr_log);
@@ -1247,6 +1347,9 @@ impl Bench {
             }
         }
         results.rounds.push(total);
+        if let (Some(before), Some(after)) = (cpu_before, cpu_used()) {
+            results.cpu.push(after.saturating_sub(before));
+        }
         if let Some(note) = config.teardown.as_ref().and_then(|t| t()) {
             eprintln!("{label}: {note}");
             results.notes.push(note);
@@ -1506,8 +1609,8 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 
 fn table(rows: &[(&Config, &Results)], raw_bytes: u64) -> String {
     let mut s = String::from(
-        "| configuration | MiB/s (median round) | MiB/s range | mean ms/segment | p50 ms | p95 ms | peak RSS MiB | stored/raw |\n\
-         |---|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| configuration | MiB/s (median round) | MiB/s range | mean ms/segment | p50 ms | p95 ms | CPU ms/segment | peak RSS MiB | stored/raw |\n\
+         |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for (config, results) in rows {
         let mut sorted = results.calls.clone();
@@ -1537,14 +1640,28 @@ fn table(rows: &[(&Config, &Results)], raw_bytes: u64) -> String {
             Some(stored) => format!("{:.3}", stored as f64 / raw_bytes as f64),
             None => "—".to_string(),
         };
+        // Push rows only: a restore row's background worker also works
+        // while its files are compared, outside the calls.
+        let cpu = if config.kind == Kind::Push && !results.cpu.is_empty() {
+            let mut per_round = results.cpu.clone();
+            per_round.sort();
+            let calls_per_round = (results.calls.len() / results.rounds.len()).max(1) as u32;
+            format!(
+                "{:.1}",
+                ms(per_round[per_round.len() / 2] / calls_per_round)
+            )
+        } else {
+            "—".to_string()
+        };
         s.push_str(&format!(
-            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.1} | {} |\n",
+            "| {} | {} | {} | {:.1} | {:.1} | {:.1} | {} | {:.1} | {} |\n",
             config.label,
             throughput,
             range,
             ms(mean),
             ms(percentile(&sorted, 50.0)),
             ms(percentile(&sorted, 95.0)),
+            cpu,
             results.peak_rss_kib as f64 / 1024.0,
             ratio
         ));
@@ -1564,20 +1681,42 @@ fn positive_env(name: &str) -> Option<usize> {
     Some(n)
 }
 
+/// The jiffies of all CPUs together, field by field, from /proc/stat's
+/// first line (user, nice, system, idle, iowait, irq, softirq, steal, …).
+fn cpu_jiffies() -> Option<Vec<u64>> {
+    let stat = fs::read_to_string("/proc/stat").ok()?;
+    Some(
+        stat.lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|f| f.parse().ok())
+            .collect(),
+    )
+}
+
 /// (busy, total) jiffies of all CPUs, from /proc/stat.
 fn cpu_times() -> Option<(u64, u64)> {
-    let stat = fs::read_to_string("/proc/stat").ok()?;
-    let fields: Vec<u64> = stat
-        .lines()
-        .next()?
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|f| f.parse().ok())
-        .collect();
+    let fields = cpu_jiffies()?;
     let total: u64 = fields.iter().take(8).sum();
     // idle and iowait are fields 4 and 5.
     let idle = fields.get(3)? + fields.get(4)?;
     Some((total - idle, total))
+}
+
+/// CPU time all CPUs spent running anything (user, nice, system, irq,
+/// softirq of /proc/stat; not idle, iowait or the time the host stole).
+fn cpu_used() -> Option<Duration> {
+    let fields = cpu_jiffies()?;
+    let jiffies: u64 = [0, 1, 2, 5, 6]
+        .iter()
+        .map(|&i| fields.get(i).copied())
+        .sum::<Option<u64>>()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) })
+        .ok()
+        .filter(|&hz| hz > 0)?;
+    Some(Duration::from_micros(jiffies * 1_000_000 / hz))
 }
 
 fn cpu_busy_share(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> f64 {
