@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use walvault::wal::WalSegmentSize;
 
-use crate::harness::wal::write_segment;
+use crate::harness::wal::{object_path, write_segment};
 use crate::harness::{init_local_repo, run, walvault, Ran, TestDir};
 
 const SYSID_A: u64 = 7_311_111_111_111_111_111;
@@ -32,14 +32,6 @@ fn fetch(repo: &Path, cwd: &Path, name: &str, dest: &Path) -> Ran {
         .arg(name)
         .arg(dest)
         .current_dir(cwd))
-}
-
-/// The stored object of a segment in a local repository.
-fn object_path(repo: &Path, name: &str) -> std::path::PathBuf {
-    repo.join("wal")
-        .join(&name[..8])
-        .join(&name[..16])
-        .join(name)
 }
 
 #[test]

@@ -76,6 +76,11 @@ fn fetch_identical(config: &Path, dir: &Path, seg: &Path) -> bool {
 
 /// Processes whose command line mentions `needle` (our own workers).
 fn pids_mentioning(needle: &str) -> Vec<i32> {
+    pids_mentioning_all(&[needle])
+}
+
+/// Processes whose command line mentions every one of `needles`.
+fn pids_mentioning_all(needles: &[&str]) -> Vec<i32> {
     let me = std::process::id() as i32;
     std::fs::read_dir("/proc")
         .unwrap()
@@ -84,7 +89,10 @@ fn pids_mentioning(needle: &str) -> Vec<i32> {
         .filter(|pid| *pid != me)
         .filter(|pid| {
             std::fs::read(format!("/proc/{pid}/cmdline"))
-                .map(|c| String::from_utf8_lossy(&c).contains(needle))
+                .map(|c| {
+                    let c = String::from_utf8_lossy(&c);
+                    needles.iter().all(|n| c.contains(n))
+                })
                 .unwrap_or(false)
         })
         .collect()
@@ -446,11 +454,7 @@ fn prefetch_keeps_fetchs_exit_codes_and_survives_kill_9() {
     }
     let name_of = |seg: &Path| seg.file_name().unwrap().to_str().unwrap().to_string();
     let corrupt = name_of(&segs[3]);
-    let object = repo
-        .join("wal")
-        .join(&corrupt[..8])
-        .join(&corrupt[..16])
-        .join(&corrupt);
+    let object = crate::harness::wal::object_path(&repo, &corrupt);
     let mut bytes = std::fs::read(&object).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x01;
@@ -480,16 +484,7 @@ fn prefetch_keeps_fetchs_exit_codes_and_survives_kill_9() {
         );
     };
     let in_spool = |seg: &Path| spool.join(name_of(seg)).exists();
-    let workers = || {
-        pids_mentioning(repo.to_str().unwrap())
-            .into_iter()
-            .filter(|pid| {
-                std::fs::read(format!("/proc/{pid}/cmdline"))
-                    .map(|c| String::from_utf8_lossy(&c).contains("--internal-prefetch-worker"))
-                    .unwrap_or(false)
-            })
-            .collect::<Vec<_>>()
-    };
+    let workers = || pids_mentioning_all(&[repo.to_str().unwrap(), "--internal-prefetch-worker"]);
 
     fetch_ok(&segs[0]);
     crate::harness::wait_for("segments 2 and 3 prefetched", 30, || {

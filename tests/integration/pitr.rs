@@ -702,12 +702,7 @@ fn a_gap_in_the_archive_is_refused_and_reported() {
     p.sql("INSERT INTO t VALUES (3)");
     let next = p.switch_and_wait_archived(120);
     let repo = setup.local_repo.as_ref().unwrap();
-    let object = repo
-        .join("wal")
-        .join(&lost[..8])
-        .join(&lost[..16])
-        .join(&lost);
-    std::fs::remove_file(&object).unwrap();
+    std::fs::remove_file(crate::harness::wal::object_path(repo, &lost)).unwrap();
 
     let (out, pgdata) = setup.restore("gap", &[]);
     assert_eq!(out.code, 8, "{}", out.stderr);

@@ -63,3 +63,12 @@ pub fn write_segment(
     .expect("write segment");
     path
 }
+
+/// Where a local repository stores the WAL file `name` (its key under
+/// `wal/`, as FORMAT.md gives it).
+pub fn object_path(repo: &Path, name: &str) -> PathBuf {
+    repo.join("wal")
+        .join(&name[..8])
+        .join(&name[..16])
+        .join(name)
+}
