@@ -55,6 +55,18 @@ fn config(dir: &Path, repo_line: &str, extra: &str) -> PathBuf {
     path
 }
 
+/// A local repository bound to a data directory with `count` segments
+/// marked ready, and an async config for it: (dir, repo, config, data
+/// directory, segments).
+fn local_async(name: &str, count: u64) -> (TestDir, PathBuf, PathBuf, PathBuf, Vec<PathBuf>) {
+    let dir = TestDir::new(name);
+    let repo = dir.path().join("repo");
+    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
+    let (data, segs) = ready_segments(dir.path(), count);
+    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    (dir, repo, cfg, data, segs)
+}
+
 fn push(config: &Path, data: &Path, seg: &Path) -> Ran {
     run(walvault("walvault-push")
         .arg("--config")
@@ -196,11 +208,7 @@ fn a_cluster_archives_through_the_spool() {
 
 #[test]
 fn worker_errors_reach_postgresql_with_the_synchronous_codes() {
-    let dir = TestDir::new("async-errors");
-    let repo = dir.path().join("repo");
-    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
-    let (data, segs) = ready_segments(dir.path(), 2);
-    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    let (dir, repo, cfg, data, segs) = local_async("async-errors", 2);
     // A different file is already archived under the first name.
     let other = dir.subdir("other");
     let different = write_segment(&other, SYSID, 1, 1, seg16(), 99);
@@ -242,11 +250,7 @@ fn an_outage_fails_within_the_configured_time() {
 
 #[test]
 fn kill_9_of_worker_and_foreground_loses_nothing() {
-    let dir = TestDir::new("async-kills");
-    let repo = dir.path().join("repo");
-    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
-    let (data, segs) = ready_segments(dir.path(), 16);
-    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    let (dir, repo, cfg, data, segs) = local_async("async-kills", 16);
     let needle = cfg.display().to_string();
     let mut kills = 0;
     for (i, seg) in segs.iter().enumerate() {
@@ -291,16 +295,50 @@ fn kill_9_of_worker_and_foreground_loses_nothing() {
 
 #[test]
 fn a_deleted_spool_falls_back_to_synchronous_pushing() {
-    let dir = TestDir::new("async-nospool");
-    let repo = dir.path().join("repo");
-    let cfg = config(dir.path(), &format!("repo = \"{}\"", repo.display()), "");
-    let (data, segs) = ready_segments(dir.path(), 1);
-    init_repo(&["--repo".to_string(), repo.display().to_string()], &data);
+    let (dir, _repo, cfg, data, segs) = local_async("async-nospool", 1);
     std::fs::remove_dir_all(dir.path().join("spool")).unwrap();
     let out = push(&cfg, &data, &segs[0]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
         out.stderr.contains("pushing synchronously"),
+        "{}",
+        out.stderr
+    );
+    assert!(fetch_identical(&cfg, dir.path(), &segs[0]));
+}
+
+/// A spool on a file system with no space left: the push falls back to
+/// pushing synchronously, with the warning, and the file is stored. The
+/// spool is a 64 KiB tmpfs filled to the last byte (mounting needs root,
+/// as the whole suite does).
+#[test]
+fn a_full_spool_falls_back_to_synchronous_pushing() {
+    let (dir, _repo, cfg, data, segs) = local_async("async-fullspool", 1);
+    let spool = dir.path().join("spool");
+    run_ok(
+        std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=64k,mode=0777", "tmpfs"])
+            .arg(&spool),
+    );
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _unmount = Unmount(spool.clone());
+    // Fill it: writes go on until the file system refuses one.
+    {
+        use std::io::Write;
+        let mut filler = std::fs::File::create(spool.join("filler")).unwrap();
+        let block = [0u8; 4096];
+        while filler.write_all(&block).is_ok() {}
+        let _ = filler.sync_all();
+    }
+    let out = push(&cfg, &data, &segs[0]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("pushing synchronously") && out.stderr.contains("No space left"),
         "{}",
         out.stderr
     );
